@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Install the Debian packages island needs, then its npm dependencies.
+# Idempotent: packages already installed are not fetched again, so a second run is fast.
+#   --no-npm   only the Debian packages
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# What each package is for:
+#   libfuse2 fuse3          FUSE runtime for fuse-native (libfuse.so.2) and fusermount
+#   qemu-utils              qemu-img / qemu-io: tests and the read-only qcow2 check
+#   qemu-system-x86         qemu-system-x86_64 (QMP-coordinated snapshots, guest tests)
+#   swift*, memcached       a private single-node OpenStack Swift with s3api for tests and benchmarks
+#   python3-swift           Swift's Python modules (for /usr/bin/python3)
+#   cpio busybox-static     building the test guest's initramfs
+PKGS=(libfuse2 fuse3 qemu-utils qemu-system-x86 swift swift-proxy swift-object swift-container
+      swift-account python3-swift memcached cpio busybox-static ca-certificates)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
+    missing+=("$p")
+  fi
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  # Packaged services must not start on their own: island starts its own private instances.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  echo "install-deps: Debian packages already installed"
+fi
+
+if [ "${1:-}" != "--no-npm" ]; then
+  if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi
+fi

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
 import { FsStore } from '../../src/store/fs.js';
-import { conformance } from './conformance.js';
+import { conformance } from '../helpers/store-conformance.js';
 
 const root = await mkdtemp(join(tmpdir(), 'island-fs-store-'));
 t.teardown(() => rm(root, { recursive: true, force: true }));

@@ -1,5 +1,5 @@
 import t from 'tap';
 import { MemStore } from '../../src/store/mem.js';
-import { conformance } from './conformance.js';
+import { conformance } from '../helpers/store-conformance.js';
 
 conformance(t, async () => new MemStore());

@@ -3,7 +3,7 @@ import { IslandError } from '../../src/errors.js';
 import { composeStore } from '../../src/store/open.js';
 import { S3Store, mapS3Error } from '../../src/store/s3.js';
 import { uniqueBucket, useSwift } from '../helpers/swift.js';
-import { conformance } from './conformance.js';
+import { conformance } from '../helpers/store-conformance.js';
 
 const got = await useSwift(t);
 if ('skip' in got) {

@@ -12,8 +12,9 @@ cd "$(dirname "$0")/.."
 #   swift*, memcached       a private single-node OpenStack Swift with s3api for tests and benchmarks
 #   python3-swift           Swift's Python modules (for /usr/bin/python3)
 #   cpio busybox-static     building the test guest's initramfs
+#   g++ make python3        building island's native addon (node-gyp)
 PKGS=(libfuse2 fuse3 qemu-utils qemu-system-x86 swift swift-proxy swift-object swift-container
-      swift-account python3-swift memcached cpio busybox-static ca-certificates)
+      swift-account python3-swift memcached cpio busybox-static ca-certificates g++ make python3)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -37,4 +38,5 @@ fi
 
 if [ "${1:-}" != "--no-npm" ]; then
   if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi
+  bash scripts/build-native.sh
 fi

@@ -63,7 +63,7 @@ function rng(s: number): () => number {
 /** Node store in memory: nodes by id, metadata packs of 16 MiB, counters. */
 class CountingStore implements TreeNodeReader, TreeNodeWriter {
   private readonly nodes = new Map<string, Buffer>();
-  private pack = Buffer.alloc(32);
+  private pack: Buffer = Buffer.alloc(32);
   private packNo = 0;
   private offset = 0;
   nodesRead = 0;
@@ -97,7 +97,7 @@ class CountingStore implements TreeNodeReader, TreeNodeWriter {
 
 /** Lays blobs out as an upload does: back to back in 16 MiB data packs, 20-64 KiB each. */
 class BlobLayout {
-  private pack = Buffer.alloc(32);
+  private pack: Buffer = Buffer.alloc(32);
   private offset = PACK_TARGET;
   private n = 0;
   constructor(
@@ -231,7 +231,7 @@ async function main(): Promise<void> {
     'fan-out',
     'depth',
     'full leaf KiB',
-    'full inner KiB',
+    'largest inner KiB',
     'full tree: nodes / MiB',
     `${nChanges} random on full: nodes / MiB (B per change)`,
     `${nChanges} in runs of 16 on full: nodes / MiB`,

@@ -93,6 +93,10 @@ export const MAX_CLUSTERS_BITS = 40;
 export const MAX_CLUSTERS = 2 ** MAX_CLUSTERS_BITS;
 /** Deepest tree: 2^40 clusters at the smallest fan-out (16) need ten levels. */
 export const MAX_DEPTH = Math.ceil(MAX_CLUSTERS_BITS / MIN_FANOUT_BITS);
+/** Pack tables up to this size are checked for repeats pairwise, larger ones through a set. */
+const SMALL_PACK_TABLE = 8;
+/** The high u32 of a frame offset must stay below this so the offset stays below 2^53. */
+const OFFSET_HI_LIMIT = 2 ** 21;
 /** Frame lengths are u32. */
 export const MAX_FRAME_LENGTH = 0xffff_ffff;
 
@@ -319,13 +323,20 @@ export function decodeNode(buf: Buffer): TreeNode {
   const packTableOff = r.offset;
   r.need(packCount * PACK_ID_LEN, 'pack table');
   const packs: Buffer[] = [];
-  const seen = new Set<string>();
+  // Few packs (the usual case) are compared pairwise; many through a set, so a hostile table
+  // costs O(n), not O(n^2).
+  const seen = packCount > SMALL_PACK_TABLE ? new Set<string>() : null;
   for (let i = 0; i < packCount; i++) {
     const at = r.offset;
     const p = r.bytes(PACK_ID_LEN, 'pack id');
-    const key = hex(p);
-    if (seen.has(key)) throw corrupt(`pack ${i} repeats an earlier pack`, at);
-    seen.add(key);
+    let repeated: boolean;
+    if (seen === null) repeated = packs.some((q) => q.equals(p));
+    else {
+      const key = hex(p);
+      repeated = seen.has(key);
+      seen.add(key);
+    }
+    if (repeated) throw corrupt(`pack ${i} repeats an earlier pack`, at);
     packs.push(p);
   }
 
@@ -363,7 +374,11 @@ export function decodeNode(buf: Buffer): TreeNode {
     if (p === packsUsed) packsUsed++;
     const pack = packs[p]!;
     const offAt = r.offset;
-    let offset = r.u64n('frame offset');
+    // u64 read as two u32 halves: cheaper than a bigint per record, same bound (2^53).
+    const hi = r.u32('frame offset');
+    const lo = r.u32('frame offset');
+    if (hi >= OFFSET_HI_LIMIT) throw corrupt(`frame offset past 2^53`, offAt);
+    let offset = hi * 2 ** 32 + lo;
     if (prevTag === TAG_LOC && prevPack === p && prevEnd === offset) throw corrupt('run continues the previous run (not canonical)', at);
     const count = r.u32('run count');
     if (count < 1 || count > fanout - filled) throw corrupt(`run count ${count} not in 1..${fanout - filled}`, at);

@@ -186,25 +186,25 @@ async function loadNode(ctx: LoadCtx, ref: NodeRef, level: number, first: number
     ctx.stats.nodesRead++;
     ctx.stats.bytesRead += bytes.length;
   }
-  const where = `tree node ${hex(ref.loc.id)} (level ${level}, clusters from ${first})`;
-  const details = { node: hex(ref.loc.id), pack: hex(ref.loc.pack), level, first };
+  const fail = (code: 'FORMAT_CORRUPT' | 'FORMAT_UNSUPPORTED', what: string, cause?: IslandError): IslandError =>
+    new IslandError(code, `tree node ${hex(ref.loc.id)} (level ${level}, clusters from ${first}): ${what}`, {
+      cause,
+      details: { ...cause?.details, node: hex(ref.loc.id), pack: hex(ref.loc.pack), level, first },
+    });
   let node: TreeNode;
   try {
     node = decodeNode(bytes);
   } catch (err) {
-    if (err instanceof IslandError && (err.code === 'FORMAT_CORRUPT' || err.code === 'FORMAT_UNSUPPORTED')) {
-      throw new IslandError(err.code, `${where}: ${err.message}`, { cause: err, details: { ...err.details, ...details } });
-    }
+    if (err instanceof IslandError && (err.code === 'FORMAT_CORRUPT' || err.code === 'FORMAT_UNSUPPORTED')) throw fail(err.code, err.message, err);
     throw err;
   }
   if (node.level !== level || 1 << node.fanoutBits !== ctx.fanout) {
-    throw new IslandError('FORMAT_CORRUPT', `${where}: found level ${node.level} fan-out ${1 << node.fanoutBits}, expected fan-out ${ctx.fanout}`, { details });
+    throw fail('FORMAT_CORRUPT', `found level ${node.level} fan-out ${1 << node.fanoutBits} where level ${level} fan-out ${ctx.fanout} belongs`);
   }
   const span = slotSpan(ctx.fanout, level);
-  const from = Math.max(0, Math.ceil((limit - first) / span));
-  for (let i = from; i < ctx.fanout; i++) {
+  for (let i = Math.max(0, Math.ceil((limit - first) / span)); i < ctx.fanout; i++) {
     const allocated = node.kind === 'leaf' ? node.entries[i]!.kind !== 'unallocated' : node.children[i] !== null;
-    if (allocated) throw new IslandError('FORMAT_CORRUPT', `${where}: slot ${i} is allocated past the end of the image (${limit} clusters)`, { details });
+    if (allocated) throw fail('FORMAT_CORRUPT', `slot ${i} is allocated past the end of the image (${limit} clusters)`);
   }
   return node;
 }
@@ -256,12 +256,16 @@ function sameView(a: View, b: View): boolean {
 // ---------------------------------------------------------------------------------------------
 // Lookup
 
-/** The entry of one cluster: reads the depth nodes on its path, nothing else. */
+/**
+ * The entry of one cluster: reads the depth nodes on its path, nothing else. A cluster past the
+ * tree's end is UNALLOCATED (as in a grown image), without a read.
+ */
 export async function lookup(tree: Tree, cluster: number, reader: TreeNodeReader): Promise<TreeEntry> {
   const { nClusters, fanout, depth } = tree.shape;
-  if (!Number.isSafeInteger(cluster) || cluster < 0 || cluster >= nClusters) {
-    throw new IslandError('INVALID_ARGUMENT', `cluster ${cluster} outside 0..${nClusters - 1}`);
+  if (!Number.isSafeInteger(cluster) || cluster < 0 || cluster >= MAX_CLUSTERS) {
+    throw new IslandError('INVALID_ARGUMENT', `cluster ${cluster} outside 0..2^40-1`);
   }
+  if (cluster >= nClusters) return UNALLOCATED;
   const ctx: LoadCtx = { reader, fanout };
   let ref = tree.root;
   let first = 0;
@@ -542,15 +546,25 @@ export async function buildTree(
     pending.delete(k);
     return p;
   };
-  const covers = (o: OpenNode, cluster: number): boolean => cluster >= o.first && cluster < o.first + slotSpan(fanout, o.level + 1);
+  /** The lowest open level whose node covers `cluster` (depth if none does). */
+  const openCovering = (cluster: number): number => {
+    let level = 0;
+    while (level < depth && (open[level] === undefined || cluster < open[level]!.first || cluster >= open[level]!.first + slotSpan(fanout, level + 1))) level++;
+    return level;
+  };
+  /** Slot index and first cluster of the child of a node (level, first) that holds `cluster`. */
+  const childSlot = (level: number, first: number, cluster: number): { i: number; first: number } => {
+    const span = slotSpan(fanout, level);
+    const i = Math.floor((cluster - first) / span);
+    return { i, first: first + i * span };
+  };
   /** Start reading the parent's nodes on the path to `cluster` that are not open yet. */
   const prefetch = (cluster: number): void => {
     const chain = (ref: NodeRef | null, level: number, first: number): void => {
       if (ref === null) return;
       const below = (children: readonly (NodeRef | null)[]): void => {
-        const span = slotSpan(fanout, level);
-        const i = Math.floor((cluster - first) / span);
-        chain(children[i] ?? null, level - 1, first + i * span);
+        const c = childSlot(level, first, cluster);
+        chain(children[c.i] ?? null, level - 1, c.first);
       };
       if (first <= openedUpTo[level]!) {
         // Opened meanwhile: its slots ahead of the changes applied still hold the parent's refs.
@@ -567,17 +581,13 @@ export async function buildTree(
       // A failure surfaces when openAt() takes the node.
       p.then((node) => (node.kind === 'inner' ? below(node.children) : undefined), () => {});
     };
-    let level = 0;
-    while (level < depth && (open[level] === undefined || !covers(open[level]!, cluster))) level++;
-    if (level === 0) return;
-    if (level === depth) {
-      chain(baseRoot, top, 0);
-      return;
+    const level = openCovering(cluster);
+    if (level === depth) chain(baseRoot, top, 0);
+    else if (level > 0) {
+      const o = open[level]!;
+      const c = childSlot(level, o.first, cluster);
+      chain(o.inner![c.i]!, level - 1, c.first);
     }
-    const o = open[level]!;
-    const span = slotSpan(fanout, level);
-    const i = Math.floor((cluster - o.first) / span);
-    chain(o.inner![i]!, level - 1, o.first + i * span);
   };
 
   /** Finish the open node at `level`: encode, write if changed, hand the ref to its parent. */
@@ -616,21 +626,16 @@ export async function buildTree(
 
   /** Make the open path end at the leaf of `cluster`, closing what it leaves. */
   const openAt = async (cluster: number): Promise<OpenNode> => {
-    let level = 0;
-    while (level < depth && (open[level] === undefined || !covers(open[level]!, cluster))) level++;
-    for (let l = 0; l < level && l < depth; l++) if (open[l] !== undefined) await close(l);
+    const level = openCovering(cluster);
+    for (let l = 0; l < level; l++) if (open[l] !== undefined) await close(l);
     for (let l = level - 1; l >= 0; l--) {
-      let oldRef: NodeRef | null;
-      let first: number;
-      if (l === top) {
-        oldRef = baseRoot;
-        first = 0;
-      } else {
+      let oldRef = baseRoot;
+      let first = 0;
+      if (l < top) {
         const p = open[l + 1]!;
-        const span = slotSpan(fanout, l + 1);
-        const i = Math.floor((cluster - p.first) / span);
-        oldRef = p.inner![i]!;
-        first = p.first + i * span;
+        const c = childSlot(l + 1, p.first, cluster);
+        oldRef = p.inner![c.i]!;
+        first = c.first;
       }
       const node = oldRef === null ? null : await takeNode(oldRef, l, first);
       openedUpTo[l] = first;
@@ -705,8 +710,7 @@ export async function buildTree(
     await openAt(lastCluster);
     for (let level = 0; level < depth; level++) {
       const o = open[level]!;
-      const span = slotSpan(fanout, level);
-      for (let i = Math.floor((lastCluster - o.first) / span) + 1; i < fanout; i++) {
+      for (let i = childSlot(level, o.first, lastCluster).i + 1; i < fanout; i++) {
         if (o.leaf !== null && o.leaf[i]!.kind !== 'unallocated') {
           o.leaf[i] = UNALLOCATED;
           o.dirty = true;

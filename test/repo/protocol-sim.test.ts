@@ -9,7 +9,7 @@ import { simulate, type SimConfig } from '../helpers/protocol-sim.js';
 
 const CONFIG: SimConfig = { graceMs: 3000, windowMs: 1000, maxListLagMs: 300 };
 const only = process.env.ISLAND_SIM_SEEDS?.split(',').map(Number);
-const SEEDS = Number(process.env.ISLAND_SIM_COUNT ?? 2000);
+const SEEDS = Number(process.env.ISLAND_SIM_COUNT ?? 1000);
 
 t.test(`protocol invariants hold over ${only ? only.join(',') : SEEDS} seeds`, async (t) => {
   const seeds = only ?? Array.from({ length: SEEDS }, (_, i) => i + 1);

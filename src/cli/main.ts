@@ -1,10 +1,15 @@
 #!/usr/bin/env node
+// The daemon's local I/O (and the native addon) runs on libuv's thread pool, whose
+// default of 4 threads serialises QEMU's parallel requests. Set before any I/O starts.
+process.env.UV_THREADPOOL_SIZE ??= '32';
 /**
  * The island command line. Every command takes --json; an error prints one line
  * `island: CODE: message` (or a JSON object with --json) and exits non-zero.
  */
 import { parseArgs } from 'node:util';
 import { IslandError, asIslandError } from '../errors.js';
+import { loadConfig } from '../config.js';
+import { serveForever } from '../daemon/serve.js';
 import { storeSelftest } from './store-selftest.js';
 
 const VERSION = '0.1.0';
@@ -13,6 +18,8 @@ const USAGE = `usage: island <command> [options]
 
 commands:
   version                         print the version
+  serve                           mount the FUSE file system and serve the volumes in
+                                  $ISLAND_DATA_DIR/volumes on $ISLAND_MOUNT
   store selftest [--dir DIR]      write, list, read back and delete objects on the
                                   embedded store (default: $ISLAND_STORE_DIR or
                                   $ISLAND_DATA_DIR/store, data dir /var/lib/island)
@@ -36,6 +43,10 @@ async function main(argv: string[]): Promise<number> {
     }
     if (cmd === 'version') {
       process.stdout.write(json ? JSON.stringify({ version: VERSION }) + '\n' : `island ${VERSION}\n`);
+      return 0;
+    }
+    if (cmd === 'serve') {
+      await serveForever(await loadConfig());
       return 0;
     }
     if (cmd === 'store' && sub === 'selftest') {

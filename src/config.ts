@@ -1,0 +1,69 @@
+/**
+ * island's configuration: one typed object with defaults, built from an optional
+ * JSON file (ISLAND_CONFIG) and environment overrides, validated where it is built.
+ *
+ *   setting      file key     environment           default
+ *   data dir     dataDir      ISLAND_DATA_DIR       /var/lib/island
+ *   mount point  mount        ISLAND_MOUNT          /run/island/mnt
+ *   socket       socket       ISLAND_SOCKET         <dataDir>/island.sock
+ *   host id      hostId       ISLAND_HOST_ID        the machine's hostname, lowercased
+ *   store dir    storeDir     ISLAND_STORE_DIR      <dataDir>/store (the embedded store)
+ *   log level    logLevel     ISLAND_LOG_LEVEL      info
+ */
+import { readFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
+import { isAbsolute, join } from 'node:path';
+import { IslandError } from './errors.js';
+import { parseHostId } from './format/names.js';
+
+export interface Config {
+  dataDir: string;
+  mount: string;
+  socket: string;
+  hostId: string;
+  storeDir: string;
+  logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace';
+}
+
+const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace'] as const;
+
+function path(v: unknown, what: string): string {
+  if (typeof v !== 'string' || v === '' || !isAbsolute(v)) throw new IslandError('INVALID_CONFIG', `${what} must be an absolute path, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+export async function loadConfig(env: NodeJS.ProcessEnv = process.env): Promise<Config> {
+  let file: Record<string, unknown> = {};
+  if (env.ISLAND_CONFIG) {
+    let text: string;
+    try {
+      text = await readFile(env.ISLAND_CONFIG, 'utf8');
+    } catch (err) {
+      throw new IslandError('INVALID_CONFIG', `cannot read ISLAND_CONFIG ${env.ISLAND_CONFIG}: ${(err as Error).message}`, { cause: err });
+    }
+    try {
+      const parsed: unknown = JSON.parse(text);
+      if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new Error('not a JSON object');
+      file = parsed as Record<string, unknown>;
+    } catch (err) {
+      throw new IslandError('INVALID_CONFIG', `${env.ISLAND_CONFIG}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+  const pick = (key: string, envName: string): unknown => env[envName] ?? file[key];
+  const dataDir = path(pick('dataDir', 'ISLAND_DATA_DIR') ?? '/var/lib/island', 'dataDir (ISLAND_DATA_DIR)');
+  const level = pick('logLevel', 'ISLAND_LOG_LEVEL') ?? 'info';
+  if (!LEVELS.includes(level as Config['logLevel'])) throw new IslandError('INVALID_CONFIG', `logLevel must be one of ${LEVELS.join(', ')}`);
+  return {
+    dataDir,
+    mount: path(pick('mount', 'ISLAND_MOUNT') ?? '/run/island/mnt', 'mount (ISLAND_MOUNT)'),
+    socket: path(pick('socket', 'ISLAND_SOCKET') ?? join(dataDir, 'island.sock'), 'socket (ISLAND_SOCKET)'),
+    hostId: parseHostId(pick('hostId', 'ISLAND_HOST_ID') ?? hostname().toLowerCase().replace(/[^a-z0-9._-]/g, '-'), 'hostId (ISLAND_HOST_ID)'),
+    storeDir: path(pick('storeDir', 'ISLAND_STORE_DIR') ?? join(dataDir, 'store'), 'storeDir (ISLAND_STORE_DIR)'),
+    logLevel: level as Config['logLevel'],
+  };
+}
+
+/** Where the local state of attached volumes lives. */
+export function volumesDir(c: Config): string {
+  return join(c.dataDir, 'volumes');
+}

@@ -1,0 +1,94 @@
+/**
+ * Real island daemons for tests: each runs `island serve` (the built dist/) in its own
+ * process with its own data directory and mount point, so the test process never blocks
+ * on its own mount. Stopped by pid in teardown; a mount left behind is lazily unmounted.
+ */
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { promisify } from 'node:util';
+import { Volume } from '../../src/volume/engine.js';
+
+export const run = promisify(execFile);
+const MAIN = resolve(import.meta.dirname, '../../dist/cli/main.js');
+
+interface Tap {
+  teardown(fn: () => unknown): void;
+}
+
+export interface Host {
+  dataDir: string;
+  mount: string;
+  hostId: string;
+  logFile: string;
+  child: ChildProcess | undefined;
+}
+
+async function mounted(path: string): Promise<boolean> {
+  const text = await readFile('/proc/mounts', 'utf8');
+  return text.split('\n').some((l) => l.split(' ')[1] === path);
+}
+
+/** Poll a condition with a deadline (never a bare sleep). */
+export async function waitFor(what: string, cond: () => Promise<boolean> | boolean, ms = 20_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (await cond()) return;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+export async function makeHost(t: Tap, hostId = 'test-host'): Promise<Host> {
+  if (!existsSync(MAIN)) throw new Error(`${MAIN} is missing: run npm run build first`);
+  const dataDir = await mkdtemp(join(tmpdir(), 'island-host-'));
+  const h: Host = { dataDir, mount: join(dataDir, 'mnt'), hostId, logFile: join(dataDir, 'daemon.log'), child: undefined };
+  t.teardown(async () => {
+    await kill(h, 'SIGKILL');
+    await rm(dataDir, { recursive: true, force: true });
+  });
+  return h;
+}
+
+export async function createVolume(h: Host, name: string, virtualSize: number): Promise<void> {
+  const v = await Volume.create(join(h.dataDir, 'volumes', name), { name, virtualSize, generation: 1, flushIntervalMs: 0 });
+  await v.close();
+}
+
+export async function serve(h: Host): Promise<void> {
+  const { openSync } = await import('node:fs');
+  const out = openSync(h.logFile, 'a');
+  h.child = spawn(process.execPath, [MAIN, 'serve'], {
+    env: { ...process.env, ISLAND_DATA_DIR: h.dataDir, ISLAND_MOUNT: h.mount, ISLAND_HOST_ID: h.hostId, ISLAND_LOG_LEVEL: 'info' },
+    stdio: ['ignore', out, out],
+  });
+  const child = h.child;
+  let exited = false;
+  child.once('exit', () => (exited = true));
+  await waitFor('the mount', async () => {
+    if (exited) throw new Error(`island serve exited: ${await readFile(h.logFile, 'utf8')}`);
+    return mounted(h.mount);
+  });
+}
+
+/** Stop the daemon with a signal and wait for it; unmount lazily if it left the mount. */
+export async function kill(h: Host, signal: NodeJS.Signals): Promise<void> {
+  const child = h.child;
+  if (child && child.exitCode === null && child.signalCode === null) {
+    const done = new Promise((r) => child.once('exit', r));
+    child.kill(signal);
+    await done;
+  }
+  h.child = undefined;
+  if (await mounted(h.mount)) await run('umount', ['-l', h.mount]).catch(() => undefined);
+}
+
+export async function log(h: Host): Promise<string> {
+  return readFile(h.logFile, 'utf8');
+}
+
+export function image(h: Host, name: string): string {
+  return join(h.mount, `${name}.qcow2`);
+}

@@ -9,12 +9,14 @@
  *   host id      hostId       ISLAND_HOST_ID        the machine's hostname, lowercased
  *   store dir    storeDir     ISLAND_STORE_DIR      <dataDir>/store (the embedded store)
  *   log level    logLevel     ISLAND_LOG_LEVEL      info
+ *   metrics      metricsPort  ISLAND_METRICS_PORT   off (a loopback port for /metrics)
+ *   region name  region       ISLAND_REGION         default
  */
 import { readFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { isAbsolute, join } from 'node:path';
 import { IslandError } from './errors.js';
-import { parseHostId } from './format/names.js';
+import { parseHostId, parseRegionName } from './format/names.js';
 
 export interface Config {
   dataDir: string;
@@ -23,6 +25,8 @@ export interface Config {
   hostId: string;
   storeDir: string;
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace';
+  metricsPort: number | undefined;
+  region: string;
 }
 
 const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace'] as const;
@@ -30,6 +34,13 @@ const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace'] as const;
 function path(v: unknown, what: string): string {
   if (typeof v !== 'string' || v === '' || !isAbsolute(v)) throw new IslandError('INVALID_CONFIG', `${what} must be an absolute path, got ${JSON.stringify(v)}`);
   return v;
+}
+
+function port(v: unknown): number | undefined {
+  if (v === undefined || v === '') return undefined;
+  const n = typeof v === 'number' ? v : Number(v);
+  if (!Number.isInteger(n) || n < 1 || n > 65535) throw new IslandError('INVALID_CONFIG', `metricsPort must be a TCP port 1..65535, got ${JSON.stringify(v)}`);
+  return n;
 }
 
 export async function loadConfig(env: NodeJS.ProcessEnv = process.env): Promise<Config> {
@@ -60,6 +71,8 @@ export async function loadConfig(env: NodeJS.ProcessEnv = process.env): Promise<
     hostId: parseHostId(pick('hostId', 'ISLAND_HOST_ID') ?? hostname().toLowerCase().replace(/[^a-z0-9._-]/g, '-'), 'hostId (ISLAND_HOST_ID)'),
     storeDir: path(pick('storeDir', 'ISLAND_STORE_DIR') ?? join(dataDir, 'store'), 'storeDir (ISLAND_STORE_DIR)'),
     logLevel: level as Config['logLevel'],
+    metricsPort: port(pick('metricsPort', 'ISLAND_METRICS_PORT')),
+    region: parseRegionName(pick('region', 'ISLAND_REGION') ?? 'default', 'region (ISLAND_REGION)'),
   };
 }
 

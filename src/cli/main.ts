@@ -4,75 +4,168 @@
 process.env.UV_THREADPOOL_SIZE ??= '32';
 /**
  * The island command line. Every command takes --json; an error prints one line
- * `island: CODE: message` (or a JSON object with --json) and exits non-zero.
+ * `island: CODE: message` (or {"error": ...} with --json) and exits non-zero
+ * (2 for invalid input, 1 otherwise).
  */
 import { parseArgs } from 'node:util';
-import { IslandError, asIslandError } from '../errors.js';
 import { loadConfig } from '../config.js';
 import { serveForever } from '../daemon/serve.js';
+import { IslandError, asIslandError } from '../errors.js';
+import { formatSize } from '../format/names.js';
+import { call } from './client.js';
 import { storeSelftest } from './store-selftest.js';
 
 const VERSION = '0.1.0';
 
-const USAGE = `usage: island <command> [options]
+export const USAGE = `usage: island <command> [options]
 
-commands:
-  version                         print the version
-  serve                           mount the FUSE file system and serve the volumes in
-                                  $ISLAND_DATA_DIR/volumes on $ISLAND_MOUNT
-  store selftest [--dir DIR]      write, list, read back and delete objects on the
-                                  embedded store (default: $ISLAND_STORE_DIR or
-                                  $ISLAND_DATA_DIR/store, data dir /var/lib/island)
-options:
-  --json                          machine-readable output
+daemon
+  serve                                  mount the FUSE file system, serve attached volumes,
+                                         answer the control API on $ISLAND_SOCKET
+  status                                 the daemon and its attached volumes
+volumes
+  volume create NAME --size SIZE [--cluster-size 64K] [--region R] [--from SNAPSHOT]
+  volume list
+  volume show NAME
+  volume delete NAME                     refused while attached; its snapshots remain
+  attach NAME [--qmp SOCKET] [--qga SOCKET] [--force]
+                                         show NAME.qcow2 on the mount; --force takes over a
+                                         volume attached on another host (fence it first!)
+  detach NAME [--force] [--keep-local]   refused while the file is open unless --force
+store
+  store selftest [--dir DIR]             round trip objects through the embedded store
+other
+  version
+
+options: --json (machine-readable output), -h/--help
+sizes take K, M, G, T suffixes (powers of 1024).
+environment: ISLAND_CONFIG ISLAND_DATA_DIR ISLAND_MOUNT ISLAND_SOCKET ISLAND_HOST_ID
+             ISLAND_STORE_DIR ISLAND_LOG_LEVEL ISLAND_METRICS_PORT ISLAND_REGION
 `;
+
+interface VolumeOut {
+  name: string;
+  virtualSize: number;
+  clusterSize: number;
+  status: string;
+  host: string | null;
+  generation: number;
+  local?: { file: string; length: number; openHandles: number; dirtyClusters: number };
+}
+
+function volumeLine(v: VolumeOut): string {
+  const where = v.status === 'attached' ? ` on ${v.host ?? '?'} (generation ${v.generation})` : '';
+  const local = v.local ? `, image ${formatSize(v.local.length)}, ${v.local.openHandles} open, ${v.local.dirtyClusters} dirty clusters` : '';
+  return `${v.name}\t${formatSize(v.virtualSize)}\t${v.status}${where}${local}`;
+}
+
+function need(v: string | undefined, what: string): string {
+  if (v === undefined) throw new IslandError('INVALID_ARGUMENT', `missing ${what} (try island help)`);
+  return v;
+}
 
 async function main(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
     strict: true,
-    options: { json: { type: 'boolean', default: false }, dir: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    options: {
+      json: { type: 'boolean', default: false },
+      dir: { type: 'string' },
+      size: { type: 'string' },
+      'cluster-size': { type: 'string' },
+      region: { type: 'string' },
+      from: { type: 'string' },
+      qmp: { type: 'string' },
+      qga: { type: 'string' },
+      force: { type: 'boolean' },
+      'keep-local': { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+    },
   });
   const json = values.json ?? false;
-  const [cmd, sub] = positionals;
-  try {
-    if (values.help || cmd === undefined || cmd === 'help') {
-      process.stdout.write(USAGE);
-      return cmd === undefined && !values.help ? 2 : 0;
-    }
-    if (cmd === 'version') {
-      process.stdout.write(json ? JSON.stringify({ version: VERSION }) + '\n' : `island ${VERSION}\n`);
-      return 0;
-    }
-    if (cmd === 'serve') {
-      await serveForever(await loadConfig());
-      return 0;
-    }
-    if (cmd === 'store' && sub === 'selftest') {
-      const dataDir = process.env.ISLAND_DATA_DIR ?? '/var/lib/island';
-      const dir = values.dir ?? process.env.ISLAND_STORE_DIR ?? `${dataDir}/store`;
-      const report = await storeSelftest({ type: 'fs', dir });
-      process.stdout.write(json ? JSON.stringify(report) + '\n' : report.lines.join('\n') + '\n');
-      return 0;
-    }
-    throw new IslandError('INVALID_ARGUMENT', `unknown command: ${positionals.join(' ')} (try island help)`);
-  } catch (err) {
-    const e = asIslandError(err);
-    if (json) process.stdout.write(JSON.stringify({ error: e.toJSON() }) + '\n');
-    else process.stderr.write(`island: ${e.code}: ${e.message}\n`);
-    return e.code === 'INVALID_ARGUMENT' ? 2 : 1;
+  const out = (human: string, data: unknown): void => {
+    process.stdout.write(json ? JSON.stringify(data) + '\n' : human + '\n');
+  };
+  const [cmd, sub, arg] = positionals;
+  if (values.help || cmd === undefined || cmd === 'help') {
+    process.stdout.write(USAGE);
+    return cmd === undefined && !values.help ? 2 : 0;
   }
+  if (cmd === 'version') {
+    out(`island ${VERSION}`, { version: VERSION });
+    return 0;
+  }
+  const config = await loadConfig();
+  if (cmd === 'serve') {
+    await serveForever(config);
+    return 0;
+  }
+  if (cmd === 'store' && sub === 'selftest') {
+    const report = await storeSelftest({ type: 'fs', dir: values.dir ?? config.storeDir });
+    out(report.lines.join('\n'), report);
+    return 0;
+  }
+  const api = (method: string, path: string, body?: unknown): Promise<unknown> => call(config.socket, method, path, body);
+  const enc = encodeURIComponent;
+  if (cmd === 'status') {
+    const s = (await api('GET', '/v1/status')) as { host: string; mount: string; volumes: { name: string; length: number; openHandles: number; dirtyClusters: number; generation: number }[] };
+    const lines = [`host ${s.host}, mount ${s.mount}, ${s.volumes.length} attached`];
+    for (const v of s.volumes) lines.push(`  ${v.name}.qcow2\timage ${formatSize(v.length)}, ${v.openHandles} open, ${v.dirtyClusters} dirty clusters, generation ${v.generation}`);
+    out(lines.join('\n'), s);
+    return 0;
+  }
+  if (cmd === 'volume') {
+    if (sub === 'create') {
+      const body = { name: need(arg, 'volume name'), size: need(values.size, '--size'), clusterSize: values['cluster-size'], region: values.region, from: values.from };
+      const v = (await api('POST', '/v1/volumes', body)) as VolumeOut;
+      out(`created ${volumeLine(v)}`, v);
+      return 0;
+    }
+    if (sub === 'list') {
+      const r = (await api('GET', '/v1/volumes')) as { volumes: VolumeOut[] };
+      out(r.volumes.map(volumeLine).join('\n') || '(no volumes)', r);
+      return 0;
+    }
+    if (sub === 'show') {
+      const v = (await api('GET', `/v1/volumes/${enc(need(arg, 'volume name'))}`)) as VolumeOut;
+      out(volumeLine(v), v);
+      return 0;
+    }
+    if (sub === 'delete') {
+      const r = await api('DELETE', `/v1/volumes/${enc(need(arg, 'volume name'))}`);
+      out(`deleted ${arg}`, r);
+      return 0;
+    }
+  }
+  if (cmd === 'attach') {
+    const name = need(sub, 'volume name');
+    const v = (await api('POST', `/v1/volumes/${enc(name)}/attach`, { qmp: values.qmp, qga: values.qga, force: values.force })) as VolumeOut;
+    out(`attached ${name}: ${v.local?.file ?? '?'}`, v);
+    return 0;
+  }
+  if (cmd === 'detach') {
+    const name = need(sub, 'volume name');
+    const v = (await api('POST', `/v1/volumes/${enc(name)}/detach`, { force: values.force })) as VolumeOut;
+    out(`detached ${name} (local copy kept)`, v);
+    return 0;
+  }
+  throw new IslandError('INVALID_ARGUMENT', `unknown command: ${positionals.join(' ').slice(0, 80)} (try island help)`);
 }
 
-main(process.argv.slice(2)).then(
+function fail(err: unknown, json: boolean): number {
+  const e = asIslandError(err, (err as { code?: string })?.code?.startsWith?.('ERR_PARSE_ARGS') ? 'INVALID_ARGUMENT' : 'INTERNAL');
+  if (json) process.stdout.write(JSON.stringify({ error: e.toJSON() }) + '\n');
+  else process.stderr.write(`island: ${e.code}: ${e.message.replace(/\s*\n\s*/g, ' ')}\n`);
+  return e.code === 'INVALID_ARGUMENT' ? 2 : 1;
+}
+
+const argv = process.argv.slice(2);
+main(argv).then(
   (code) => {
     process.exitCode = code;
   },
   (err: unknown) => {
-    // parseArgs errors (unknown option...) land here.
-    const e = asIslandError(err, 'INVALID_ARGUMENT');
-    process.stderr.write(`island: ${e.code}: ${e.message}\n`);
-    process.exitCode = 2;
+    process.exitCode = fail(err, argv.includes('--json'));
   },
 );

@@ -1,78 +1,88 @@
 /**
- * `island serve`: mount the FUSE file system and serve the volumes whose local state
- * is in the data directory (<dataDir>/volumes/<name>/), until SIGINT or SIGTERM.
+ * `island serve`: the composition root. Builds the store (the embedded fs store under
+ * the data directory), the repository, the service, the FUSE mount, the control API and
+ * the optional metrics endpoint; reattaches the volumes attached before a stop or crash;
+ * runs until SIGINT or SIGTERM.
  *
  * Shutdown: refused while a volume file is open (a VM would lose its disk), unless a
  * second signal forces it; then every volume is closed cleanly (state durable, the
- * clean-shutdown mark set) and the mount is removed.
+ * clean-shutdown mark set), the socket removed and the mount unmounted.
  */
-import { mkdir, readdir } from 'node:fs/promises';
-import { join } from 'node:path';
+import type { Server } from 'node:http';
+import { rm } from 'node:fs/promises';
 import pino, { type Logger } from 'pino';
-import { volumesDir, type Config } from '../config.js';
+import type { Config } from '../config.js';
 import { codeOf } from '../errors.js';
-import { FuseMount, type VolumeTable } from '../fuse/adapter.js';
-import { Volume } from '../volume/engine.js';
+import { FuseMount } from '../fuse/adapter.js';
+import { Repository } from '../repo/repository.js';
+import { openStore } from '../store/open.js';
+import { startApi } from './api.js';
+import { Metrics } from './metrics.js';
+import { Service } from './service.js';
 
 export interface Daemon {
-  readonly volumes: Map<string, Volume>;
+  readonly service: Service;
   readonly mount: FuseMount;
   readonly log: Logger;
   stop(force?: boolean): Promise<void>;
 }
 
 export function makeLogger(c: Config): Logger {
-  return pino({ level: c.logLevel, base: { host: c.hostId }, redact: ['*.secretAccessKey', '*.sessionToken', '*.credentials'] });
+  return pino({ level: c.logLevel, base: { host: c.hostId }, redact: ['*.secretAccessKey', '*.sessionToken', '*.credentials', 'config.regions'] });
 }
 
 export async function startDaemon(c: Config, log: Logger = makeLogger(c)): Promise<Daemon> {
-  const dir = volumesDir(c);
-  await mkdir(dir, { recursive: true });
-  const volumes = new Map<string, Volume>();
-  for (const name of (await readdir(dir)).sort()) {
-    const vlog = log.child({ volume: name });
-    try {
-      const vol = await Volume.open(join(dir, name), {
-        logger: vlog,
-      });
-      volumes.set(name, vol);
-      vlog.info({ length: vol.length, recovery: vol.recovery }, 'volume opened');
-    } catch (err) {
-      // One damaged volume must not take the others down.
-      vlog.error({ err, code: codeOf(err) }, 'volume cannot be opened; not served');
-    }
-  }
-  const table: VolumeTable = { names: () => [...volumes.keys()], get: (n) => volumes.get(n) };
+  const metrics = new Metrics();
+  const { store } = openStore({ type: 'fs', dir: c.storeDir }, { onObserve: (o) => metrics.store(o) });
+  const repo = new Repository(store, { host: c.hostId, region: c.region });
+  const service = new Service(c, repo, log);
+  await service.restore();
   const mount = new FuseMount({
     mountpoint: c.mount,
-    table,
+    table: { names: () => [...service.attached.keys()], get: (n) => service.attached.get(n)?.volume },
     spaceDir: c.dataDir,
+    onOp: (op, ms, bytes, error) => metrics.fuse(op, ms, bytes, error),
     onError: (op, path, err) => log.warn({ op, path, code: codeOf(err), err }, 'request failed'),
   });
+  service.openHandles = (n) => mount.openCount(n);
   await mount.mount();
-  log.info({ mount: c.mount, volumes: volumes.size }, 'serving');
+  let api: Server;
+  try {
+    api = await startApi(service, c.socket, log);
+  } catch (err) {
+    await mount.unmount().catch(() => undefined);
+    throw err;
+  }
+  const metricsServer = c.metricsPort === undefined ? undefined : await metrics.listen(c.metricsPort);
+  log.info({ mount: c.mount, socket: c.socket, store: store.description, attached: service.attached.size, metricsPort: c.metricsPort }, 'serving');
   let stopping: Promise<void> | undefined;
   const stop = (force = false): Promise<void> => {
     stopping ??= (async () => {
-      const open = [...volumes.keys()].filter((n) => mount.openCount(n) > 0);
+      const open = [...service.attached.keys()].filter((n) => mount.openCount(n) > 0);
       if (open.length && !force) {
         stopping = undefined;
         throw Object.assign(new Error(`volume files are open: ${open.join(', ')}`), { code: 'BUSY' });
       }
-      for (const [name, vol] of volumes) {
-        await vol.close().catch((err: unknown) => log.error({ volume: name, err }, 'volume close failed'));
-      }
+      await new Promise((r) => api.close(r));
+      metricsServer?.close();
+      await rm(c.socket, { force: true });
+      await service.closeAll();
       await mount.unmount();
+      await store.close();
       log.info('stopped');
     })();
     return stopping;
   };
-  return { volumes, mount, log, stop };
+  return { service, mount, log, stop };
 }
 
 /** Run until a signal: the first SIGINT/SIGTERM stops unless files are open; a second forces. */
 export async function serveForever(c: Config): Promise<void> {
   const d = await startDaemon(c);
+  // A dead FUSE daemon takes every VM disk it serves with it: a bug in one request is
+  // logged loudly and the daemon keeps serving the others.
+  process.on('uncaughtException', (err) => d.log.error({ err }, 'uncaught exception (daemon keeps serving)'));
+  process.on('unhandledRejection', (err) => d.log.error({ err }, 'unhandled rejection (daemon keeps serving)'));
   let signals = 0;
   await new Promise<void>((resolve) => {
     const onSignal = (sig: string): void => {

@@ -231,7 +231,7 @@ export class Volume extends EventEmitter {
     try {
       this.checkOpen();
       await this.tracker.ensureIntent(offset, end);
-      await this.seals.protect(c0, c1);
+      if (this.seals.sealed !== null) await this.seals.protect(c0, c1);
       this.tracker.markDirty(c0, c1);
       if (end > this.len) this.len = end;
       await this.writeData(buf, offset, end);

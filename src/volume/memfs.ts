@@ -17,7 +17,7 @@
  * `allocatedBytes` / `dataExtents` behave like a sparse file with 4 KiB blocks.
  *
  * An optional `onOp` observer sees every operation as it takes effect (ordering tests) and may
- * throw to make it fail (fault injection). An optional generator makes every call yield a
+ * throw to make it fail (fault injection) or call crash() to cut the power right before it. An optional generator makes every call yield a
  * random number of event-loop turns, so that concurrent callers interleave, deterministically
  * for a given seed.
  */
@@ -137,8 +137,11 @@ export class MemFs implements LocalFs {
 
   /** Called at the moment an operation takes effect. */
   note(op: MemOp, boot: number): void {
-    if (boot !== this.boot) throw new IslandError('LOCAL_IO', `${op.op} ${op.path}: the host crashed (stale handle)`, { details: { ...op } });
+    const stale = (): IslandError => new IslandError('LOCAL_IO', `${op.op} ${op.path}: the host crashed (stale handle)`, { details: { ...op } });
+    if (boot !== this.boot) throw stale();
     this.opts.onOp?.(op);
+    // The observer may have crashed the host: then this operation never happened.
+    if (boot !== this.boot) throw stale();
   }
 
   /** Simulate a crash of the host (see the top of this file). */

@@ -140,9 +140,43 @@ function checkBudget(opts: VolumeOptions): number {
   return budget;
 }
 
+/**
+ * Run `body` with a LocalFs that remembers the files it opens, and close them all if `body`
+ * fails (a refused or crashed open must not leak file handles in a long-running daemon).
+ */
+async function closingOnError(fs: LocalFs, body: (fs: LocalFs) => Promise<VolumeParts>): Promise<VolumeParts> {
+  const opened: LocalFile[] = [];
+  const tracking: LocalFs = {
+    open: async (path, mode) => {
+      const f = await fs.open(path, mode);
+      opened.push(f);
+      return f;
+    },
+    exists: (path) => fs.exists(path),
+    mkdir: (path) => fs.mkdir(path),
+    rename: (from, to) => fs.rename(from, to),
+    unlink: (path) => fs.unlink(path),
+    syncDir: (path) => fs.syncDir(path),
+  };
+  try {
+    return { ...(await body(tracking)), fs };
+  } catch (err) {
+    await Promise.allSettled(opened.map((f) => f.close()));
+    throw err;
+  }
+}
+
 /** Create a volume's local state in `dir` (which must not hold a volume yet). */
-export async function createParts(dir: string, opts: VolumeCreateOptions): Promise<VolumeParts> {
-  const fs = opts.fs ?? nodeFs;
+export function createParts(dir: string, opts: VolumeCreateOptions): Promise<VolumeParts> {
+  return closingOnError(opts.fs ?? nodeFs, (fs) => create(fs, dir, opts));
+}
+
+/** Open a volume's local state, recovering from a crash if there was one (steps at the top). */
+export function openParts(dir: string, opts: VolumeOptions = {}): Promise<VolumeParts> {
+  return closingOnError(opts.fs ?? nodeFs, (fs) => open(fs, dir, opts));
+}
+
+async function create(fs: LocalFs, dir: string, opts: VolumeCreateOptions): Promise<VolumeParts> {
   const name = parseVolumeName(opts.name);
   const clusterSize = opts.clusterSize ?? 65536;
   if (!isClusterSize(clusterSize)) throw invalid(`cluster size must be a power of two from 512 bytes to 2 MiB: ${clusterSize}`);
@@ -224,9 +258,7 @@ export async function createParts(dir: string, opts: VolumeCreateOptions): Promi
   };
 }
 
-/** Open a volume's local state, recovering from a crash if there was one (steps at the top). */
-export async function openParts(dir: string, opts: VolumeOptions = {}): Promise<VolumeParts> {
-  const fs = opts.fs ?? nodeFs;
+async function open(fs: LocalFs, dir: string, opts: VolumeOptions): Promise<VolumeParts> {
   const budget = checkBudget(opts);
   const log = opts.logger;
   await fs.unlink(join(dir, STATE_TMP_FILE));

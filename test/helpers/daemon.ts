@@ -20,6 +20,7 @@ interface Tap {
 
 export interface Host {
   dataDir: string;
+  storeDir: string;
   mount: string;
   hostId: string;
   logFile: string;
@@ -41,10 +42,11 @@ export async function waitFor(what: string, cond: () => Promise<boolean> | boole
   throw new Error(`timed out waiting for ${what}`);
 }
 
-export async function makeHost(t: Tap, hostId = 'test-host'): Promise<Host> {
+/** A host with its own data directory; hosts given the same storeDir share one store. */
+export async function makeHost(t: Tap, hostId = 'test-host', storeDir?: string): Promise<Host> {
   if (!existsSync(MAIN)) throw new Error(`${MAIN} is missing: run npm run build first`);
   const dataDir = await mkdtemp(join(tmpdir(), 'island-host-'));
-  const h: Host = { dataDir, mount: join(dataDir, 'mnt'), hostId, logFile: join(dataDir, 'daemon.log'), child: undefined };
+  const h: Host = { dataDir, storeDir: storeDir ?? join(dataDir, 'store'), mount: join(dataDir, 'mnt'), hostId, logFile: join(dataDir, 'daemon.log'), child: undefined };
   t.teardown(async () => {
     await kill(h, 'SIGKILL');
     await rm(dataDir, { recursive: true, force: true });
@@ -57,19 +59,42 @@ export async function createVolume(h: Host, name: string, virtualSize: number): 
   await v.close();
 }
 
+function env(h: Host): NodeJS.ProcessEnv {
+  return { ...process.env, ISLAND_DATA_DIR: h.dataDir, ISLAND_STORE_DIR: h.storeDir, ISLAND_MOUNT: h.mount, ISLAND_HOST_ID: h.hostId, ISLAND_LOG_LEVEL: 'info', ISLAND_SOCKET: socket(h) };
+}
+
+export function socket(h: Host): string {
+  return join(h.dataDir, 'island.sock');
+}
+
+/** Run the island CLI against a host; never throws (exit code and output are returned). */
+export async function cli(h: Host, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const r = await run(process.execPath, [MAIN, ...args], { env: env(h) });
+    return { code: 0, stdout: r.stdout, stderr: r.stderr };
+  } catch (err) {
+    const e = err as { code?: number; stdout?: string; stderr?: string };
+    return { code: typeof e.code === 'number' ? e.code : -1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
+  }
+}
+
+/** The JSON output of a successful CLI call. */
+export async function cliJson(h: Host, ...args: string[]): Promise<Record<string, unknown>> {
+  const r = await cli(h, ...args, '--json');
+  if (r.code !== 0) throw new Error(`island ${args.join(' ')} failed (${r.code}): ${r.stdout}${r.stderr}`);
+  return JSON.parse(r.stdout) as Record<string, unknown>;
+}
+
 export async function serve(h: Host): Promise<void> {
   const { openSync } = await import('node:fs');
   const out = openSync(h.logFile, 'a');
-  h.child = spawn(process.execPath, [MAIN, 'serve'], {
-    env: { ...process.env, ISLAND_DATA_DIR: h.dataDir, ISLAND_MOUNT: h.mount, ISLAND_HOST_ID: h.hostId, ISLAND_LOG_LEVEL: 'info' },
-    stdio: ['ignore', out, out],
-  });
+  h.child = spawn(process.execPath, [MAIN, 'serve'], { env: env(h), stdio: ['ignore', out, out] });
   const child = h.child;
   let exited = false;
   child.once('exit', () => (exited = true));
   await waitFor('the mount', async () => {
     if (exited) throw new Error(`island serve exited: ${await readFile(h.logFile, 'utf8')}`);
-    return mounted(h.mount);
+    return (await mounted(h.mount)) && existsSync(socket(h));
   });
 }
 

@@ -1,0 +1,136 @@
+/**
+ * The control API: HTTP/1.1 with JSON bodies over a unix socket (mode 0600).
+ *
+ *   GET    /v1/status                       daemon and attached volumes
+ *   GET    /v1/volumes                      catalog (a listing: may lag on Swift)
+ *   POST   /v1/volumes                      {name, size, clusterSize?, region?, from?} -> 201
+ *   GET    /v1/volumes/{name}
+ *   DELETE /v1/volumes/{name}
+ *   POST   /v1/volumes/{name}/attach        {qmp?, qga?, force?}
+ *   POST   /v1/volumes/{name}/detach        {force?}
+ *
+ * Success: 200/201 with a JSON body. Failure: {"error": {"code", "message", "details"}}
+ * with the HTTP status from STATUS_OF below. Requests are bounded (64 KiB body, 30 s to
+ * send it); a malformed, oversized or abandoned request gets an error or is dropped, and
+ * never disturbs the volumes being served.
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { chmod, rm } from 'node:fs/promises';
+import type { Logger } from 'pino';
+import { IslandError, asIslandError, type ErrorCode } from '../errors.js';
+import type { Service } from './service.js';
+
+export const MAX_BODY = 64 * 1024;
+const BODY_TIMEOUT_MS = 30_000;
+
+const STATUS_OF: Partial<Record<ErrorCode, number>> = {
+  INVALID_ARGUMENT: 400,
+  FORMAT_CORRUPT: 500,
+  NOT_FOUND: 404,
+  ALREADY_EXISTS: 409,
+  BUSY: 409,
+  ATTACHED_ELSEWHERE: 409,
+  PINNED: 409,
+  FENCED: 409,
+  SNAPSHOT_DELETED: 410,
+  TOO_LARGE: 413,
+  STORE_UNAVAILABLE: 503,
+  STORE_TIMEOUT: 504,
+};
+
+function send(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body) + '\n';
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+  res.end(text);
+}
+
+async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > MAX_BODY) throw new IslandError('TOO_LARGE', `request body larger than ${MAX_BODY} bytes`);
+    chunks.push(chunk as Buffer);
+  }
+  if (size === 0) return {};
+  let v: unknown;
+  try {
+    v = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+  } catch (err) {
+    throw new IslandError('INVALID_ARGUMENT', `request body is not JSON: ${(err as Error).message}`);
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new IslandError('INVALID_ARGUMENT', 'request body must be a JSON object');
+  return v as Record<string, unknown>;
+}
+
+function bool(v: unknown, what: string): boolean | undefined {
+  if (v === undefined) return undefined;
+  if (typeof v !== 'boolean') throw new IslandError('INVALID_ARGUMENT', `${what} must be true or false`);
+  return v;
+}
+
+function str(v: unknown, what: string): string | undefined {
+  if (v === undefined) return undefined;
+  if (typeof v !== 'string' || v.length === 0 || v.length > 4096) throw new IslandError('INVALID_ARGUMENT', `${what} must be a non-empty string`);
+  return v;
+}
+
+async function route(svc: Service, method: string, url: string, body: () => Promise<Record<string, unknown>>): Promise<[number, unknown]> {
+  const path = url.split('?')[0] ?? '';
+  const parts = path.split('/').filter(Boolean).map((p) => {
+    try {
+      return decodeURIComponent(p);
+    } catch {
+      throw new IslandError('INVALID_ARGUMENT', 'malformed URL escape');
+    }
+  });
+  if (parts[0] !== 'v1') throw new IslandError('NOT_FOUND', `no such endpoint: ${method} ${path.slice(0, 100)}`);
+  const [, res, name, action] = parts;
+  if (res === 'status' && parts.length === 2 && method === 'GET') return [200, svc.status()];
+  if (res === 'volumes') {
+    if (parts.length === 2 && method === 'GET') return [200, { volumes: await svc.listVolumes() }];
+    if (parts.length === 2 && method === 'POST') {
+      const b = await body();
+      return [201, await svc.createVolume({ name: b.name, size: b.size, clusterSize: b.clusterSize, region: b.region, from: b.from })];
+    }
+    if (name !== undefined && parts.length === 3 && method === 'GET') return [200, await svc.showVolume(name)];
+    if (name !== undefined && parts.length === 3 && method === 'DELETE') {
+      await svc.deleteVolume(name);
+      return [200, { deleted: name }];
+    }
+    if (name !== undefined && parts.length === 4 && method === 'POST' && action === 'attach') {
+      const b = await body();
+      return [200, await svc.attach(name, { qmp: str(b.qmp, 'qmp'), qga: str(b.qga, 'qga'), force: bool(b.force, 'force') })];
+    }
+    if (name !== undefined && parts.length === 4 && method === 'POST' && action === 'detach') {
+      const b = await body();
+      return [200, await svc.detach(name, { force: bool(b.force, 'force') })];
+    }
+  }
+  throw new IslandError('NOT_FOUND', `no such endpoint: ${method} ${path.slice(0, 100)}`);
+}
+
+export async function startApi(svc: Service, socketPath: string, log: Logger): Promise<Server> {
+  await rm(socketPath, { force: true });
+  const server = createServer({ requestTimeout: BODY_TIMEOUT_MS, headersTimeout: BODY_TIMEOUT_MS }, (req, res) => {
+    const method = req.method ?? 'GET';
+    const url = req.url ?? '/';
+    route(svc, method, url, () => readJson(req)).then(
+      ([status, body]) => send(res, status, body),
+      (err: unknown) => {
+        const e = asIslandError(err);
+        const status = STATUS_OF[e.code] ?? (e.transient ? 503 : 500);
+        if (status >= 500) log.error({ err, method, url }, 'control request failed');
+        else log.debug({ code: e.code, method, url }, 'control request refused');
+        if (!res.headersSent && !res.destroyed) send(res, status, { error: e.toJSON() });
+      },
+    );
+  });
+  server.on('clientError', (_err, socket) => socket.destroy());
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(socketPath, () => resolve());
+  });
+  await chmod(socketPath, 0o600);
+  return server;
+}

@@ -1,0 +1,58 @@
+/**
+ * Prometheus metrics on an optional loopback port (config metricsPort /
+ * ISLAND_METRICS_PORT): FUSE operations (count, errors, bytes, latency) and store
+ * requests (count, errors by code, bytes, latency) per operation.
+ */
+import { createServer, type Server } from 'node:http';
+import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { Observation } from '../store/metrics.js';
+
+const LATENCY_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10];
+
+export class Metrics {
+  readonly registry = new Registry();
+  private readonly fuseOps = new Counter({ name: 'island_fuse_requests_total', help: 'FUSE requests served', labelNames: ['op', 'result'], registers: [this.registry] });
+  private readonly fuseBytes = new Counter({ name: 'island_fuse_bytes_total', help: 'Bytes read and written through FUSE', labelNames: ['op'], registers: [this.registry] });
+  private readonly fuseLatency = new Histogram({ name: 'island_fuse_request_seconds', help: 'FUSE request latency', labelNames: ['op'], buckets: LATENCY_BUCKETS, registers: [this.registry] });
+  private readonly storeOps = new Counter({ name: 'island_store_requests_total', help: 'Object store requests (each attempt)', labelNames: ['op'], registers: [this.registry] });
+  private readonly storeErrors = new Counter({ name: 'island_store_errors_total', help: 'Failed object store requests', labelNames: ['op', 'code'], registers: [this.registry] });
+  private readonly storeBytes = new Counter({ name: 'island_store_bytes_total', help: 'Bytes sent to and received from the object store', labelNames: ['direction'], registers: [this.registry] });
+  private readonly storeLatency = new Histogram({ name: 'island_store_request_seconds', help: 'Object store request latency', labelNames: ['op'], buckets: LATENCY_BUCKETS, registers: [this.registry] });
+
+  constructor() {
+    collectDefaultMetrics({ register: this.registry, prefix: 'island_' });
+  }
+
+  fuse(op: string, ms: number, bytes: number, error: boolean): void {
+    this.fuseOps.inc({ op, result: error ? 'error' : 'ok' });
+    if (bytes > 0) this.fuseBytes.inc({ op }, bytes);
+    this.fuseLatency.observe({ op }, ms / 1000);
+  }
+
+  store(o: Observation): void {
+    this.storeOps.inc({ op: o.op });
+    if (o.error) this.storeErrors.inc({ op: o.op, code: o.error });
+    if (o.bytesIn) this.storeBytes.inc({ direction: 'in' }, o.bytesIn);
+    if (o.bytesOut) this.storeBytes.inc({ direction: 'out' }, o.bytesOut);
+    this.storeLatency.observe({ op: o.op }, o.ms / 1000);
+  }
+
+  /** Serve /metrics on 127.0.0.1:port (loopback only). */
+  async listen(port: number): Promise<Server> {
+    const server = createServer((req, res) => {
+      if (req.url !== '/metrics') {
+        res.writeHead(404).end();
+        return;
+      }
+      this.registry.metrics().then(
+        (text) => res.writeHead(200, { 'content-type': this.registry.contentType }).end(text),
+        () => res.writeHead(500).end(),
+      );
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, '127.0.0.1', () => resolve());
+    });
+    return server;
+  }
+}

@@ -1,0 +1,228 @@
+/**
+ * The daemon's operations, independent of how they are asked for (the control API and
+ * tests call these). Volumes are catalog records in the store; attaching one creates
+ * (or reopens) its local state under <dataDir>/volumes/<name> and shows its file on the
+ * mount; detaching closes it and moves the local copy to <dataDir>/kept/<name>.
+ *
+ * Until snapshots exist, a detached volume's data lives only in its kept local copy:
+ * detach therefore always keeps it, and attaching the volume on another host starts from
+ * the volume's last snapshot (none yet) only when forced.
+ */
+import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import { volumesDir, type Config } from '../config.js';
+import { IslandError, codeOf } from '../errors.js';
+import { DEFAULT_CLUSTER_SIZE, parseClusterSize, parseHostId, parseVolumeName, parseVolumeSize } from '../format/names.js';
+import type { VolumeRecord } from '../format/records.js';
+import { qcow2MaxVirtualSize } from '../format/qcow2.js';
+import { acquireGeneration, releaseGeneration } from '../repo/attach.js';
+import { keys } from '../repo/keys.js';
+import { Repository } from '../repo/repository.js';
+import { listAll } from '../store/types.js';
+import { Volume } from '../volume/engine.js';
+
+export interface VolumeView {
+  name: string;
+  virtualSize: number;
+  clusterSize: number;
+  region: string;
+  created: string;
+  status: VolumeRecord['status'];
+  host: string | null;
+  generation: number;
+  source: VolumeRecord['source'];
+  /** Present when attached on this host. */
+  local?: { file: string; length: number; openHandles: number; dirtyClusters: number; recovery: Volume['recovery'] };
+}
+
+export interface AttachRequest {
+  qmp?: string;
+  qga?: string;
+  force?: boolean;
+}
+
+export interface Attached {
+  volume: Volume;
+  generation: number;
+  qmp: string | undefined;
+  qga: string | undefined;
+}
+
+export class Service {
+  readonly attached = new Map<string, Attached>();
+  /** Names with an attach or detach in progress: a second one is refused. */
+  private readonly busy = new Set<string>();
+  openHandles: (name: string) => number = () => 0;
+
+  constructor(
+    readonly config: Config,
+    readonly repo: Repository,
+    readonly log: Logger,
+  ) {}
+
+  private localDir(name: string): string {
+    return join(volumesDir(this.config), name);
+  }
+
+  private keptDir(name: string): string {
+    return join(this.config.dataDir, 'kept', name);
+  }
+
+  /** Reopen the volumes that were attached here when the daemon last stopped or crashed. */
+  async restore(): Promise<void> {
+    await mkdir(volumesDir(this.config), { recursive: true });
+    for (const name of (await readdir(volumesDir(this.config))).sort()) {
+      const vlog = this.log.child({ volume: name });
+      try {
+        const volume = await Volume.open(this.localDir(name), { logger: vlog });
+        this.attached.set(name, { volume, generation: volume.generation, qmp: undefined, qga: undefined });
+        vlog.info({ length: volume.length, recovery: volume.recovery }, 'volume reattached');
+      } catch (err) {
+        // One damaged volume must not take the others down.
+        vlog.error({ err, code: codeOf(err) }, 'volume cannot be opened; not served');
+      }
+    }
+  }
+
+  async createVolume(req: { name: unknown; size: unknown; clusterSize?: unknown; region?: unknown; from?: unknown }): Promise<VolumeView> {
+    const name = parseVolumeName(req.name);
+    const virtualSize = parseVolumeSize(req.size as string | number);
+    const clusterSize = req.clusterSize === undefined ? DEFAULT_CLUSTER_SIZE : parseClusterSize(req.clusterSize as string | number);
+    if (virtualSize > qcow2MaxVirtualSize(clusterSize)) {
+      throw new IslandError('INVALID_ARGUMENT', `volume size ${virtualSize} is larger than a qcow2 image with ${clusterSize}-byte clusters can address (${qcow2MaxVirtualSize(clusterSize)})`);
+    }
+    if (req.region !== undefined && req.region !== this.repo.region) {
+      throw new IslandError('INVALID_ARGUMENT', `unknown region ${JSON.stringify(String(req.region)).slice(0, 40)} (configured: ${this.repo.region})`);
+    }
+    if (req.from !== undefined) throw new IslandError('INVALID_ARGUMENT', 'creating a volume from a snapshot needs snapshots, which this build does not have yet');
+    if (await this.repo.getVolume(name)) throw new IslandError('ALREADY_EXISTS', `volume ${name} already exists`, { details: { volume: name } });
+    const rec: VolumeRecord = { name, virtualSize, clusterSize, region: this.repo.region, created: this.repo.now(), source: null, status: 'available', host: null, generation: 0, revision: 1 };
+    await this.repo.putVolume(rec);
+    this.log.info({ volume: name, virtualSize, clusterSize }, 'volume created');
+    return this.view(rec);
+  }
+
+  private async record(name: string): Promise<VolumeRecord> {
+    const rec = await this.repo.getVolume(parseVolumeName(name));
+    if (!rec) throw new IslandError('NOT_FOUND', `no volume named ${name}`, { details: { volume: name } });
+    return rec;
+  }
+
+  view(rec: VolumeRecord): VolumeView {
+    const a = this.attached.get(rec.name);
+    const v: VolumeView = {
+      name: rec.name,
+      virtualSize: rec.virtualSize,
+      clusterSize: rec.clusterSize,
+      region: rec.region,
+      created: new Date(rec.created).toISOString(),
+      status: rec.status,
+      host: rec.host,
+      generation: rec.generation,
+      source: rec.source,
+    };
+    if (a) {
+      const s = a.volume.stats();
+      v.local = { file: join(this.config.mount, `${rec.name}.qcow2`), length: a.volume.length, openHandles: this.openHandles(rec.name), dirtyClusters: s.dirtyClusters, recovery: a.volume.recovery };
+    }
+    return v;
+  }
+
+  async showVolume(name: string): Promise<VolumeView> {
+    return this.view(await this.record(name));
+  }
+
+  async listVolumes(): Promise<VolumeView[]> {
+    const out: VolumeView[] = [];
+    for await (const o of listAll(this.repo.store, keys.volumesPrefix)) {
+      const rec = await this.repo.getVolume(o.key.slice(keys.volumesPrefix.length)).catch((err: unknown) => {
+        this.log.warn({ key: o.key, code: codeOf(err) }, 'unreadable catalog record');
+        return undefined;
+      });
+      if (rec) out.push(this.view(rec));
+    }
+    return out;
+  }
+
+  async deleteVolume(name: string): Promise<void> {
+    const rec = await this.record(name);
+    if (this.attached.has(rec.name) || rec.status === 'attached') {
+      throw new IslandError('BUSY', `volume ${rec.name} is attached${rec.host ? ` on ${rec.host}` : ''}; detach it first`, { details: { volume: rec.name, host: rec.host } });
+    }
+    await this.repo.store.delete(keys.volume(rec.name));
+    await rm(this.keptDir(rec.name), { recursive: true, force: true });
+    this.log.info({ volume: rec.name }, 'volume deleted (its snapshots remain)');
+  }
+
+  private async exclusive<T>(name: string, fn: () => Promise<T>): Promise<T> {
+    if (this.busy.has(name)) throw new IslandError('BUSY', `volume ${name} has an attach or detach in progress`, { details: { volume: name } });
+    this.busy.add(name);
+    try {
+      return await fn();
+    } finally {
+      this.busy.delete(name);
+    }
+  }
+
+  async attach(name: string, req: AttachRequest = {}): Promise<VolumeView> {
+    const rec = await this.record(name);
+    return this.exclusive(rec.name, async () => {
+      if (this.attached.has(rec.name)) throw new IslandError('BUSY', `volume ${rec.name} is already attached on this host`, { details: { volume: rec.name } });
+      const att = await acquireGeneration(this.repo, rec.name, { force: req.force ?? false });
+      if (att.tookOverFrom) this.log.warn({ volume: rec.name, from: att.tookOverFrom }, 'forced attach: the previous host must be fenced');
+      const dir = this.localDir(rec.name);
+      const kept = this.keptDir(rec.name);
+      let volume: Volume;
+      const vlog = this.log.child({ volume: rec.name });
+      if (await exists(kept)) {
+        await rename(kept, dir);
+        volume = await Volume.open(dir, { logger: vlog, generation: att.generation });
+      } else {
+        if (att.base) throw new IslandError('INVALID_ARGUMENT', `volume ${rec.name} has snapshots but no local copy here; restore is not available in this build`);
+        volume = await Volume.create(dir, { name: rec.name, virtualSize: rec.virtualSize, clusterSize: rec.clusterSize, generation: att.generation, logger: vlog });
+      }
+      this.attached.set(rec.name, { volume, generation: att.generation, qmp: req.qmp, qga: req.qga });
+      vlog.info({ generation: att.generation }, 'attached');
+      return this.showVolume(rec.name);
+    });
+  }
+
+  async detach(name: string, req: { force?: boolean } = {}): Promise<VolumeView> {
+    const vname = parseVolumeName(name);
+    return this.exclusive(vname, async () => {
+      const a = this.attached.get(vname);
+      if (!a) throw new IslandError('NOT_FOUND', `volume ${vname} is not attached on this host`, { details: { volume: vname } });
+      const open = this.openHandles(vname);
+      if (open > 0 && !req.force) throw new IslandError('BUSY', `${vname}.qcow2 is open (${open} handle${open > 1 ? 's' : ''}); close it or detach with --force`, { details: { volume: vname, open } });
+      this.attached.delete(vname);
+      await a.volume.close();
+      await mkdir(join(this.config.dataDir, 'kept'), { recursive: true });
+      await rename(this.localDir(vname), this.keptDir(vname));
+      await releaseGeneration(this.repo, vname, a.generation);
+      this.log.info({ volume: vname }, 'detached (local copy kept)');
+      return this.showVolume(vname);
+    });
+  }
+
+  status(): { host: string; mount: string; attached: number; volumes: { name: string; length: number; openHandles: number; dirtyClusters: number; generation: number }[] } {
+    return {
+      host: this.config.hostId,
+      mount: this.config.mount,
+      attached: this.attached.size,
+      volumes: [...this.attached].map(([name, a]) => ({ name, length: a.volume.length, openHandles: this.openHandles(name), dirtyClusters: a.volume.stats().dirtyClusters, generation: a.generation })),
+    };
+  }
+
+  async closeAll(): Promise<void> {
+    for (const [name, a] of this.attached) {
+      await a.volume.close().catch((err: unknown) => this.log.error({ volume: name, err }, 'volume close failed'));
+    }
+  }
+}
+
+async function exists(p: string): Promise<boolean> {
+  return stat(p).then(() => true, () => false);
+}
+
+export { parseHostId };

@@ -1,0 +1,160 @@
+/**
+ * The CLI and control API end to end against real daemons; several daemons (hosts)
+ * sharing one store; bad input of every kind, after which the daemon still serves.
+ */
+import { spawn } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { createConnection } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t from 'tap';
+import { cli, cliJson, image, kill, log, makeHost, run, serve, socket, waitFor } from '../helpers/daemon.js';
+
+function raw(path: string, text: string, halfClose = true): Promise<string> {
+  return new Promise((resolve) => {
+    const s = createConnection(path);
+    let got = '';
+    s.on('data', (d) => (got += d.toString()));
+    s.on('error', () => resolve(got));
+    s.on('close', () => resolve(got));
+    s.write(text);
+    if (halfClose) s.end();
+  });
+}
+
+t.test('volume lifecycle through the CLI', async (t) => {
+  const h = await makeHost(t, 'alpha');
+  await serve(h);
+  const created = await cliJson(h, 'volume', 'create', 'db1', '--size', '20G', '--cluster-size', '64K');
+  t.equal(created.virtualSize, 20 * 2 ** 30, 'sizes accept suffixes');
+  t.equal(created.status, 'available');
+  const attached = await cliJson(h, 'attach', 'db1');
+  t.equal(attached.status, 'attached');
+  t.equal(attached.host, 'alpha', 'the catalog records the host');
+  t.equal(attached.generation, 1, 'and the generation');
+  t.equal((attached.local as { file: string }).file, image(h, 'db1'));
+  const info = JSON.parse((await run('qemu-img', ['info', '--output=json', image(h, 'db1')])).stdout) as { 'virtual-size': number };
+  t.equal(info['virtual-size'], 20 * 2 ** 30, 'the file on the mount is a qcow2 image of the volume size');
+  const status = await cliJson(h, 'status');
+  t.same((status.volumes as { name: string }[]).map((v) => v.name), ['db1']);
+  const list = await cliJson(h, 'volume', 'list');
+  t.same((list.volumes as { name: string }[]).map((v) => v.name), ['db1']);
+  const busy = await cli(h, 'volume', 'delete', 'db1');
+  t.equal(busy.code, 1);
+  t.match(busy.stderr, /^island: BUSY: volume db1 is attached on alpha/, 'delete refused while attached, one line with a code');
+  t.equal((await cliJson(h, 'detach', 'db1')).status, 'available');
+  t.same(await cliJson(h, 'volume', 'delete', 'db1'), { deleted: 'db1' });
+  t.equal((await cli(h, 'volume', 'show', 'db1')).code, 1, 'gone');
+});
+
+t.test('attached volumes come back after the daemon is killed', async (t) => {
+  const h = await makeHost(t, 'beta');
+  await serve(h);
+  await cliJson(h, 'volume', 'create', 'survivor', '--size', '1G');
+  await cliJson(h, 'attach', 'survivor');
+  await run('qemu-io', ['-t', 'none', '-c', 'write -P 0x77 0 1M', '-c', 'flush', image(h, 'survivor')]);
+  await kill(h, 'SIGKILL');
+  await serve(h);
+  const r = await run('qemu-io', ['-c', 'read -P 0x77 0 1M', image(h, 'survivor')]);
+  t.notMatch(r.stdout, /Pattern verification failed/, 'the volume is served again with its data');
+  t.equal(((await cliJson(h, 'status')).volumes as unknown[]).length, 1);
+});
+
+t.test('detach is refused while the file is open, unless forced', async (t) => {
+  const h = await makeHost(t, 'gamma');
+  await serve(h);
+  await cliJson(h, 'volume', 'create', 'busy', '--size', '1G');
+  await cliJson(h, 'attach', 'busy');
+  const holder = spawn('sh', ['-c', `exec 3<${image(h, 'busy')}; echo open; exec sleep 60`], { stdio: ['ignore', 'pipe', 'ignore'] });
+  t.teardown(() => holder.kill('SIGKILL'));
+  await new Promise((r) => holder.stdout.once('data', r));
+  const refused = await cli(h, 'detach', 'busy');
+  t.match(refused.stderr, /BUSY: busy.qcow2 is open \(1 handle\)/);
+  holder.kill('SIGKILL');
+  await waitFor('the file to close', async () => (await cli(h, 'detach', 'busy')).code === 0);
+  t.pass('detached once the file was closed');
+});
+
+t.test('several daemons share one store: attach elsewhere is refused and names the host', async (t) => {
+  const store = await mkdtemp(join(tmpdir(), 'island-shared-store-'));
+  t.teardown(() => rm(store, { recursive: true, force: true }));
+  const a = await makeHost(t, 'host-a', store);
+  const b = await makeHost(t, 'host-b', store);
+  await serve(a);
+  await serve(b);
+  await cliJson(a, 'volume', 'create', 'shared', '--size', '2G');
+  t.same(((await cliJson(b, 'volume', 'list')).volumes as { name: string }[]).map((v) => v.name), ['shared'], 'host b sees the volume host a created');
+  await cliJson(a, 'attach', 'shared');
+  const refused = await cli(b, 'attach', 'shared');
+  t.match(refused.stderr, /ATTACHED_ELSEWHERE: volume shared is attached on host host-a/);
+  await cliJson(a, 'detach', 'shared');
+  const onB = await cliJson(b, 'attach', 'shared');
+  t.equal(onB.host, 'host-b');
+  t.equal(onB.generation, 2, 'a new generation for the new holder');
+  const forced = await cliJson(a, 'attach', 'shared', '--force');
+  t.equal(forced.generation, 3, 'a forced attach takes a newer generation (the old host must be fenced)');
+  t.match(await log(a), /forced attach: the previous host must be fenced/);
+});
+
+t.test('bad input gets a clear error and the daemon keeps serving', async (t) => {
+  const h = await makeHost(t, 'delta');
+  await serve(h);
+  await cliJson(h, 'volume', 'create', 'live', '--size', '1G');
+  await cliJson(h, 'attach', 'live');
+  await run('qemu-io', ['-c', 'write -P 0x42 0 64k', '-c', 'flush', image(h, 'live')]);
+  const cases: [string[], RegExp][] = [
+    [['volume', 'create', '../x', '--size', '1G'], /INVALID_ARGUMENT: invalid volume name/],
+    [['volume', 'create', '', '--size', '1G'], /INVALID_ARGUMENT/],
+    [['volume', 'create', 'x'.repeat(64), '--size', '1G'], /INVALID_ARGUMENT/],
+    [['volume', 'create', 'caf\u00e9', '--size', '1G'], /INVALID_ARGUMENT/],
+    [['volume', 'create', 'v', '--size', '0'], /INVALID_ARGUMENT: invalid volume size "0"/],
+    [['volume', 'create', 'v', '--size', '-5G'], /INVALID_ARGUMENT/],
+    [['volume', 'create', 'v', '--size=-5G'], /INVALID_ARGUMENT: invalid volume size/],
+    [['volume', 'create', 'v', '--size', '99999999T'], /INVALID_ARGUMENT/],
+    [['volume', 'create', 'v', '--size', '10X'], /INVALID_ARGUMENT/],
+    [['volume', 'create', 'v', '--size', '1G', '--cluster-size', '3K'], /INVALID_ARGUMENT/],
+    [['volume', 'create', 'v'], /INVALID_ARGUMENT: missing --size/],
+    [['volume', 'create', 'live', '--size', '1G'], /ALREADY_EXISTS/],
+    [['volume', 'show', 'nope'], /NOT_FOUND/],
+    [['attach', 'nope'], /NOT_FOUND/],
+    [['attach', 'live'], /BUSY: volume live is already attached on this host/],
+    [['detach', 'nope'], /NOT_FOUND|INVALID_ARGUMENT/],
+    [['volume', 'frobnicate'], /INVALID_ARGUMENT: unknown command/],
+    [['attach', 'live', '--bogus'], /INVALID_ARGUMENT/],
+  ];
+  for (const [args, want] of cases) {
+    const r = await cli(h, ...args);
+    t.not(r.code, 0, `island ${args.join(' ')} fails`);
+    t.match(r.stderr, want, `... with a clear error: ${r.stderr.trim()}`);
+    t.equal(r.stderr.trim().split('\n').length, 1, '... in one line');
+  }
+  const j = await cli(h, 'volume', 'show', 'nope', '--json');
+  t.equal((JSON.parse(j.stdout) as { error: { code: string } }).error.code, 'NOT_FOUND', '--json errors are JSON');
+  const sock = socket(h);
+  const replies = [
+    await raw(sock, 'POST /v1/volumes HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 9\r\n\r\n{not json'),
+    await raw(sock, `POST /v1/volumes HTTP/1.1\r\nHost: x\r\nContent-Length: ${200_000}\r\n\r\n${'x'.repeat(200_000)}`),
+    await raw(sock, 'POST /v1/volumes HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\n[1,2]\n'),
+    await raw(sock, 'GET /v1/volumes/%ZZ HTTP/1.1\r\nHost: x\r\n\r\n'),
+    await raw(sock, 'GARBAGE\r\n\r\n'),
+    await raw(sock, 'POST /v1/volumes HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"name":', true),
+    await raw(sock, 'POST /v1/volumes/live/attach HTTP/1.1\r\nHost: x\r\nContent-Length: 15\r\n\r\n{"force":"yes"}'),
+  ];
+  t.match(replies[0], /400 Bad Request[\s\S]*INVALID_ARGUMENT/, 'malformed JSON: 400 with a code');
+  t.match(replies[1], /413[\s\S]*TOO_LARGE/, 'oversized body: 413');
+  t.match(replies[2], /400[\s\S]*must be a JSON object/, 'a JSON array: 400');
+  t.match(replies[3], /400[\s\S]*malformed URL escape/, 'a bad escape in the path: 400');
+  t.match(replies[4], /^(HTTP\/1.1 400|)/, 'garbage: a 400 or a closed connection');
+  t.match(replies[6], /400[\s\S]*force must be true or false/, 'a wrongly typed field: 400');
+  const r = await run('qemu-io', ['-c', 'read -P 0x42 0 64k', image(h, 'live')]);
+  t.notMatch(r.stdout, /Pattern verification failed/, 'the attached volume is still served');
+  t.ok(h.child && h.child.exitCode === null, 'the daemon is still running');
+  t.equal(((await cliJson(h, 'status')).volumes as unknown[]).length, 1, 'and still answers');
+});
+
+t.test('the CLI says clearly when no daemon runs', async (t) => {
+  const h = await makeHost(t, 'nobody');
+  const r = await cli(h, 'status');
+  t.equal(r.code, 1);
+  t.match(r.stderr, /^island: DAEMON_UNREACHABLE: cannot reach the island daemon at .*island.sock/);
+});

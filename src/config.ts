@@ -11,12 +11,19 @@
  *   log level    logLevel     ISLAND_LOG_LEVEL      info
  *   metrics      metricsPort  ISLAND_METRICS_PORT   off (a loopback port for /metrics)
  *   region name  region       ISLAND_REGION         default
+ *   regions      regions      (file only)           {} : the embedded store is region "default"
+ *
+ * A region in the file: "regions": {"swift-a": {"type": "s3", "endpoint": "http://...",
+ * "region": "us-east-1", "bucket": "island", "prefix": "prod/", "accessKeyId": "...",
+ * "secretAccessKey": "..."}}. The daemon's store is the region named by `region`; when that
+ * name has no entry it is the embedded store in storeDir.
  */
 import { readFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { isAbsolute, join } from 'node:path';
 import { IslandError } from './errors.js';
 import { parseHostId, parseRegionName } from './format/names.js';
+import type { BackendConfig } from './store/open.js';
 
 export interface Config {
   dataDir: string;
@@ -27,6 +34,8 @@ export interface Config {
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace';
   metricsPort: number | undefined;
   region: string;
+  /** The store of `region`. */
+  store: BackendConfig;
 }
 
 const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace'] as const;
@@ -34,6 +43,32 @@ const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace'] as const;
 function path(v: unknown, what: string): string {
   if (typeof v !== 'string' || v === '' || !isAbsolute(v)) throw new IslandError('INVALID_CONFIG', `${what} must be an absolute path, got ${JSON.stringify(v)}`);
   return v;
+}
+
+function storeOf(regions: unknown, name: string, storeDir: string): BackendConfig {
+  if (regions === undefined) return { type: 'fs', dir: storeDir };
+  if (typeof regions !== 'object' || regions === null || Array.isArray(regions)) throw new IslandError('INVALID_CONFIG', 'regions must be an object of region name -> store');
+  const r = (regions as Record<string, unknown>)[name];
+  if (r === undefined) return { type: 'fs', dir: storeDir };
+  if (typeof r !== 'object' || r === null) throw new IslandError('INVALID_CONFIG', `region ${name} must be an object`);
+  const o = r as Record<string, unknown>;
+  const text = (k: string, optional = false): string | undefined => {
+    const v = o[k];
+    if (v === undefined && optional) return undefined;
+    if (typeof v !== 'string' || v === '') throw new IslandError('INVALID_CONFIG', `region ${name}: ${k} must be a non-empty string`);
+    return v;
+  };
+  if (o.type === 'fs') return { type: 'fs', dir: path(o.dir, `region ${name}: dir`) };
+  if (o.type !== 's3') throw new IslandError('INVALID_CONFIG', `region ${name}: type must be "s3" or "fs"`);
+  return {
+    type: 's3',
+    endpoint: text('endpoint', true),
+    region: text('region', true) ?? 'us-east-1',
+    bucket: text('bucket') as string,
+    prefix: text('prefix', true),
+    accessKeyId: text('accessKeyId') as string,
+    secretAccessKey: text('secretAccessKey') as string,
+  };
 }
 
 function port(v: unknown): number | undefined {
@@ -63,16 +98,19 @@ export async function loadConfig(env: NodeJS.ProcessEnv = process.env): Promise<
   const pick = (key: string, envName: string): unknown => env[envName] ?? file[key];
   const dataDir = path(pick('dataDir', 'ISLAND_DATA_DIR') ?? '/var/lib/island', 'dataDir (ISLAND_DATA_DIR)');
   const level = pick('logLevel', 'ISLAND_LOG_LEVEL') ?? 'info';
+  const region = parseRegionName(pick('region', 'ISLAND_REGION') ?? 'default', 'region (ISLAND_REGION)');
+  const storeDir = path(pick('storeDir', 'ISLAND_STORE_DIR') ?? join(dataDir, 'store'), 'storeDir (ISLAND_STORE_DIR)');
   if (!LEVELS.includes(level as Config['logLevel'])) throw new IslandError('INVALID_CONFIG', `logLevel must be one of ${LEVELS.join(', ')}`);
   return {
     dataDir,
     mount: path(pick('mount', 'ISLAND_MOUNT') ?? '/run/island/mnt', 'mount (ISLAND_MOUNT)'),
     socket: path(pick('socket', 'ISLAND_SOCKET') ?? join(dataDir, 'island.sock'), 'socket (ISLAND_SOCKET)'),
     hostId: parseHostId(pick('hostId', 'ISLAND_HOST_ID') ?? hostname().toLowerCase().replace(/[^a-z0-9._-]/g, '-'), 'hostId (ISLAND_HOST_ID)'),
-    storeDir: path(pick('storeDir', 'ISLAND_STORE_DIR') ?? join(dataDir, 'store'), 'storeDir (ISLAND_STORE_DIR)'),
+    storeDir,
     logLevel: level as Config['logLevel'],
     metricsPort: port(pick('metricsPort', 'ISLAND_METRICS_PORT')),
-    region: parseRegionName(pick('region', 'ISLAND_REGION') ?? 'default', 'region (ISLAND_REGION)'),
+    region,
+    store: storeOf(file.regions, region, storeDir),
   };
 }
 

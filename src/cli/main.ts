@@ -32,6 +32,11 @@ volumes
                                          show NAME.qcow2 on the mount; --force takes over a
                                          volume attached on another host (fence it first!)
   detach NAME [--force] [--keep-local]   refused while the file is open unless --force
+snapshots
+  snapshot create VOLUME... [--consistency crash] [--no-wait]
+                                         seal and upload the changes since the last snapshot
+  snapshot list [VOLUME]
+  snapshot show ID
 store
   store selftest [--dir DIR]             round trip objects through the embedded store
 other
@@ -59,6 +64,22 @@ function volumeLine(v: VolumeOut): string {
   return `${v.name}\t${formatSize(v.virtualSize)}\t${v.status}${where}${local}`;
 }
 
+interface SnapshotOut {
+  id: string;
+  volume: string;
+  created: string;
+  consistency: string;
+  changedClusters: number;
+  uploadedBytes: number;
+  durationMs: number;
+  deleted: boolean;
+  warnings: string[];
+}
+
+function snapshotLine(s: SnapshotOut): string {
+  return `${s.id}\t${s.volume}\t${s.created}\t${s.consistency}\t${s.changedClusters} clusters changed, ${formatSize(s.uploadedBytes)} uploaded in ${s.durationMs} ms${s.deleted ? '\tDELETED' : ''}${s.warnings.length ? `\twarnings: ${s.warnings.join('; ')}` : ''}`;
+}
+
 function need(v: string | undefined, what: string): string {
   if (v === undefined) throw new IslandError('INVALID_ARGUMENT', `missing ${what} (try island help)`);
   return v;
@@ -80,6 +101,9 @@ async function main(argv: string[]): Promise<number> {
       qga: { type: 'string' },
       force: { type: 'boolean' },
       'keep-local': { type: 'boolean' },
+      consistency: { type: 'string' },
+      'no-wait': { type: 'boolean' },
+      wait: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -138,6 +162,26 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
   }
+  if (cmd === 'snapshot') {
+    if (sub === 'create') {
+      const volumes = positionals.slice(2);
+      if (volumes.length === 0) throw new IslandError('INVALID_ARGUMENT', 'missing volume name (try island help)');
+      const r = (await api('POST', '/v1/snapshots', { volumes, consistency: values.consistency, wait: !values['no-wait'] })) as { snapshots?: SnapshotOut[]; started?: string[] };
+      const human = r.snapshots ? r.snapshots.map(snapshotLine).join('\n') : `started: ${(r.started ?? []).join(', ')} (see island status)`;
+      out(human, r);
+      return 0;
+    }
+    if (sub === 'list') {
+      const r = (await api('GET', `/v1/snapshots${arg ? `?volume=${enc(arg)}` : ''}`)) as { snapshots: SnapshotOut[] };
+      out(r.snapshots.map(snapshotLine).join('\n') || '(no snapshots)', r);
+      return 0;
+    }
+    if (sub === 'show') {
+      const s = (await api('GET', `/v1/snapshots/${enc(need(arg, 'snapshot id'))}`)) as SnapshotOut;
+      out(Object.entries(s).map(([k, v]) => `${k}: ${Array.isArray(v) ? v.join('; ') : String(v)}`).join('\n'), s);
+      return 0;
+    }
+  }
   if (cmd === 'attach') {
     const name = need(sub, 'volume name');
     const v = (await api('POST', `/v1/volumes/${enc(name)}/attach`, { qmp: values.qmp, qga: values.qga, force: values.force })) as VolumeOut;
@@ -147,7 +191,7 @@ async function main(argv: string[]): Promise<number> {
   if (cmd === 'detach') {
     const name = need(sub, 'volume name');
     const v = (await api('POST', `/v1/volumes/${enc(name)}/detach`, { force: values.force })) as VolumeOut;
-    out(`detached ${name} (local copy kept)`, v);
+    out(`detached ${name} (final snapshot taken; local copy kept)`, v);
     return 0;
   }
   throw new IslandError('INVALID_ARGUMENT', `unknown command: ${positionals.join(' ').slice(0, 80)} (try island help)`);

@@ -8,6 +8,9 @@
  *   DELETE /v1/volumes/{name}
  *   POST   /v1/volumes/{name}/attach        {qmp?, qga?, force?}
  *   POST   /v1/volumes/{name}/detach        {force?}
+ *   POST   /v1/snapshots                    {volumes: [name...], consistency?, wait?}
+ *   GET    /v1/snapshots[?volume=name]
+ *   GET    /v1/snapshots/{id}
  *
  * Success: 200/201 with a JSON body. Failure: {"error": {"code", "message", "details"}}
  * with the HTTP status from STATUS_OF below. Requests are bounded (64 KiB body, 30 s to
@@ -106,6 +109,17 @@ async function route(svc: Service, method: string, url: string, body: () => Prom
       const b = await body();
       return [200, await svc.detach(name, { force: bool(b.force, 'force') })];
     }
+  }
+  if (res === 'snapshots') {
+    if (parts.length === 2 && method === 'POST') {
+      const b = await body();
+      return [200, await svc.createSnapshots({ volumes: b.volumes, consistency: b.consistency, wait: bool(b.wait, 'wait') })];
+    }
+    if (parts.length === 2 && method === 'GET') {
+      const volume = new URLSearchParams(url.split('?')[1] ?? '').get('volume') ?? undefined;
+      return [200, { snapshots: await svc.listSnapshots(volume) }];
+    }
+    if (name !== undefined && parts.length === 3 && method === 'GET') return [200, await svc.showSnapshot(name)];
   }
   throw new IslandError('NOT_FOUND', `no such endpoint: ${method} ${path.slice(0, 100)}`);
 }

@@ -33,7 +33,7 @@ export function makeLogger(c: Config): Logger {
 
 export async function startDaemon(c: Config, log: Logger = makeLogger(c)): Promise<Daemon> {
   const metrics = new Metrics();
-  const { store } = openStore({ type: 'fs', dir: c.storeDir }, { onObserve: (o) => metrics.store(o) });
+  const { store } = openStore(c.store, { onObserve: (o) => metrics.store(o) });
   const repo = new Repository(store, { host: c.hostId, region: c.region });
   const service = new Service(c, repo, log);
   await service.restore();

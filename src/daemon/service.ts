@@ -8,16 +8,19 @@
  * detach therefore always keeps it, and attaching the volume on another host starts from
  * the volume's last snapshot (none yet) only when forced.
  */
-import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, open, readFile, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { volumesDir, type Config } from '../config.js';
 import { IslandError, codeOf } from '../errors.js';
-import { DEFAULT_CLUSTER_SIZE, parseClusterSize, parseHostId, parseVolumeName, parseVolumeSize } from '../format/names.js';
-import type { VolumeRecord } from '../format/records.js';
+import { DEFAULT_CLUSTER_SIZE, parseClusterSize, parseHostId, parseSnapshotId, parseVolumeName, parseVolumeSize } from '../format/names.js';
+import type { Manifest, VolumeRecord } from '../format/records.js';
 import { qcow2MaxVirtualSize } from '../format/qcow2.js';
 import { acquireGeneration, releaseGeneration } from '../repo/attach.js';
-import { keys } from '../repo/keys.js';
+import { keys, parseManifestKey } from '../repo/keys.js';
+import { findSnapshot } from '../repo/snapshots.js';
+import { EncodePool } from '../snapshot/pool.js';
+import { takeSnapshot } from '../snapshot/create.js';
 import { Repository } from '../repo/repository.js';
 import { listAll } from '../store/types.js';
 import { Volume } from '../volume/engine.js';
@@ -47,7 +50,60 @@ export interface Attached {
   generation: number;
   qmp: string | undefined;
   qga: string | undefined;
+  /** The snapshot the local image's change tracking is relative to (null: none yet). */
+  parent: Manifest | null;
+  /** A snapshot in progress: at most one per volume. */
+  job: SnapshotJob | undefined;
 }
+
+export interface SnapshotJob {
+  volume: string;
+  started: number;
+  done: number;
+  total: number;
+  promise: Promise<Manifest>;
+}
+
+export interface SnapshotView {
+  id: string;
+  volume: string;
+  parent: string | null;
+  created: string;
+  host: string;
+  generation: number;
+  consistency: Manifest['consistency'];
+  imageLength: number;
+  changedClusters: number;
+  zeroClusters: number;
+  uploadedBlobs: number;
+  uploadedBytes: number;
+  reusedBlobs: number;
+  packs: number;
+  pauseMs: number | null;
+  durationMs: number;
+  warnings: readonly string[];
+  deleted: boolean;
+}
+
+export function snapshotView(m: Manifest, deleted: boolean): SnapshotView {
+  return {
+    id: m.id,
+    volume: m.volume,
+    parent: m.parent,
+    created: new Date(m.created).toISOString(),
+    host: m.host,
+    generation: m.generation,
+    consistency: m.consistency,
+    imageLength: m.imageLength,
+    ...m.stats,
+    warnings: m.warnings,
+    deleted,
+  };
+}
+
+/** Upload window W: a snapshot commits within it or re-checks (docs/protocols.md). */
+export const WINDOW_MS = 60 * 60 * 1000;
+const LAST_SNAPSHOT_FILE = 'last-snapshot';
 
 export class Service {
   readonly attached = new Map<string, Attached>();
@@ -69,6 +125,38 @@ export class Service {
     return join(this.config.dataDir, 'kept', name);
   }
 
+  private pool: EncodePool | undefined;
+
+  private encodePool(): EncodePool {
+    this.pool ??= new EncodePool();
+    return this.pool;
+  }
+
+  /** The snapshot a local copy's change tracking is relative to, if it still exists. */
+  private async localParent(dir: string, name: string, volume: Volume): Promise<Manifest | null> {
+    const id = await readFile(join(dir, LAST_SNAPSHOT_FILE), 'utf8').then((s) => s.trim(), () => '');
+    if (!id) return null;
+    const m = await this.repo.getManifest(name, id);
+    if (!m || (await this.repo.getTombstone(id))) {
+      this.log.warn({ volume: name, snapshot: id }, 'the last snapshot of the local copy is gone: the next snapshot uploads everything');
+      await volume.markAllDirty();
+      return null;
+    }
+    return m;
+  }
+
+  private async recordParent(dir: string, m: Manifest): Promise<void> {
+    const tmp = join(dir, `${LAST_SNAPSHOT_FILE}.tmp`);
+    const fh = await open(tmp, 'w', 0o600);
+    try {
+      await fh.writeFile(m.id + '\n');
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await rename(tmp, join(dir, LAST_SNAPSHOT_FILE));
+  }
+
   /** Reopen the volumes that were attached here when the daemon last stopped or crashed. */
   async restore(): Promise<void> {
     await mkdir(volumesDir(this.config), { recursive: true });
@@ -76,7 +164,8 @@ export class Service {
       const vlog = this.log.child({ volume: name });
       try {
         const volume = await Volume.open(this.localDir(name), { logger: vlog });
-        this.attached.set(name, { volume, generation: volume.generation, qmp: undefined, qga: undefined });
+        const parent = await this.localParent(this.localDir(name), name, volume);
+        this.attached.set(name, { volume, generation: volume.generation, qmp: undefined, qga: undefined, parent, job: undefined });
         vlog.info({ length: volume.length, recovery: volume.recovery }, 'volume reattached');
       } catch (err) {
         // One damaged volume must not take the others down.
@@ -182,7 +271,8 @@ export class Service {
         if (att.base) throw new IslandError('INVALID_ARGUMENT', `volume ${rec.name} has snapshots but no local copy here; restore is not available in this build`);
         volume = await Volume.create(dir, { name: rec.name, virtualSize: rec.virtualSize, clusterSize: rec.clusterSize, generation: att.generation, logger: vlog });
       }
-      this.attached.set(rec.name, { volume, generation: att.generation, qmp: req.qmp, qga: req.qga });
+      const parent = await this.localParent(dir, rec.name, volume);
+      this.attached.set(rec.name, { volume, generation: att.generation, qmp: req.qmp, qga: req.qga, parent, job: undefined });
       vlog.info({ generation: att.generation }, 'attached');
       return this.showVolume(rec.name);
     });
@@ -195,6 +285,10 @@ export class Service {
       if (!a) throw new IslandError('NOT_FOUND', `volume ${vname} is not attached on this host`, { details: { volume: vname } });
       const open = this.openHandles(vname);
       if (open > 0 && !req.force) throw new IslandError('BUSY', `${vname}.qcow2 is open (${open} handle${open > 1 ? 's' : ''}); close it or detach with --force`, { details: { volume: vname, open } });
+      // The final snapshot: the volume's last state goes to the store before the host
+      // lets go of it (its manifest is written before the detach record).
+      const last = await this.snapshotOne(vname, 'crash');
+      this.log.info({ volume: vname, snapshot: last.id }, 'final snapshot before detach');
       this.attached.delete(vname);
       await a.volume.close();
       await mkdir(join(this.config.dataDir, 'kept'), { recursive: true });
@@ -205,16 +299,99 @@ export class Service {
     });
   }
 
-  status(): { host: string; mount: string; attached: number; volumes: { name: string; length: number; openHandles: number; dirtyClusters: number; generation: number }[] } {
+  status(): { host: string; mount: string; attached: number; volumes: { name: string; length: number; openHandles: number; dirtyClusters: number; generation: number; lastSnapshot: string | null; snapshot: { done: number; total: number; seconds: number } | null }[] } {
     return {
       host: this.config.hostId,
       mount: this.config.mount,
       attached: this.attached.size,
-      volumes: [...this.attached].map(([name, a]) => ({ name, length: a.volume.length, openHandles: this.openHandles(name), dirtyClusters: a.volume.stats().dirtyClusters, generation: a.generation })),
+      volumes: [...this.attached].map(([name, a]) => ({
+        name,
+        length: a.volume.length,
+        openHandles: this.openHandles(name),
+        dirtyClusters: a.volume.stats().dirtyClusters,
+        generation: a.generation,
+        lastSnapshot: a.parent?.id ?? null,
+        snapshot: a.job ? { done: a.job.done, total: a.job.total, seconds: (Date.now() - a.job.started) / 1000 } : null,
+      })),
     };
   }
 
+  /** Snapshot attached volumes (several volumes of one VM are sealed back to back). */
+  async createSnapshots(req: { volumes: unknown; consistency?: unknown; wait?: unknown }): Promise<{ snapshots: SnapshotView[] } | { started: string[] }> {
+    if (!Array.isArray(req.volumes) || req.volumes.length === 0 || req.volumes.length > 64) throw new IslandError('INVALID_ARGUMENT', 'volumes must be a list of 1 to 64 volume names');
+    const names = req.volumes.map((v) => parseVolumeName(v));
+    const consistency = req.consistency ?? 'crash';
+    if (consistency !== 'crash') {
+      throw new IslandError('INVALID_ARGUMENT', `consistency ${JSON.stringify(String(consistency)).slice(0, 30)} needs QEMU's QMP socket; this build takes crash-consistent snapshots only`);
+    }
+    for (const n of names) {
+      const a = this.attached.get(n);
+      if (!a) throw new IslandError('NOT_FOUND', `volume ${n} is not attached on this host`, { details: { volume: n } });
+      if (a.job) throw new IslandError('BUSY', `a snapshot of ${n} is already in progress`, { details: { volume: n } });
+    }
+    const jobs = names.map((n) => this.snapshotOne(n, 'crash'));
+    if (req.wait === false) {
+      for (const j of jobs) j.catch(() => undefined);
+      return { started: names };
+    }
+    const ms = await Promise.all(jobs);
+    return { snapshots: ms.map((m) => snapshotView(m, false)) };
+  }
+
+  private snapshotOne(name: string, consistency: Manifest['consistency']): Promise<Manifest> {
+    const a = this.attached.get(name);
+    if (!a) return Promise.reject(new IslandError('NOT_FOUND', `volume ${name} is not attached on this host`));
+    if (a.job) return a.job.promise;
+    const job: SnapshotJob = { volume: name, started: Date.now(), done: 0, total: 0, promise: Promise.resolve(null as unknown as Manifest) };
+    job.promise = (async () => {
+      try {
+        const m = await takeSnapshot(this.repo, this.encodePool(), {
+          volume: a.volume,
+          generation: a.generation,
+          parent: a.parent,
+          consistency,
+          windowMs: WINDOW_MS,
+          onProgress: (done, total) => {
+            job.done = done;
+            job.total = total;
+          },
+        });
+        a.parent = m;
+        await this.recordParent(this.localDir(name), m);
+        this.log.info({ volume: name, snapshot: m.id, stats: m.stats, warnings: m.warnings }, 'snapshot committed');
+        return m;
+      } catch (err) {
+        this.log.error({ volume: name, err, code: codeOf(err) }, 'snapshot failed; its changes go into the next one');
+        throw err;
+      } finally {
+        a.job = undefined;
+      }
+    })();
+    a.job = job;
+    return job.promise;
+  }
+
+  async listSnapshots(volume?: string): Promise<SnapshotView[]> {
+    const out: SnapshotView[] = [];
+    const prefix = volume === undefined ? keys.manifestsPrefix() : keys.manifestsPrefix(parseVolumeName(volume));
+    for await (const o of listAll(this.repo.store, prefix)) {
+      const k = parseManifestKey(o.key);
+      if (!k) continue;
+      const m = await this.repo.getManifest(k.volume, k.id).catch(() => undefined);
+      if (m) out.push(snapshotView(m, (await this.repo.getTombstone(m.id)) !== undefined));
+    }
+    return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  }
+
+  async showSnapshot(id: unknown): Promise<SnapshotView> {
+    const sid = parseSnapshotId(id);
+    const m = await findSnapshot(this.repo, sid);
+    if (!m) throw new IslandError('NOT_FOUND', `no snapshot ${sid}`, { details: { snapshot: sid } });
+    return snapshotView(m, (await this.repo.getTombstone(sid)) !== undefined);
+  }
+
   async closeAll(): Promise<void> {
+    await this.pool?.close();
     for (const [name, a] of this.attached) {
       await a.volume.close().catch((err: unknown) => this.log.error({ volume: name, err }, 'volume close failed'));
     }

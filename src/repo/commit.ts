@@ -20,14 +20,21 @@
 import { IslandError } from '../errors.js';
 import type { Manifest, Qcow2Facts, SnapshotRef, Consistency, Pin } from '../format/records.js';
 import { UNALLOCATED, ZERO, blobEntry, buildTree, treeShape, DEFAULT_FANOUT, lookup, type Tree, type TreeChange, type TreeEntry } from '../format/tree.js';
+import { encodeBlob } from '../format/blob.js';
 import { hex } from '../format/location.js';
 import { keys } from './keys.js';
 import type { Repository } from './repository.js';
 
-/** One changed cluster: its bytes, or a zero / unallocated marker. */
+/** A cluster already hashed and framed (by a worker thread). */
+export interface EncodedCluster {
+  readonly frame: Buffer;
+  readonly id: Buffer;
+}
+
+/** One changed cluster: its bytes (plain or already encoded), or a zero / unallocated marker. */
 export interface ClusterChange {
   readonly cluster: number;
-  readonly data: Buffer | 'zero' | 'unallocated';
+  readonly data: Buffer | EncodedCluster | 'zero' | 'unallocated';
 }
 
 /** Knobs that break the protocol on purpose: only the protocol simulation sets them. */
@@ -142,7 +149,8 @@ export async function commitSnapshot(repo: Repository, req: CommitRequest): Prom
         } else if (c.data === 'unallocated') {
           yield { cluster: c.cluster, entry: UNALLOCATED };
         } else {
-          const loc = data.addPlainDedup(c.data, seen, parentTree ? async (id) => {
+          const encoded = Buffer.isBuffer(c.data) ? encodeBlob(c.data, 'data') : c.data;
+          const loc = data.addDedup(encoded, seen, parentTree ? async (id) => {
             const prev = await lookup(parentTree, c.cluster, reader);
             return prev.kind === 'blob' && prev.loc.id.equals(id) ? prev : undefined;
           } : undefined);

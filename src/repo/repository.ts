@@ -6,6 +6,7 @@
  * local disk, FUSE or QMP. Protocols (commit, delete, attach, GC) are built on it.
  */
 import { randomBytes } from 'node:crypto';
+import { LRUCache } from 'lru-cache';
 import { IslandError } from '../errors.js';
 import { decodeBlob, encodeBlob, type BlobKind } from '../format/blob.js';
 import { hex, type BlobLocation } from '../format/location.js';
@@ -188,8 +189,24 @@ export class Repository {
     return { size: info.size, entries: this.verified(() => parsePackTrailer(trailer, footer, footer.trailerOffset), key) };
   }
 
+  /**
+   * Tree nodes, verified, through a cache bounded in bytes that merges concurrent loads
+   * of one node (lru-cache fetchMethod). Keyed by location: a node's bytes never change.
+   */
+  private readonly nodes = new LRUCache<string, Buffer, BlobLocation>({
+    maxSize: 64 * 1024 * 1024,
+    sizeCalculation: (b) => Math.max(1, b.length),
+    fetchMethod: async (_key, _stale, { context }) => this.readBlob('metadata', context),
+  });
+
   nodeReader(): TreeNodeReader {
-    return { readNode: async (ref: NodeRef) => this.readBlob('metadata', ref.loc) };
+    return {
+      readNode: async (ref: NodeRef) => {
+        const b = await this.nodes.fetch(`${hex(ref.loc.pack)}:${ref.loc.offset}:${ref.loc.length}`, { context: ref.loc });
+        if (!b) throw new IslandError('INTERNAL', 'node cache returned nothing');
+        return b;
+      },
+    };
   }
 
   async putCheckpoint(m: Manifest, n: number, opts?: OpOptions): Promise<void> {
@@ -255,15 +272,14 @@ export class PackSink implements TreeNodeWriter {
   }
 
   /**
-   * Add plain bytes unless the same content is already in this sink (`seen`, by id) or
-   * equals the parent's blob for the cluster (`parentBlob`): then reuse that location.
+   * Add an encoded blob unless the same content is already in this sink (`seen`, by id)
+   * or equals the parent's blob for the cluster (`parentBlob`): then reuse that location.
    */
-  async addPlainDedup(
-    plain: Buffer,
+  async addDedup(
+    b: { frame: Buffer; id: Buffer },
     seen: Map<string, TreeEntry>,
     parentBlob?: (id: Buffer) => Promise<BlobEntry | undefined>,
   ): Promise<{ entry: BlobEntry; reused: boolean }> {
-    const b = encodeBlob(plain, this.kind);
     const key = hex(b.id);
     const known = seen.get(key);
     if (known?.kind === 'blob') return { entry: known, reused: true };

@@ -567,6 +567,20 @@ export class Volume extends EventEmitter {
   }
 
   /** Clusters dirty in the current epoch, ascending. */
+  /**
+   * Mark every cluster of the image dirty, durably: the next snapshot uploads the whole
+   * image (used when the snapshot the change tracking was relative to is gone).
+   */
+  async markAllDirty(): Promise<void> {
+    this.checkOpen();
+    const n = Math.ceil(this.len / this.clusterSize);
+    if (n > 0) {
+      await this.tracker.ensureIntent(0, this.len);
+      this.tracker.markDirty(0, n - 1);
+    }
+    await this.tracker.persist();
+  }
+
   dirtyClusters(): Generator<number> {
     return this.tracker.current.bits();
   }

@@ -21,6 +21,8 @@ interface Tap {
 export interface Host {
   dataDir: string;
   storeDir: string;
+  /** An island config file (regions), when the host uses a configured store. */
+  configFile?: string;
   mount: string;
   hostId: string;
   logFile: string;
@@ -54,13 +56,20 @@ export async function makeHost(t: Tap, hostId = 'test-host', storeDir?: string):
   return h;
 }
 
+/** Point a host at an S3 region (a real Swift in tests): writes its config file. */
+export async function useS3(h: Host, s3: { endpoint: string; region: string; accessKeyId: string; secretAccessKey: string }, bucket: string): Promise<void> {
+  const { writeFile } = await import('node:fs/promises');
+  h.configFile = join(h.dataDir, 'island.json');
+  await writeFile(h.configFile, JSON.stringify({ region: 'swift', regions: { swift: { type: 's3', ...s3, bucket } } }));
+}
+
 export async function createVolume(h: Host, name: string, virtualSize: number): Promise<void> {
   const v = await Volume.create(join(h.dataDir, 'volumes', name), { name, virtualSize, generation: 1, flushIntervalMs: 0 });
   await v.close();
 }
 
 function env(h: Host): NodeJS.ProcessEnv {
-  return { ...process.env, ISLAND_DATA_DIR: h.dataDir, ISLAND_STORE_DIR: h.storeDir, ISLAND_MOUNT: h.mount, ISLAND_HOST_ID: h.hostId, ISLAND_LOG_LEVEL: 'info', ISLAND_SOCKET: socket(h) };
+  return { ...process.env, ...(h.configFile ? { ISLAND_CONFIG: h.configFile } : {}), ISLAND_DATA_DIR: h.dataDir, ISLAND_STORE_DIR: h.storeDir, ISLAND_MOUNT: h.mount, ISLAND_HOST_ID: h.hostId, ISLAND_LOG_LEVEL: 'info', ISLAND_SOCKET: socket(h) };
 }
 
 export function socket(h: Host): string {

@@ -1,0 +1,112 @@
+/**
+ * Taking a snapshot of an attached volume (docs/protocols.md, "Commit"):
+ *
+ *  1. Seal the volume: O(1); writes after this instant go to the next epoch, and an
+ *     overwrite of a sealed cluster not yet uploaded is first copied aside.
+ *  2. Stream the sealed clusters in cluster order: read each at the seal (readSealed),
+ *     hash and compress it on a worker thread, zero clusters become zero entries. A
+ *     bounded window of clusters is in flight, so memory does not grow with the delta.
+ *  3. commitSnapshot packs and uploads the blobs, writes the changed tree nodes and the
+ *     manifest last, following the reuse and window rules.
+ *  4. Complete the seal (the changes are in the store), or abandon it on failure: its
+ *     changes merge into the current epoch and go into the next snapshot.
+ */
+import type { Consistency, Manifest, Qcow2Facts } from '../format/records.js';
+import { parseQcow2Header } from '../format/qcow2.js';
+import { commitSnapshot, type ClusterChange } from '../repo/commit.js';
+import type { Repository } from '../repo/repository.js';
+import type { Seal } from '../volume/engine.js';
+import type { EncodePool } from './pool.js';
+
+/** What snapshotting needs of a volume (the engine's Volume). */
+export interface SnapshotSource {
+  readonly name: string;
+  readonly clusterSize: number;
+  seal(): Promise<Seal>;
+  read(buf: Buffer, offset: number): Promise<number>;
+}
+
+export interface SnapshotOptions {
+  volume: SnapshotSource;
+  generation: number;
+  parent: Manifest | null;
+  consistency: Consistency;
+  pauseMs?: number | null;
+  /** Clusters read and encoded ahead of the packer (default 4 per worker thread). */
+  window?: number;
+  windowMs: number;
+  signal?: AbortSignal;
+  onProgress?: (done: number, total: number) => void;
+  /** The seal, when the caller sealed already (several volumes in one pause). */
+  seal?: Seal;
+}
+
+/** qcow2 facts for the manifest, and the warnings that matter for a restore. */
+export function qcow2Facts(head: Buffer): { facts: Qcow2Facts | null; warnings: string[] } {
+  try {
+    const h = parseQcow2Header(head);
+    const warnings: string[] = [];
+    if (h.lazyRefcounts) warnings.push('the image uses lazy refcounts: a restore is repaired by reading every metadata cluster');
+    if (h.dirty) warnings.push('the qcow2 dirty bit is set: QEMU will repair the restored image on open');
+    if (h.corrupt) warnings.push('the qcow2 corrupt bit is set');
+    if (h.nbSnapshots > 0) warnings.push(`the image holds ${h.nbSnapshots} internal snapshot(s): their saved state is uploaded and kept too`);
+    return { facts: { version: h.version, dirty: h.dirty, lazyRefcounts: h.lazyRefcounts, nbSnapshots: h.nbSnapshots, corrupt: h.corrupt }, warnings };
+  } catch (err) {
+    return { facts: null, warnings: [`the image header could not be parsed: ${(err as Error).message}`] };
+  }
+}
+
+export async function takeSnapshot(repo: Repository, pool: EncodePool, o: SnapshotOptions): Promise<Manifest> {
+  const seal = o.seal ?? (await o.volume.seal());
+  try {
+    // The header as of the seal when cluster 0 changed in this epoch, else as it is now
+    // (then it did not change since the previous seal).
+    let head: Buffer;
+    if (seal.has(0)) head = await seal.readSealed(0);
+    else {
+      head = Buffer.alloc(o.volume.clusterSize);
+      head = head.subarray(0, await o.volume.read(head, 0));
+    }
+    const { facts, warnings } = qcow2Facts(head);
+    const total = seal.clusterCount;
+    const window = o.window ?? pool.threads * 4;
+    let done = 0;
+    async function* changes(): AsyncGenerator<ClusterChange> {
+      const inflight: Promise<ClusterChange>[] = [];
+      const start = async (c: number): Promise<ClusterChange> => {
+        const plain = await seal.readSealed(c);
+        const r = await pool.encode(plain);
+        return { cluster: c, data: r.zero ? 'zero' : { frame: Buffer.from(r.frame.buffer, r.frame.byteOffset, r.frame.byteLength), id: Buffer.from(r.id.buffer, r.id.byteOffset, r.id.byteLength) } };
+      };
+      const clusters = [...seal.clusters()].sort((a, b) => a - b);
+      let next = 0;
+      while (next < clusters.length && inflight.length < window) inflight.push(start(clusters[next++] as number));
+      while (inflight.length) {
+        const change = await (inflight.shift() as Promise<ClusterChange>);
+        if (next < clusters.length) inflight.push(start(clusters[next++] as number));
+        yield change;
+        seal.markUploaded(change.cluster);
+        o.onProgress?.(++done, total);
+      }
+    }
+    const m = await commitSnapshot(repo, {
+      volume: o.volume.name,
+      generation: o.generation,
+      parent: o.parent,
+      imageLength: seal.length,
+      clusterSize: o.volume.clusterSize,
+      consistency: o.consistency,
+      qcow2: facts,
+      pauseMs: o.pauseMs ?? null,
+      warnings,
+      changes: changes(),
+      windowMs: o.windowMs,
+      signal: o.signal,
+    });
+    await seal.complete();
+    return m;
+  } catch (err) {
+    if (seal.status === 'open') await seal.abandon().catch(() => undefined);
+    throw err;
+  }
+}

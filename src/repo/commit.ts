@@ -149,6 +149,7 @@ export async function commitSnapshot(repo: Repository, req: CommitRequest): Prom
         } else if (c.data === 'unallocated') {
           yield { cluster: c.cluster, entry: UNALLOCATED };
         } else {
+          await data.backpressure();
           const encoded = Buffer.isBuffer(c.data) ? encodeBlob(c.data, 'data') : c.data;
           const loc = data.addDedup(encoded, seen, parentTree ? async (id) => {
             const prev = await lookup(parentTree, c.cluster, reader);

@@ -231,12 +231,17 @@ export interface PackSinkOptions {
   onIssue?: () => void;
   /** A pack is durable. */
   onPack?: (id: Buffer, bytes: number) => void;
+  /** Pack uploads in flight at most (default 4: 64 MiB of 16 MiB packs). */
+  maxInflight?: number;
 }
 
 export class PackSink implements TreeNodeWriter {
   private builder: PackBuilder | undefined;
   private packId: Buffer | undefined;
-  private readonly uploads: Promise<void>[] = [];
+  /** Pack uploads in flight; at most maxInflight (plus the pack being filled) in memory. */
+  private readonly inflight = new Set<Promise<void>>();
+  private failure: unknown;
+  readonly maxInflight: number;
   /** Blobs added so far by id: identical content (tree nodes repeat) is stored once. */
   private readonly locations = new Map<string, BlobLocation>();
   readonly written: Buffer[] = [];
@@ -247,7 +252,9 @@ export class PackSink implements TreeNodeWriter {
     private readonly repo: Repository,
     readonly kind: BlobKind,
     private readonly opts: PackSinkOptions,
-  ) {}
+  ) {
+    this.maxInflight = opts.maxInflight ?? 4;
+  }
 
   /** Add an encoded frame; returns where it will live. */
   add(frame: Buffer, id: Buffer): BlobLocation {
@@ -308,23 +315,35 @@ export class PackSink implements TreeNodeWriter {
     this.bytes += built.bytes.length;
     const key = keys.pack(this.kind, id);
     this.opts.onIssue?.();
-    this.uploads.push(
-      this.repo.store.put(key, built.bytes, { signal: this.opts.signal }).then(() => this.opts.onPack?.(id, built.bytes.length)),
+    const p: Promise<void> = this.repo.store.put(key, built.bytes, { signal: this.opts.signal }).then(
+      () => {
+        this.inflight.delete(p);
+        this.opts.onPack?.(id, built.bytes.length);
+      },
+      (err: unknown) => {
+        this.inflight.delete(p);
+        this.failure ??= err;
+      },
     );
+    this.inflight.add(p);
+  }
+
+  /** Wait while too many packs are uploading (callers await this between blobs). */
+  async backpressure(): Promise<void> {
+    while (this.inflight.size >= this.maxInflight) await Promise.race(this.inflight);
+    if (this.failure !== undefined) throw this.failure;
   }
 
   /** Upload what is pending; resolves when every pack handed out so far is durable. */
   async flush(): Promise<Buffer[]> {
     this.cut();
-    const pending = this.uploads.splice(0);
-    const results = await Promise.allSettled(pending);
-    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failed) throw failed.reason;
+    while (this.inflight.size) await Promise.race(this.inflight);
+    if (this.failure !== undefined) throw this.failure;
     return this.written;
   }
 
   get pendingUploads(): number {
-    return this.uploads.length;
+    return this.inflight.size;
   }
 }
 

@@ -23,7 +23,8 @@ import { EncodePool } from '../snapshot/pool.js';
 import { takeSnapshot } from '../snapshot/create.js';
 import { Repository } from '../repo/repository.js';
 import { listAll } from '../store/types.js';
-import { Volume } from '../volume/engine.js';
+import { Volume, type PresentFetcher } from '../volume/engine.js';
+import { treeFetcher } from '../snapshot/restore.js';
 
 export interface VolumeView {
   name: string;
@@ -104,6 +105,20 @@ export function snapshotView(m: Manifest, deleted: boolean): SnapshotView {
 /** Upload window W: a snapshot commits within it or re-checks (docs/protocols.md). */
 export const WINDOW_MS = 60 * 60 * 1000;
 const LAST_SNAPSHOT_FILE = 'last-snapshot';
+/** An attach pin protects a restore base this long (renewal comes with the background fill). */
+export const PIN_TTL_MS = 30 * 24 * 3600 * 1000;
+
+/** A fetcher whose snapshot is known only after the volume's state is read. */
+class LazyFetcher implements PresentFetcher {
+  private inner: PresentFetcher | undefined;
+  resolve(f: PresentFetcher): void {
+    this.inner = f;
+  }
+  fetch(first: number, count: number, signal: AbortSignal): Promise<Buffer> {
+    if (!this.inner) return Promise.reject(new IslandError('INTERNAL', 'clusters requested before the base snapshot was resolved'));
+    return this.inner.fetch(first, count, signal);
+  }
+}
 
 export class Service {
   readonly attached = new Map<string, Attached>();
@@ -145,6 +160,19 @@ export class Service {
     return m;
   }
 
+  /** The manifest a restored volume fetches from (it must still exist: it is pinned). */
+  private async baseOf(name: string, id: string): Promise<PresentFetcher> {
+    const m = await this.repo.getManifest(name, id);
+    if (!m) throw new IslandError('NOT_FOUND', `the base snapshot ${id} of ${name} is gone; its missing clusters cannot be fetched`, { details: { volume: name, snapshot: id } });
+    return treeFetcher(this.repo, m);
+  }
+
+  /** Pin a restore base while the volume may still read from it (expires: see PIN_TTL_MS). */
+  private async pinBase(base: Manifest): Promise<void> {
+    const now = this.repo.now();
+    await this.repo.putPin({ id: this.repo.ulid(), snapshot: base.id, volume: base.volume, holder: 'attach', host: this.repo.host, created: now, expires: now + PIN_TTL_MS });
+  }
+
   private async recordParent(dir: string, m: Manifest): Promise<void> {
     const tmp = join(dir, `${LAST_SNAPSHOT_FILE}.tmp`);
     const fh = await open(tmp, 'w', 0o600);
@@ -163,7 +191,9 @@ export class Service {
     for (const name of (await readdir(volumesDir(this.config))).sort()) {
       const vlog = this.log.child({ volume: name });
       try {
-        const volume = await Volume.open(this.localDir(name), { logger: vlog });
+        const lazy = new LazyFetcher();
+        const volume = await Volume.open(this.localDir(name), { logger: vlog, fetcher: lazy });
+        if (volume.baseSnapshot) lazy.resolve(await this.baseOf(name, volume.baseSnapshot));
         const parent = await this.localParent(this.localDir(name), name, volume);
         this.attached.set(name, { volume, generation: volume.generation, qmp: undefined, qga: undefined, parent, job: undefined });
         vlog.info({ length: volume.length, recovery: volume.recovery }, 'volume reattached');
@@ -264,11 +294,36 @@ export class Service {
       const kept = this.keptDir(rec.name);
       let volume: Volume;
       const vlog = this.log.child({ volume: rec.name });
+      const base = att.base;
       if (await exists(kept)) {
-        await rename(kept, dir);
-        volume = await Volume.open(dir, { logger: vlog, generation: att.generation });
+        const last = await readFile(join(kept, LAST_SNAPSHOT_FILE), 'utf8').then((x) => x.trim(), () => '');
+        if (base && last !== base.id) {
+          // Something newer exists than what this copy holds: restore from it instead.
+          vlog.warn({ kept: last || null, latest: base.id }, 'the kept local copy is older than the latest snapshot; dropping it');
+          await rm(kept, { recursive: true, force: true });
+        } else {
+          await rename(kept, dir);
+        }
+      }
+      if (await exists(dir)) {
+        const lazy = new LazyFetcher();
+        volume = await Volume.open(dir, { logger: vlog, generation: att.generation, fetcher: lazy });
+        if (volume.baseSnapshot) lazy.resolve(await this.baseOf(rec.name, volume.baseSnapshot));
+      } else if (base) {
+        await this.pinBase(base);
+        volume = await Volume.create(dir, {
+          name: rec.name,
+          virtualSize: rec.virtualSize,
+          clusterSize: base.clusterSize,
+          generation: att.generation,
+          baseSnapshot: base.id,
+          baseLength: base.imageLength,
+          fetcher: treeFetcher(this.repo, base),
+          logger: vlog,
+        });
+        await this.recordParent(dir, base);
+        vlog.info({ base: base.id, imageLength: base.imageLength }, 'attached from snapshot: clusters are fetched on first touch');
       } else {
-        if (att.base) throw new IslandError('INVALID_ARGUMENT', `volume ${rec.name} has snapshots but no local copy here; restore is not available in this build`);
         volume = await Volume.create(dir, { name: rec.name, virtualSize: rec.virtualSize, clusterSize: rec.clusterSize, generation: att.generation, logger: vlog });
       }
       const parent = await this.localParent(dir, rec.name, volume);

@@ -11,6 +11,9 @@
  *   log level    logLevel     ISLAND_LOG_LEVEL      info
  *   metrics      metricsPort  ISLAND_METRICS_PORT   off (a loopback port for /metrics)
  *   region name  region       ISLAND_REGION         default
+ *   GC grace     gcGraceSeconds ISLAND_GC_GRACE     86400: a day, far above the commit window
+ *                                                   (1 h), request deadlines and any listing lag
+ *                                                   seen; 0 is allowed (tests, single writer)
  *   regions      regions      (file only)           {} : the embedded store is region "default"
  *
  * A region in the file: "regions": {"swift-a": {"type": "s3", "endpoint": "http://...",
@@ -36,6 +39,8 @@ export interface Config {
   region: string;
   /** The store of `region`. */
   store: BackendConfig;
+  /** GC acts on a tombstone, and deletes an unreferenced pack, only after this long. */
+  gcGraceMs: number;
 }
 
 const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace'] as const;
@@ -69,6 +74,12 @@ function storeOf(regions: unknown, name: string, storeDir: string): BackendConfi
     accessKeyId: text('accessKeyId') as string,
     secretAccessKey: text('secretAccessKey') as string,
   };
+}
+
+function seconds(v: unknown, what: string): number {
+  const n = typeof v === 'number' ? v : Number(v);
+  if (!Number.isFinite(n) || n < 0 || n > 365 * 86_400) throw new IslandError('INVALID_CONFIG', `${what} must be 0..31536000 seconds, got ${JSON.stringify(v)}`);
+  return n;
 }
 
 function port(v: unknown): number | undefined {
@@ -111,6 +122,7 @@ export async function loadConfig(env: NodeJS.ProcessEnv = process.env): Promise<
     metricsPort: port(pick('metricsPort', 'ISLAND_METRICS_PORT')),
     region,
     store: storeOf(file.regions, region, storeDir),
+    gcGraceMs: seconds(pick('gcGraceSeconds', 'ISLAND_GC_GRACE') ?? 86_400, 'gcGraceSeconds (ISLAND_GC_GRACE)') * 1000,
   };
 }
 

@@ -37,6 +37,10 @@ snapshots
                                          seal and upload the changes since the last snapshot
   snapshot list [VOLUME]
   snapshot show ID
+  snapshot delete ID... [--force]        write tombstones; refused while pinned unless --force
+                                         (forcing may break a restore still filling from it)
+  gc [--dry-run]                         free what no snapshot, pin or upload can reach, after
+                                         the grace period ($ISLAND_GC_GRACE seconds)
 store
   store selftest [--dir DIR]             round trip objects through the embedded store
 other
@@ -45,7 +49,7 @@ other
 options: --json (machine-readable output), -h/--help
 sizes take K, M, G, T suffixes (powers of 1024).
 environment: ISLAND_CONFIG ISLAND_DATA_DIR ISLAND_MOUNT ISLAND_SOCKET ISLAND_HOST_ID
-             ISLAND_STORE_DIR ISLAND_LOG_LEVEL ISLAND_METRICS_PORT ISLAND_REGION
+             ISLAND_STORE_DIR ISLAND_LOG_LEVEL ISLAND_METRICS_PORT ISLAND_REGION ISLAND_GC_GRACE
 `;
 
 interface VolumeOut {
@@ -103,6 +107,7 @@ async function main(argv: string[]): Promise<number> {
       'keep-local': { type: 'boolean' },
       consistency: { type: 'string' },
       'no-wait': { type: 'boolean' },
+      'dry-run': { type: 'boolean' },
       wait: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -176,11 +181,24 @@ async function main(argv: string[]): Promise<number> {
       out(r.snapshots.map(snapshotLine).join('\n') || '(no snapshots)', r);
       return 0;
     }
+    if (sub === 'delete') {
+      const ids = positionals.slice(2);
+      if (ids.length === 0) throw new IslandError('INVALID_ARGUMENT', 'missing snapshot id (try island help)');
+      const r = (await api('POST', '/v1/snapshots/delete', { ids, force: values.force })) as { deleted: string[] };
+      out(`deleted ${r.deleted.join(', ')} (data is freed by island gc after the grace period)`, r);
+      return 0;
+    }
     if (sub === 'show') {
       const s = (await api('GET', `/v1/snapshots/${enc(need(arg, 'snapshot id'))}`)) as SnapshotOut;
       out(Object.entries(s).map(([k, v]) => `${k}: ${Array.isArray(v) ? v.join('; ') : String(v)}`).join('\n'), s);
       return 0;
     }
+  }
+  if (cmd === 'gc') {
+    const r = (await api('POST', '/v1/gc', { dryRun: values['dry-run'] })) as { packsDeleted: string[]; bytesFreed: number; packsTotal: number; packsTooYoung: number; releasedSnapshots: string[]; roots: number };
+    const verb = values['dry-run'] ? 'would free' : 'freed';
+    out(`${verb} ${r.packsDeleted.length} of ${r.packsTotal} packs, ${formatSize(r.bytesFreed)}; ${r.releasedSnapshots.length} deleted snapshots collected; ${r.roots} live snapshots; ${r.packsTooYoung} unreferenced packs younger than the grace period kept`, r);
+    return 0;
   }
   if (cmd === 'attach') {
     const name = need(sub, 'volume name');

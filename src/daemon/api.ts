@@ -11,6 +11,8 @@
  *   POST   /v1/snapshots                    {volumes: [name...], consistency?, wait?}
  *   GET    /v1/snapshots[?volume=name]
  *   GET    /v1/snapshots/{id}
+ *   POST   /v1/snapshots/delete             {ids: [id...], force?}
+ *   POST   /v1/gc                           {dryRun?}
  *
  * Success: 200/201 with a JSON body. Failure: {"error": {"code", "message", "details"}}
  * with the HTTP status from STATUS_OF below. Requests are bounded (64 KiB body, 30 s to
@@ -119,7 +121,15 @@ async function route(svc: Service, method: string, url: string, body: () => Prom
       const volume = new URLSearchParams(url.split('?')[1] ?? '').get('volume') ?? undefined;
       return [200, { snapshots: await svc.listSnapshots(volume) }];
     }
+    if (name === 'delete' && parts.length === 3 && method === 'POST') {
+      const b = await body();
+      return [200, await svc.deleteSnapshots({ ids: b.ids, force: bool(b.force, 'force') })];
+    }
     if (name !== undefined && parts.length === 3 && method === 'GET') return [200, await svc.showSnapshot(name)];
+  }
+  if (res === 'gc' && parts.length === 2 && method === 'POST') {
+    const b = await body();
+    return [200, await svc.gc({ dryRun: bool(b.dryRun, 'dryRun') })];
   }
   throw new IslandError('NOT_FOUND', `no such endpoint: ${method} ${path.slice(0, 100)}`);
 }

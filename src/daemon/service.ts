@@ -18,7 +18,8 @@ import type { Manifest, VolumeRecord } from '../format/records.js';
 import { qcow2MaxVirtualSize } from '../format/qcow2.js';
 import { acquireGeneration, releaseGeneration } from '../repo/attach.js';
 import { keys, parseManifestKey } from '../repo/keys.js';
-import { findSnapshot } from '../repo/snapshots.js';
+import { collectGarbage, type GcReport } from '../repo/gc.js';
+import { deleteSnapshot, findSnapshot } from '../repo/snapshots.js';
 import { EncodePool } from '../snapshot/pool.js';
 import { takeSnapshot } from '../snapshot/create.js';
 import { Repository } from '../repo/repository.js';
@@ -443,6 +444,30 @@ export class Service {
     const m = await findSnapshot(this.repo, sid);
     if (!m) throw new IslandError('NOT_FOUND', `no snapshot ${sid}`, { details: { snapshot: sid } });
     return snapshotView(m, (await this.repo.getTombstone(sid)) !== undefined);
+  }
+
+  /** Tombstone snapshots (GC frees their data later). */
+  async deleteSnapshots(req: { ids: unknown; force?: unknown }): Promise<{ deleted: string[] }> {
+    if (!Array.isArray(req.ids) || req.ids.length === 0 || req.ids.length > 1000) throw new IslandError('INVALID_ARGUMENT', 'ids must be a list of 1 to 1000 snapshot ids');
+    const ids = req.ids.map((i) => parseSnapshotId(i));
+    const deleted: string[] = [];
+    for (const id of ids) {
+      const m = await findSnapshot(this.repo, id);
+      if (!m) throw new IslandError('NOT_FOUND', `no snapshot ${id}`, { details: { snapshot: id } });
+      for (const [name, a] of this.attached) {
+        if (name === m.volume && a.job) throw new IslandError('BUSY', `a snapshot of ${name} is in progress; delete after it commits`, { details: { snapshot: id } });
+      }
+      await deleteSnapshot(this.repo, m.volume, id, { force: req.force === true, reason: 'deleted by request' });
+      deleted.push(id);
+      this.log.info({ snapshot: id, volume: m.volume, forced: req.force === true }, 'snapshot deleted (tombstone written)');
+    }
+    return { deleted };
+  }
+
+  async gc(req: { dryRun?: unknown }): Promise<GcReport> {
+    const report = await collectGarbage(this.repo, { graceMs: this.config.gcGraceMs, dryRun: req.dryRun === true });
+    this.log.info({ dryRun: req.dryRun === true, packsDeleted: report.packsDeleted.length, bytesFreed: report.bytesFreed, released: report.releasedSnapshots.length }, 'gc finished');
+    return report;
   }
 
   async closeAll(): Promise<void> {

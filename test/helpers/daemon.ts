@@ -23,6 +23,8 @@ export interface Host {
   storeDir: string;
   /** An island config file (regions), when the host uses a configured store. */
   configFile?: string;
+  /** Extra environment for the daemon and CLI (e.g. ISLAND_GC_GRACE). */
+  env?: Record<string, string>;
   mount: string;
   hostId: string;
   logFile: string;
@@ -69,7 +71,7 @@ export async function createVolume(h: Host, name: string, virtualSize: number): 
 }
 
 function env(h: Host): NodeJS.ProcessEnv {
-  return { ...process.env, ...(h.configFile ? { ISLAND_CONFIG: h.configFile } : {}), ISLAND_DATA_DIR: h.dataDir, ISLAND_STORE_DIR: h.storeDir, ISLAND_MOUNT: h.mount, ISLAND_HOST_ID: h.hostId, ISLAND_LOG_LEVEL: 'info', ISLAND_SOCKET: socket(h) };
+  return { ...process.env, ...(h.configFile ? { ISLAND_CONFIG: h.configFile } : {}), ISLAND_DATA_DIR: h.dataDir, ISLAND_STORE_DIR: h.storeDir, ISLAND_MOUNT: h.mount, ISLAND_HOST_ID: h.hostId, ISLAND_LOG_LEVEL: 'info', ISLAND_SOCKET: socket(h), ...(h.env ?? {}) };
 }
 
 export function socket(h: Host): string {

@@ -31,7 +31,8 @@ volumes
   attach NAME [--qmp SOCKET] [--qga SOCKET] [--force]
                                          show NAME.qcow2 on the mount; --force takes over a
                                          volume attached on another host (fence it first!)
-  detach NAME [--force] [--keep-local]   refused while the file is open unless --force
+  detach NAME [--force] [--keep-local]   final snapshot, then drop the local copy (or keep it
+                                         warm); refused while the file is open unless --force
 snapshots
   snapshot create VOLUME... [--consistency crash] [--no-wait]
                                          seal and upload the changes since the last snapshot
@@ -208,8 +209,8 @@ async function main(argv: string[]): Promise<number> {
   }
   if (cmd === 'detach') {
     const name = need(sub, 'volume name');
-    const v = (await api('POST', `/v1/volumes/${enc(name)}/detach`, { force: values.force })) as VolumeOut;
-    out(`detached ${name} (final snapshot taken; local copy kept)`, v);
+    const v = (await api('POST', `/v1/volumes/${enc(name)}/detach`, { force: values.force, keepLocal: values['keep-local'] })) as VolumeOut;
+    out(`detached ${name} (final snapshot taken; local copy ${values['keep-local'] ? 'kept' : 'dropped'})`, v);
     return 0;
   }
   throw new IslandError('INVALID_ARGUMENT', `unknown command: ${positionals.join(' ').slice(0, 80)} (try island help)`);

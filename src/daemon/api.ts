@@ -7,7 +7,7 @@
  *   GET    /v1/volumes/{name}
  *   DELETE /v1/volumes/{name}
  *   POST   /v1/volumes/{name}/attach        {qmp?, qga?, force?}
- *   POST   /v1/volumes/{name}/detach        {force?}
+ *   POST   /v1/volumes/{name}/detach        {force?, keepLocal?}
  *   POST   /v1/snapshots                    {volumes: [name...], consistency?, wait?}
  *   GET    /v1/snapshots[?volume=name]
  *   GET    /v1/snapshots/{id}
@@ -109,7 +109,7 @@ async function route(svc: Service, method: string, url: string, body: () => Prom
     }
     if (name !== undefined && parts.length === 4 && method === 'POST' && action === 'detach') {
       const b = await body();
-      return [200, await svc.detach(name, { force: bool(b.force, 'force') })];
+      return [200, await svc.detach(name, { force: bool(b.force, 'force'), keepLocal: bool(b.keepLocal, 'keepLocal') })];
     }
   }
   if (res === 'snapshots') {

@@ -334,7 +334,7 @@ export class Service {
     });
   }
 
-  async detach(name: string, req: { force?: boolean } = {}): Promise<VolumeView> {
+  async detach(name: string, req: { force?: boolean; keepLocal?: boolean } = {}): Promise<VolumeView> {
     const vname = parseVolumeName(name);
     return this.exclusive(vname, async () => {
       const a = this.attached.get(vname);
@@ -346,11 +346,20 @@ export class Service {
       const last = await this.snapshotOne(vname, 'crash');
       this.log.info({ volume: vname, snapshot: last.id }, 'final snapshot before detach');
       this.attached.delete(vname);
+      const base = a.volume.baseSnapshot;
       await a.volume.close();
-      await mkdir(join(this.config.dataDir, 'kept'), { recursive: true });
-      await rename(this.localDir(vname), this.keptDir(vname));
+      if (req.keepLocal) {
+        await mkdir(join(this.config.dataDir, 'kept'), { recursive: true });
+        await rename(this.localDir(vname), this.keptDir(vname));
+      } else {
+        await rm(this.localDir(vname), { recursive: true, force: true });
+      }
       await releaseGeneration(this.repo, vname, a.generation);
-      this.log.info({ volume: vname }, 'detached (local copy kept)');
+      // The final snapshot holds everything the base gave: this host's pins on it can go.
+      if (base) {
+        for (const p of await this.repo.listPins(base)) if (p.host === this.repo.host && p.holder === 'attach') await this.repo.deletePin(p);
+      }
+      this.log.info({ volume: vname, keptLocal: req.keepLocal === true }, 'detached');
       return this.showVolume(vname);
     });
   }

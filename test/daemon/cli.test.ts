@@ -158,3 +158,24 @@ t.test('the CLI says clearly when no daemon runs', async (t) => {
   t.equal(r.code, 1);
   t.match(r.stderr, /^island: DAEMON_UNREACHABLE: cannot reach the island daemon at .*island.sock/);
 });
+
+t.test('Prometheus metrics on a loopback port count FUSE and store requests', async (t) => {
+  const h = await makeHost(t, 'metrics');
+  const { createServer } = await import('node:net');
+  const port = await new Promise<number>((resolve) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const p = (s.address() as { port: number }).port;
+      s.close(() => resolve(p));
+    });
+  });
+  h.env = { ISLAND_METRICS_PORT: String(port) };
+  await serve(h);
+  await cliJson(h, 'volume', 'create', 'm', '--size', '1G');
+  await cliJson(h, 'attach', 'm');
+  await run('qemu-io', ['-c', 'write -P 1 0 1M', '-c', 'read 0 1M', image(h, 'm')]);
+  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  t.match(text, /island_fuse_requests_total\{op="write",result="ok"\} [1-9]/, 'FUSE writes counted');
+  t.match(text, /island_fuse_bytes_total\{op="read"\} [1-9]/, 'FUSE read bytes counted');
+  t.match(text, /island_fuse_request_seconds_bucket/, 'FUSE latency histogram');
+  t.match(text, /island_store_requests_total\{op="put"\} [1-9]/, 'store requests counted');
+});

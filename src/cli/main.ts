@@ -34,8 +34,10 @@ volumes
   detach NAME [--force] [--keep-local]   final snapshot, then drop the local copy (or keep it
                                          warm); refused while the file is open unless --force
 snapshots
-  snapshot create VOLUME... [--consistency crash] [--no-wait]
-                                         seal and upload the changes since the last snapshot
+  snapshot create VOLUME... [--consistency crash|flush] [--qmp SOCKET] [--no-wait]
+                                         seal and upload the changes since the last snapshot;
+                                         flush (the default with a QMP socket) pauses QEMU
+                                         with stop/cont around the seal
   snapshot list [VOLUME]
   snapshot show ID
   snapshot delete ID... [--force]        write tombstones; refused while pinned unless --force
@@ -172,7 +174,7 @@ async function main(argv: string[]): Promise<number> {
     if (sub === 'create') {
       const volumes = positionals.slice(2);
       if (volumes.length === 0) throw new IslandError('INVALID_ARGUMENT', 'missing volume name (try island help)');
-      const r = (await api('POST', '/v1/snapshots', { volumes, consistency: values.consistency, wait: !values['no-wait'] })) as { snapshots?: SnapshotOut[]; started?: string[] };
+      const r = (await api('POST', '/v1/snapshots', { volumes, consistency: values.consistency, wait: !values['no-wait'], qmp: values.qmp })) as { snapshots?: SnapshotOut[]; started?: string[] };
       const human = r.snapshots ? r.snapshots.map(snapshotLine).join('\n') : `started: ${(r.started ?? []).join(', ')} (see island status)`;
       out(human, r);
       return 0;

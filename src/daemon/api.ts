@@ -8,7 +8,7 @@
  *   DELETE /v1/volumes/{name}
  *   POST   /v1/volumes/{name}/attach        {qmp?, qga?, force?}
  *   POST   /v1/volumes/{name}/detach        {force?, keepLocal?}
- *   POST   /v1/snapshots                    {volumes: [name...], consistency?, wait?}
+ *   POST   /v1/snapshots                    {volumes: [name...], consistency?, wait?, qmp?}
  *   GET    /v1/snapshots[?volume=name]
  *   GET    /v1/snapshots/{id}
  *   POST   /v1/snapshots/delete             {ids: [id...], force?}
@@ -115,7 +115,7 @@ async function route(svc: Service, method: string, url: string, body: () => Prom
   if (res === 'snapshots') {
     if (parts.length === 2 && method === 'POST') {
       const b = await body();
-      return [200, await svc.createSnapshots({ volumes: b.volumes, consistency: b.consistency, wait: bool(b.wait, 'wait') })];
+      return [200, await svc.createSnapshots({ volumes: b.volumes, consistency: b.consistency, wait: bool(b.wait, 'wait'), qmp: str(b.qmp, 'qmp') })];
     }
     if (parts.length === 2 && method === 'GET') {
       const volume = new URLSearchParams(url.split('?')[1] ?? '').get('volume') ?? undefined;

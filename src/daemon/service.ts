@@ -24,7 +24,8 @@ import { EncodePool } from '../snapshot/pool.js';
 import { takeSnapshot } from '../snapshot/create.js';
 import { Repository } from '../repo/repository.js';
 import { listAll } from '../store/types.js';
-import { Volume, type PresentFetcher } from '../volume/engine.js';
+import { Volume, type PresentFetcher, type Seal } from '../volume/engine.js';
+import { QmpSession } from '../qmp/session.js';
 import { treeFetcher } from '../snapshot/restore.js';
 
 export interface VolumeView {
@@ -382,19 +383,34 @@ export class Service {
   }
 
   /** Snapshot attached volumes (several volumes of one VM are sealed back to back). */
-  async createSnapshots(req: { volumes: unknown; consistency?: unknown; wait?: unknown }): Promise<{ snapshots: SnapshotView[] } | { started: string[] }> {
+  async createSnapshots(req: { volumes: unknown; consistency?: unknown; wait?: unknown; qmp?: unknown }): Promise<{ snapshots: SnapshotView[] } | { started: string[] }> {
     if (!Array.isArray(req.volumes) || req.volumes.length === 0 || req.volumes.length > 64) throw new IslandError('INVALID_ARGUMENT', 'volumes must be a list of 1 to 64 volume names');
     const names = req.volumes.map((v) => parseVolumeName(v));
-    const consistency = req.consistency ?? 'crash';
-    if (consistency !== 'crash') {
-      throw new IslandError('INVALID_ARGUMENT', `consistency ${JSON.stringify(String(consistency)).slice(0, 30)} needs QEMU's QMP socket; this build takes crash-consistent snapshots only`);
-    }
     for (const n of names) {
       const a = this.attached.get(n);
       if (!a) throw new IslandError('NOT_FOUND', `volume ${n} is not attached on this host`, { details: { volume: n } });
       if (a.job) throw new IslandError('BUSY', `a snapshot of ${n} is already in progress`, { details: { volume: n } });
     }
-    const jobs = names.map((n) => this.snapshotOne(n, 'crash'));
+    const qmpOf = (n: string): string | undefined => (typeof req.qmp === 'string' ? req.qmp : this.attached.get(n)?.qmp);
+    const consistency = req.consistency ?? (names.every((n) => qmpOf(n)) ? 'flush' : 'crash');
+    if (consistency !== 'crash' && consistency !== 'flush') {
+      throw new IslandError('INVALID_ARGUMENT', `consistency must be crash or flush (freeze needs the guest agent, not in this build), got ${JSON.stringify(String(consistency)).slice(0, 30)}`);
+    }
+    let jobs: Promise<Manifest>[];
+    if (consistency === 'crash') {
+      jobs = names.map((n) => this.snapshotOne(n, 'crash'));
+    } else {
+      const missing = names.filter((n) => !qmpOf(n));
+      if (missing.length) throw new IslandError('INVALID_ARGUMENT', `flush consistency needs QEMU's QMP socket (attach --qmp or snapshot --qmp) for ${missing.join(', ')}`);
+      // The volumes of one VM (one QMP socket) are sealed in one pause.
+      const groups = new Map<string, string[]>();
+      for (const n of names) groups.set(qmpOf(n) as string, [...(groups.get(qmpOf(n) as string) ?? []), n]);
+      jobs = [];
+      for (const [path, vols] of groups) {
+        const { seals, pauseMs } = await this.pausedSeal(path, vols);
+        for (const [i, n] of vols.entries()) jobs.push(this.snapshotOne(n, 'qemu-flushed', seals[i], pauseMs));
+      }
+    }
     if (req.wait === false) {
       for (const j of jobs) j.catch(() => undefined);
       return { started: names };
@@ -403,7 +419,59 @@ export class Service {
     return { snapshots: ms.map((m) => snapshotView(m, false)) };
   }
 
-  private snapshotOne(name: string, consistency: Manifest['consistency']): Promise<Manifest> {
+  private qmpSessions = new Map<string, QmpSession>();
+
+  /** One session per QMP socket path, connected on demand (QEMU may start later). */
+  qmpSession(path: string): QmpSession {
+    let s = this.qmpSessions.get(path);
+    if (!s) {
+      s = new QmpSession(path, { logger: this.log.child({ qmp: path }) });
+      s.on('shutdown', () => this.onVmShutdown(path));
+      this.qmpSessions.set(path, s);
+    }
+    return s;
+  }
+
+  /** QEMU shut down: the volumes it used get a final snapshot (QEMU flushed before quitting). */
+  private onVmShutdown(path: string): void {
+    for (const [name, a] of this.attached) {
+      if (a.qmp !== path) continue;
+      this.log.info({ volume: name }, 'VM shut down: final snapshot');
+      this.snapshotOne(name, 'qemu-flushed').catch(() => undefined);
+    }
+  }
+
+  /**
+   * stop (QEMU drains and flushes its caches), seal every volume, cont: the pause is
+   * bounded by QMP timeouts, and cont is sent on every path once stop was sent.
+   */
+  private async pausedSeal(path: string, vols: string[]): Promise<{ seals: Seal[]; pauseMs: number }> {
+    const q = this.qmpSession(path);
+    for (const n of vols) await this.attached.get(n)?.volume.flushBitmaps();
+    const t0 = performance.now();
+    let seals: Seal[] = [];
+    try {
+      await q.stop({ timeoutMs: 5_000 });
+      seals = await Promise.all(vols.map((n) => (this.attached.get(n) as Attached).volume.seal()));
+    } finally {
+      await this.resume(q);
+    }
+    // Whole milliseconds, rounded up (the manifest stores integers).
+    return { seals, pauseMs: Math.ceil(performance.now() - t0) };
+  }
+
+  private async resume(q: QmpSession): Promise<void> {
+    for (let attempt = 1; attempt <= 3; attempt++) {
+      try {
+        await q.cont({ timeoutMs: 5_000 });
+        return;
+      } catch (err) {
+        this.log.error({ err, qmp: q.path, attempt }, 'cont failed: the VM may still be paused');
+      }
+    }
+  }
+
+  private snapshotOne(name: string, consistency: Manifest['consistency'], seal?: Seal, pauseMs?: number): Promise<Manifest> {
     const a = this.attached.get(name);
     if (!a) return Promise.reject(new IslandError('NOT_FOUND', `volume ${name} is not attached on this host`));
     if (a.job) return a.job.promise;
@@ -415,6 +483,8 @@ export class Service {
           generation: a.generation,
           parent: a.parent,
           consistency,
+          seal,
+          pauseMs: pauseMs ?? null,
           windowMs: WINDOW_MS,
           onProgress: (done, total) => {
             job.done = done;
@@ -480,6 +550,7 @@ export class Service {
   }
 
   async closeAll(): Promise<void> {
+    for (const q of this.qmpSessions.values()) await q.close().catch(() => undefined);
     await this.pool?.close();
     for (const [name, a] of this.attached) {
       await a.volume.close().catch((err: unknown) => this.log.error({ volume: name, err }, 'volume close failed'));

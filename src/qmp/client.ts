@@ -71,6 +71,7 @@ export class QmpClient extends EventEmitter<QmpClientEvents> {
   private readonly abandoned = new Set<number>();
   private nextId = 1;
   private badMessages = 0;
+  private corked = false;
   private greetingWaiter: Waiter<QmpGreeting> | undefined;
   private readonly socketClosed: Promise<void>;
   private socketError: Error | undefined;
@@ -165,8 +166,25 @@ export class QmpClient extends EventEmitter<QmpClientEvents> {
     });
     if (waiter.settled) return waiter.promise as Promise<T>; // aborted before sending
     this.pending.set(id, { command, waiter });
-    this.sock.write(`${line}\n`);
+    this.send(`${line}\n`);
     return waiter.promise as Promise<T>;
+  }
+
+  /**
+   * Commands issued in the same tick leave in one write. Besides saving system calls, this
+   * keeps a burst such as `quit` plus queries from meeting a socket QEMU closed between two
+   * writes: a failed write destroys the socket and with it any events not yet read.
+   */
+  private send(text: string): void {
+    if (!this.corked) {
+      this.corked = true;
+      this.sock.cork();
+      process.nextTick(() => {
+        this.corked = false;
+        if (!this.sock.destroyed) this.sock.uncork();
+      });
+    }
+    this.sock.write(text);
   }
 
   stop(opts?: CommandOptions): Promise<void> {

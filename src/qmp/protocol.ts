@@ -100,7 +100,7 @@ export function classify(value: unknown): QmpMessage {
   }
   if (Object.hasOwn(value, 'event')) {
     const name = value['event'];
-    const data = value['data'] ?? {};
+    const data = Object.hasOwn(value, 'data') ? value['data'] : {};
     const ts = value['timestamp'];
     if (typeof name !== 'string' || name.length === 0) return { kind: 'invalid', id, reason: 'the event name is not a string' };
     if (!isRecord(data)) return { kind: 'invalid', id, reason: `event ${excerpt(name)}: data is not an object` };

@@ -18,11 +18,13 @@ export class TestQemu {
 
   private constructor(readonly child: ChildProcess, readonly qmpPath: string) {}
 
-  static async start(dir: string, file: string, opts: { directIo: boolean }): Promise<TestQemu> {
+  /** `islandQmp`: a second QMP socket for island (a QMP socket serves one client at a time). */
+  static async start(dir: string, file: string, opts: { directIo: boolean; islandQmp?: string }): Promise<TestQemu> {
     const qmpPath = join(dir, `qmp-${Date.now()}.sock`);
     const child = spawn('qemu-system-x86_64', [
       '-machine', 'none', '-nodefaults', '-display', 'none',
       '-qmp', `unix:${qmpPath},server=on,wait=off`,
+      ...(opts.islandQmp ? ['-qmp', `unix:${opts.islandQmp},server=on,wait=off`] : []),
       '-blockdev', `driver=file,filename=${file},node-name=f0,cache.direct=${opts.directIo ? 'on' : 'off'},aio=threads`,
       '-blockdev', 'driver=qcow2,file=f0,node-name=d0',
     ], { stdio: ['ignore', 'pipe', 'pipe'] });

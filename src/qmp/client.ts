@@ -76,11 +76,11 @@ export class QmpClient extends EventEmitter<QmpClientEvents> {
   private readonly socketClosed: Promise<void>;
   private socketError: Error | undefined;
 
-  private constructor(readonly path: string, private readonly sock: Socket, opts: QmpClientOptions) {
+  private constructor(readonly path: string, private readonly sock: Socket, checked: { reader: LineReader; timeoutMs: number }, opts: QmpClientOptions) {
     super();
-    this.reader = new LineReader(opts.maxLineBytes === undefined ? {} : { maxLineBytes: opts.maxLineBytes });
+    this.reader = checked.reader;
+    this.timeoutMs = checked.timeoutMs;
     this.log = opts.logger ?? silentLogger;
-    this.timeoutMs = checkTimeout('timeoutMs', opts.timeoutMs ?? DEFAULT_TIMEOUT_MS);
     this.socketClosed = new Promise((resolve) => sock.once('close', () => resolve()));
     sock.on('data', (chunk: Buffer) => this.onData(chunk));
     sock.on('error', (err) => (this.socketError ??= err));
@@ -96,10 +96,15 @@ export class QmpClient extends EventEmitter<QmpClientEvents> {
    * QMP_TIMEOUT or ABORTED; nothing is left open on failure.
    */
   static async connect(path: string, opts: QmpClientOptions = {}): Promise<QmpClient> {
+    // Options are checked before anything is opened.
     const connectMs = checkTimeout('connectTimeoutMs', opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS);
+    const checked = {
+      reader: new LineReader(opts.maxLineBytes === undefined ? {} : { maxLineBytes: opts.maxLineBytes }),
+      timeoutMs: checkTimeout('timeoutMs', opts.timeoutMs ?? DEFAULT_TIMEOUT_MS),
+    };
     const deadline = Date.now() + connectMs;
     const sock = await connectUnix(path, { deadline, signal: opts.signal, retry: opts.retryConnect ?? false });
-    const client = new QmpClient(path, sock, opts);
+    const client = new QmpClient(path, sock, checked, opts);
     try {
       await client.handshake(deadline, opts.signal);
     } catch (err) {

@@ -133,7 +133,7 @@ export class GuestAgent {
 
   /** Freeze the guest filesystems; resolves with how many were frozen. Thaw after a timeout too. */
   async fsfreezeFreeze(opts: CommandOptions = {}): Promise<number> {
-    const n = await this.execute('guest-fsfreeze-freeze', undefined, { timeoutMs: this.freezeTimeoutMs, ...opts });
+    const n = await this.execute('guest-fsfreeze-freeze', undefined, { ...opts, timeoutMs: opts.timeoutMs ?? this.freezeTimeoutMs });
     return this.checked('guest-fsfreeze-freeze', n, isCount);
   }
 

@@ -11,6 +11,7 @@
  * `overlong` per run of bytes past the bound (the bytes are dropped up to the next newline,
  * so the caller may choose to continue; QMP closes the connection instead).
  */
+import { IslandError } from '../errors.js';
 
 /** 1 MiB: the largest QMP reply island asks for (query-block on many nodes) is a few KiB. */
 export const DEFAULT_MAX_LINE_BYTES = 1024 * 1024;
@@ -45,7 +46,7 @@ export class LineReader {
 
   constructor(opts: LineReaderOptions = {}) {
     const max = opts.maxLineBytes ?? DEFAULT_MAX_LINE_BYTES;
-    if (!Number.isSafeInteger(max) || max < 1) throw new RangeError(`maxLineBytes must be a positive integer, got ${max}`);
+    if (!Number.isSafeInteger(max) || max < 1) throw new IslandError('INVALID_ARGUMENT', `maxLineBytes must be a positive integer, got ${max}`);
     this.maxLineBytes = max;
     this.sentinel = opts.sentinel ?? false;
   }

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { createQcow2Image, parseQcow2Header } from '../../src/format/qcow2.js';
 import { Volume, type SealAbandonedEvent } from '../../src/volume/engine.js';
 import { MemFs, type MemOp } from '../../src/volume/memfs.js';
+import type { LocalFile, LocalFs } from '../../src/volume/files.js';
 import { nativeAvailable } from '../../src/volume/native.js';
 import { slotOffset } from '../../src/volume/bitmap-page.js';
 import { Rng } from '../../src/util/random.js';
@@ -27,6 +28,23 @@ async function readAll(v: Volume): Promise<Buffer> {
   const b = Buffer.alloc(v.length);
   const n = await v.read(b, 0);
   return b.subarray(0, n);
+}
+
+/** A LocalFile's methods, bound, so a test can replace some of them. */
+function bindFile(f: LocalFile): LocalFile {
+  return {
+    path: f.path,
+    read: (buf, off, len, pos) => f.read(buf, off, len, pos),
+    write: (buf, off, len, pos) => f.write(buf, off, len, pos),
+    datasync: () => f.datasync(),
+    sync: () => f.sync(),
+    truncate: (len) => f.truncate(len),
+    size: () => f.size(),
+    canPunchHoles: () => f.canPunchHoles(),
+    punchHole: (pos, len) => f.punchHole(pos, len),
+    dataExtents: (start, end) => f.dataExtents(start, end),
+    close: () => f.close(),
+  };
 }
 
 async function memVolume(fs: MemFs, opts: { regionSize?: number; sideLogBudget?: number; clusterSize?: number } = {}): Promise<Volume> {
@@ -251,6 +269,50 @@ t.test('seal: O(1) swap, reads as of the seal despite overwrites, one seal at a 
   t.same([...v.dirtyClusters()], [10, 11, 12, 13, 14, 15, 30], 'abandon merges the sealed set back');
 });
 
+t.test('readSealed notices a write that raced its image read (sequence counter) and reads the copy', async (t) => {
+  const mem = new MemFs();
+  // Hold the next image read until released, so a write can land in the middle of it.
+  let hold: { started: () => void; release: Promise<void> } | null = null;
+  const fs: LocalFs = {
+    open: async (path, mode) => {
+      const f = await mem.open(path, mode);
+      const read: LocalFile['read'] = async (buf, off, len, pos) => {
+        const h = hold;
+        if (h !== null && path.endsWith('image.qcow2')) {
+          hold = null;
+          h.started();
+          await h.release;
+        }
+        return f.read(buf, off, len, pos);
+      };
+      return { ...bindFile(f), read };
+    },
+    exists: (p) => mem.exists(p),
+    mkdir: (p) => mem.mkdir(p),
+    rename: (a, b) => mem.rename(a, b),
+    unlink: (p) => mem.unlink(p),
+    syncDir: (p) => mem.syncDir(p),
+  };
+  const v = await memVolume(mem, {});
+  await v.close();
+  const w = await Volume.open('/vols/v', { fs, flushIntervalMs: 0 });
+  t.teardown(() => w.close());
+  await (await w.seal()).complete();
+  const old = pattern(C, 13);
+  await w.write(old, 7 * C);
+  const seal = await w.seal();
+  let release = (): void => undefined;
+  const started = new Promise<void>((resolve) => {
+    hold = { started: resolve, release: new Promise<void>((r) => (release = r)) };
+  });
+  const reading = seal.readSealed(7);
+  await started; // readSealed is inside its image read
+  await w.write(pattern(C, 14), 7 * C); // copies the old content aside, then overwrites
+  release();
+  t.same(await reading, old, 'the content at the seal, not the overwrite');
+  t.equal(w.stats().readSealedRetries, 1);
+});
+
 t.test('past the side log budget the seal is abandoned, never the guest write', async (t) => {
   const fs = new MemFs();
   const v = await memVolume(fs, { sideLogBudget: 2 * C });
@@ -308,21 +370,87 @@ t.test('after a crash: dirty = saved dirty ∪ allocated clusters of intent regi
   await w.close();
 });
 
+t.test('a new intent epoch keeps the old intent bits visible until the state record moves on', async (t) => {
+  const fs = new MemFs();
+  const v = await memVolume(fs, { regionSize: MiB });
+  await (await v.seal()).complete();
+  await v.write(pattern(C, 11), 2 * MiB); // region 2: intent bit durable, dirty bit in memory only
+  await v.fsync();
+  fs.onOp = (op) => {
+    if (op.op === 'write' && op.path.includes('dirty')) throw new Error('injected disk error');
+  };
+  await t.rejects(v.flushBitmaps(), /injected/, 'new intent epoch begun, dirty bits not persisted');
+  fs.onOp = undefined;
+  await v.write(Buffer.alloc(10, 1), 5 * MiB); // region 5: an intent page of the new epoch (same page as region 2)
+  await v.fsync();
+  fs.crash();
+  const w = await Volume.open('/vols/v', { fs, flushIntervalMs: 0 });
+  t.teardown(() => w.close());
+  t.ok(w.isDirty((2 * MiB) / C), 'the write of the old intent epoch is still found by the rescan');
+  t.ok(w.isDirty((5 * MiB) / C));
+});
+
+t.test('dirty pages of the sealed epoch are persisted before those of the current epoch', async (t) => {
+  // The current epoch reuses the file of the epoch before the seal; bits an abandoned seal
+  // merged back must be durable in the sealed epoch's file before that file is overwritten.
+  const fs = new MemFs();
+  const v = await memVolume(fs, { regionSize: MiB });
+  await (await v.seal()).complete();
+  const x = 40;
+  const y = 140; // same bitmap page as x, another intent region
+  await v.write(pattern(C, 12), x * C);
+  await v.fsync();
+  await v.flushBitmaps(); // x's dirty bit durable in its epoch's file; its intent bit retired
+  const first = await v.seal();
+  let failDirty = (): boolean => true;
+  fs.onOp = (op) => {
+    if (op.op === 'write' && op.path.includes('dirty') && failDirty()) throw new Error('injected disk error');
+  };
+  await first.abandon().catch(() => undefined); // x merged into the current epoch, not persisted
+  await v.seal(); // x sealed again; the new current epoch uses x's old file
+  await v.write(Buffer.alloc(10, 1), y * C);
+  let n = 0;
+  failDirty = () => ++n === 2; // the first page write succeeds, the second fails
+  await v.flushBitmaps().catch(() => undefined);
+  fs.onOp = undefined;
+  fs.crash();
+  const w = await Volume.open('/vols/v', { fs, flushIntervalMs: 0 });
+  t.teardown(() => w.close());
+  t.ok(w.isDirty(x), 'the change merged back from the abandoned seal is not lost');
+});
+
 t.test('bitmap pages damaged on disk', async (t) => {
   const fs = new MemFs();
   const v = await memVolume(fs);
   await (await v.seal()).complete();
   await v.write(Buffer.alloc(10, 1), 3 * C);
   await v.close();
-  // Both copies of page 0 of both dirty files destroyed: every cluster of the page counts as dirty.
+  // One copy of a page torn: the other copy is used.
+  const w0 = await Volume.open('/vols/v', { fs, flushIntervalMs: 0 });
+  await w0.close(); // wrote page 0 of the new epoch's file once more: both slots hold copies
+  for (const f of ['dirty.0', 'dirty.1']) fs.poke(`/vols/v/${f}`, slotOffset(0, 0) + 1000, Buffer.alloc(512, 0x77));
+  const w1 = await Volume.open('/vols/v', { fs, flushIntervalMs: 0 });
+  t.ok(w1.recovery.repairedPages >= 1, `${w1.recovery.repairedPages} pages read from their other copy`);
+  t.equal(w1.recovery.unreadablePages, 0);
+  t.ok(w1.isDirty(3));
+  t.equal(w1.isDirty(4), false);
+  await w1.close();
+  // Both copies destroyed: every cluster of the page counts as dirty.
   for (const f of ['dirty.0', 'dirty.1']) fs.poke(`/vols/v/${f}`, slotOffset(0, 0), Buffer.alloc(8192, 0x77));
-  const w = await Volume.open('/vols/v', { fs, flushIntervalMs: 0 });
-  t.equal(w.recovery.unreadablePages, 2);
-  t.ok(w.isDirty(3) && w.isDirty(30000), 'over-approximated, never lost');
-  await w.close();
-  // One copy torn: the other is used.
-  const x = await Volume.open('/vols/v', { fs, flushIntervalMs: 0 });
-  await x.close();
+  const w2 = await Volume.open('/vols/v', { fs, flushIntervalMs: 0 });
+  t.equal(w2.recovery.unreadablePages, 2);
+  t.ok(w2.isDirty(3) && w2.isDirty(30000), 'over-approximated, never lost');
+  await w2.close();
+});
+
+t.test('an unreadable present page refuses the open (a refetch could overwrite guest data)', async (t) => {
+  const fs = new MemFs();
+  const fetcher = { fetch: async (_first: number, count: number) => Buffer.alloc(count * C, 1) };
+  const v = await Volume.create('/vols/p', { name: 'p', virtualSize: 64 * MiB, generation: 1, baseSnapshot: '01HZY5J8X3M6QK2V9T4N7RBCDE', baseLength: 8 * C, fs, fetcher, flushIntervalMs: 0 });
+  await v.read(Buffer.alloc(10), 0);
+  await v.close();
+  fs.poke('/vols/p/present', slotOffset(0, 0), Buffer.alloc(8192, 0x33));
+  await t.rejects(Volume.open('/vols/p', { fs, fetcher, flushIntervalMs: 0 }), { code: 'FORMAT_CORRUPT', message: /present: bitmap page 0 is unreadable/ });
 });
 
 t.test('restored volume: lazy fetch, present bits durable before the flush reply', async (t) => {

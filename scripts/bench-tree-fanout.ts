@@ -29,6 +29,7 @@ import {
   type TreeNodeReader,
   type TreeNodeWriter,
 } from '../src/format/tree.js';
+import { Rng } from '../src/util/random.js';
 
 const CLUSTER = 64 * 1024;
 const PACK_TARGET = 16 * 1024 * 1024;
@@ -48,16 +49,10 @@ const nChanges = Math.min(nClusters, positiveInt('--changes', 10_000));
 const seed = positiveInt('--seed', 1);
 const fanouts = arg('--fanouts', '256,512,1024,2048,4096').split(',').map(Number);
 
-/** Seeded PRNG (mulberry32). */
-function rng(s: number): () => number {
-  let a = s >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
+/** Seeded generator (src/util/random.ts) as a () => [0, 1) function. */
+function rng(seed: number): () => number {
+  const r = new Rng(seed);
+  return () => r.next();
 }
 
 /** Node store in memory: nodes by id, metadata packs of 16 MiB, counters. */

@@ -29,20 +29,15 @@ import {
   decompressBlock,
   MAX_BLOB_PLAIN,
 } from '../../src/format/codec.js';
+import { Rng } from '../../src/util/random.js';
 
 const CLUSTER = 64 * 1024;
 const ALLOWED = new Set(['FORMAT_CORRUPT', 'FORMAT_UNSUPPORTED', 'HASH_MISMATCH']);
 
-/** Deterministic PRNG (mulberry32) so fuzz failures reproduce from the seed. */
+/** Seeded generator (src/util/random.ts) as a () => [0, 1) function. */
 function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
+  const r = new Rng(seed);
+  return () => r.next();
 }
 
 function seededBytes(rand: () => number, n: number): Buffer {

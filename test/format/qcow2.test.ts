@@ -37,6 +37,7 @@ import {
   qcow2Warnings,
   type Qcow2Header,
 } from '../../src/format/qcow2.js';
+import { Rng } from '../../src/util/random.js';
 
 const exec = promisify(execFile);
 const KiB = 1024;
@@ -511,16 +512,10 @@ t.test('hostile headers get FORMAT_CORRUPT or FORMAT_UNSUPPORTED naming the fiel
   t.match(qcow2Warnings(parseQcow2Header(dirty)), [/dirty bit/], 'dirty bit warned about');
 });
 
-/** Deterministic PRNG (mulberry32). */
+/** Seeded generator (src/util/random.ts) as a () => [0, 1) function. */
 function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
+  const r = new Rng(seed);
+  return () => r.next();
 }
 
 const FIELD_OFFSETS: Array<[number, 4 | 8]> = [

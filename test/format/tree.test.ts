@@ -27,20 +27,15 @@ import {
   type TreeNodeReader,
   type TreeNodeWriter,
 } from '../../src/format/tree.js';
+import { Rng } from '../../src/util/random.js';
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-/** Seeded PRNG (mulberry32). */
+/** Seeded generator (src/util/random.ts) as a () => [0, 1) function. */
 function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
+  const r = new Rng(seed);
+  return () => r.next();
 }
 const randInt = (r: () => number, n: number): number => Math.floor(r() * n);
 function randBytes(r: () => number, n: number): Buffer {

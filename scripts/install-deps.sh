@@ -13,8 +13,9 @@ cd "$(dirname "$0")/.."
 #   python3-swift           Swift's Python modules (for /usr/bin/python3)
 #   cpio busybox-static     building the test guest's initramfs
 #   g++ make python3        building island's native addon (node-gyp)
+#   fio                     the FUSE data path benchmark (scripts/bench-fuse.ts)
 PKGS=(libfuse2 fuse3 qemu-utils qemu-system-x86 swift swift-proxy swift-object swift-container
-      swift-account python3-swift memcached cpio busybox-static ca-certificates g++ make python3)
+      swift-account python3-swift memcached cpio busybox-static ca-certificates g++ make python3 fio)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -17,10 +17,10 @@
  * Runs are time-based and interleaved: every rep runs every workload on every target, in a
  * random order of targets each time; the table shows medians over the reps.
  *
- * Every run gets a freshly started server: a fuse-native server slows down the longer it
- * serves parallel requests (each libfuse worker thread it ever had leaves a libuv handle
- * that the event loop scans on every wakeup), so a long-lived one would make a figure depend
- * on what ran before it. --keep-servers shows that slow-down instead.
+ * Every run gets a freshly started server, so no figure depends on what ran before it: on a
+ * heavily loaded machine, long-lived fuse-native servers were seen to slow down several-fold
+ * over minutes while fresh ones did not (docs/benchmarks/fuse.md). --keep-servers keeps one
+ * server per target for the whole bench, to measure exactly that.
  *
  * Each file system is served by its own child process, in its own process group (a Ctrl-C
  * stops fio and this script, which then stops the servers itself). Everything is removed in
@@ -70,7 +70,7 @@ const USAGE = `usage: npx tsx scripts/bench-fuse.ts [options]   (run npx tsc -p 
   --targets L    comma list of local,passthrough,passthrough-cached,island (default all)
   --libaio       also 4 KiB random read/write with libaio at queue depth 16
   --keep-servers one server per target for the whole bench instead of a fresh one per run
-                 (servers slow down as they serve: see docs/benchmarks/fuse.md)
+                 (see docs/benchmarks/fuse.md on long-lived servers)
   --json         print one JSON object instead of tables
 `;
 
@@ -240,7 +240,8 @@ class Server {
   async cpuTicks(): Promise<number | null> {
     if (this.pid === undefined || !this.running) return null;
     const text = await readFile(`/proc/${this.pid}/stat`, 'utf8').catch(() => null);
-    // Fields after the command name (which may hold spaces): state is the 3rd, utime the 14th.
+    // Split after the command name (which may hold spaces): rest[0] is field 3 (state), so
+    // utime and stime, fields 14 and 15, are rest[11] and rest[12].
     const rest = text?.slice(text.lastIndexOf(')') + 2).split(' ');
     return rest ? Number(rest[11]) + Number(rest[12]) : null;
   }

@@ -11,8 +11,9 @@ import { parseArgs } from 'node:util';
 import { loadConfig } from '../config.js';
 import { serveForever } from '../daemon/serve.js';
 import { IslandError, asIslandError } from '../errors.js';
-import { formatSize } from '../format/names.js';
+import { formatSize, humanSize } from '../format/names.js';
 import { call } from './client.js';
+import { withProgress, type ProgressSample } from './progress.js';
 import { storeSelftest } from './store-selftest.js';
 
 const VERSION = '0.1.0';
@@ -28,16 +29,20 @@ volumes
   volume list
   volume show NAME
   volume delete NAME                     refused while attached; its snapshots remain
-  attach NAME [--qmp SOCKET] [--qga SOCKET] [--force]
+  attach NAME [--qmp SOCKET] [--qga SOCKET] [--force] [--wait-filled] [--fill-rate RATE] [--no-fill]
                                          show NAME.qcow2 on the mount; --force takes over a
-                                         volume attached on another host (fence it first!)
+                                         volume attached on another host (fence it first!);
+                                         a volume with snapshots is usable at once and fills
+                                         in behind (--wait-filled waits for it; --fill-rate
+                                         caps it in bytes/s, e.g. 50M)
   detach NAME [--force] [--keep-local]   final snapshot, then drop the local copy (or keep it
                                          warm); refused while the file is open unless --force
 snapshots
-  snapshot create VOLUME... [--consistency crash|flush] [--qmp SOCKET] [--no-wait]
+  snapshot create VOLUME... [--consistency crash|flush|freeze] [--qmp SOCKET] [--qga SOCKET] [--no-wait]
                                          seal and upload the changes since the last snapshot;
                                          flush (the default with a QMP socket) pauses QEMU
-                                         with stop/cont around the seal
+                                         with stop/cont around the seal; freeze also freezes
+                                         the guest's filesystems through qemu-guest-agent
   snapshot list [VOLUME]
   snapshot show ID
   snapshot delete ID... [--force]        write tombstones; refused while pinned unless --force
@@ -87,6 +92,53 @@ function snapshotLine(s: SnapshotOut): string {
   return `${s.id}\t${s.volume}\t${s.created}\t${s.consistency}\t${s.changedClusters} clusters changed, ${formatSize(s.uploadedBytes)} uploaded in ${s.durationMs} ms${s.deleted ? '\tDELETED' : ''}${s.warnings.length ? `\twarnings: ${s.warnings.join('; ')}` : ''}`;
 }
 
+interface FillOut {
+  state: string;
+  totalClusters: number;
+  doneClusters: number;
+  bytesFetched: number;
+  failedClusters: number;
+  waiting: boolean;
+}
+
+interface StatusVolume {
+  name: string;
+  snapshot: { done: number; total: number } | null;
+  fill: FillOut | null;
+}
+
+type Api = (method: string, path: string, body?: unknown) => Promise<unknown>;
+
+/** Clusters encoded so far by the snapshots in progress of these volumes. */
+async function snapshotProgress(api: Api, volumes: string[]): Promise<ProgressSample | null> {
+  const s = (await api('GET', '/v1/status')) as { volumes: StatusVolume[] };
+  let done = 0;
+  let total = 0;
+  for (const v of s.volumes) {
+    if (!volumes.includes(v.name) || !v.snapshot) continue;
+    done += v.snapshot.done;
+    total += v.snapshot.total;
+  }
+  return total > 0 ? { done, total, note: 'clusters' } : null;
+}
+
+/** Wait until a volume's background fill ends, with a progress bar; null when it has none. */
+async function waitFilled(name: string, statusOf: (name: string) => Promise<StatusVolume | undefined>, quiet: boolean): Promise<FillOut | null> {
+  let last: FillOut | null = null;
+  const work = (async () => {
+    for (;;) {
+      const v = await statusOf(name);
+      if (!v) throw new IslandError('NOT_FOUND', `volume ${name} is no longer attached`);
+      last = v.fill;
+      if (!last || last.state !== 'filling') return last;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  })();
+  const sample = (): Promise<ProgressSample | null> =>
+    Promise.resolve(last && last.totalClusters > 0 ? { done: last.doneClusters, total: last.totalClusters, note: last.waiting ? 'waiting for the store' : 'clusters' } : null);
+  return quiet ? work : withProgress(`fill ${name}`, work, sample);
+}
+
 function need(v: string | undefined, what: string): string {
   if (v === undefined) throw new IslandError('INVALID_ARGUMENT', `missing ${what} (try island help)`);
   return v;
@@ -112,6 +164,9 @@ async function main(argv: string[]): Promise<number> {
       'no-wait': { type: 'boolean' },
       'dry-run': { type: 'boolean' },
       wait: { type: 'boolean' },
+      'wait-filled': { type: 'boolean' },
+      'fill-rate': { type: 'string' },
+      'no-fill': { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -139,6 +194,7 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const api = (method: string, path: string, body?: unknown): Promise<unknown> => call(config.socket, method, path, body);
+  const statusOf = async (name: string): Promise<StatusVolume | undefined> => ((await api('GET', '/v1/status')) as { volumes: StatusVolume[] }).volumes.find((v) => v.name === name);
   const enc = encodeURIComponent;
   if (cmd === 'status') {
     const s = (await api('GET', '/v1/status')) as { host: string; mount: string; volumes: { name: string; length: number; openHandles: number; dirtyClusters: number; generation: number }[] };
@@ -174,7 +230,9 @@ async function main(argv: string[]): Promise<number> {
     if (sub === 'create') {
       const volumes = positionals.slice(2);
       if (volumes.length === 0) throw new IslandError('INVALID_ARGUMENT', 'missing volume name (try island help)');
-      const r = (await api('POST', '/v1/snapshots', { volumes, consistency: values.consistency, wait: !values['no-wait'], qmp: values.qmp })) as { snapshots?: SnapshotOut[]; started?: string[] };
+      const wait = !values['no-wait'];
+      const request = api('POST', '/v1/snapshots', { volumes, consistency: values.consistency, wait, qmp: values.qmp, qga: values.qga }) as Promise<{ snapshots?: SnapshotOut[]; started?: string[] }>;
+      const r = wait && !json ? await withProgress(`snapshot ${volumes.join(' ')}`, request, () => snapshotProgress(api, volumes)) : await request;
       const human = r.snapshots ? r.snapshots.map(snapshotLine).join('\n') : `started: ${(r.started ?? []).join(', ')} (see island status)`;
       out(human, r);
       return 0;
@@ -205,8 +263,14 @@ async function main(argv: string[]): Promise<number> {
   }
   if (cmd === 'attach') {
     const name = need(sub, 'volume name');
-    const v = (await api('POST', `/v1/volumes/${enc(name)}/attach`, { qmp: values.qmp, qga: values.qga, force: values.force })) as VolumeOut;
-    out(`attached ${name}: ${v.local?.file ?? '?'}`, v);
+    const v = (await api('POST', `/v1/volumes/${enc(name)}/attach`, { qmp: values.qmp, qga: values.qga, force: values.force, fill: values['no-fill'] ? false : undefined, fillRate: values['fill-rate'] })) as VolumeOut;
+    if (!values['wait-filled']) {
+      out(`attached ${name}: ${v.local?.file ?? '?'}`, v);
+      return 0;
+    }
+    const fill = await waitFilled(name, statusOf, json);
+    out(`attached ${name}: ${v.local?.file ?? '?'} (${fill ? `filled: ${fill.totalClusters} clusters, ${humanSize(fill.bytesFetched)} fetched` : 'nothing to fill'})`, { ...v, fill });
+    if (fill && fill.state !== 'done') throw new IslandError('STORE_UNAVAILABLE', `the background fill of ${name} ended ${fill.state} with ${fill.failedClusters} clusters that cannot be restored (see island status, island fsck)`);
     return 0;
   }
   if (cmd === 'detach') {

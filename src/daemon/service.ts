@@ -12,8 +12,8 @@ import { mkdir, open, readFile, readdir, rename, rm, stat } from 'node:fs/promis
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { volumesDir, type Config } from '../config.js';
-import { IslandError, codeOf } from '../errors.js';
-import { DEFAULT_CLUSTER_SIZE, parseClusterSize, parseHostId, parseSnapshotId, parseVolumeName, parseVolumeSize } from '../format/names.js';
+import { IslandError, codeOf, isTransient } from '../errors.js';
+import { DEFAULT_CLUSTER_SIZE, parseClusterSize, parseSize, parseHostId, parseSnapshotId, parseVolumeName, parseVolumeSize } from '../format/names.js';
 import type { Manifest, VolumeRecord } from '../format/records.js';
 import { qcow2MaxVirtualSize } from '../format/qcow2.js';
 import { acquireGeneration, releaseGeneration } from '../repo/attach.js';
@@ -26,7 +26,10 @@ import { Repository } from '../repo/repository.js';
 import { listAll } from '../store/types.js';
 import { Volume, type PresentFetcher, type Seal } from '../volume/engine.js';
 import { QmpSession } from '../qmp/session.js';
+import { GuestAgent } from '../qmp/guest-agent.js';
+import { sleep } from '../util/sleep.js';
 import { treeFetcher } from '../snapshot/restore.js';
+import { fillVolume, type FillProgress } from '../snapshot/fill.js';
 
 export interface VolumeView {
   name: string;
@@ -39,13 +42,36 @@ export interface VolumeView {
   generation: number;
   source: VolumeRecord['source'];
   /** Present when attached on this host. */
-  local?: { file: string; length: number; openHandles: number; dirtyClusters: number; recovery: Volume['recovery'] };
+  local?: { file: string; length: number; openHandles: number; dirtyClusters: number; recovery: Volume['recovery']; fill: FillView | null };
 }
 
 export interface AttachRequest {
   qmp?: string;
   qga?: string;
   force?: boolean;
+  /** Background fill of a restored volume (default on). */
+  fill?: boolean;
+  /** Cap on the fill's fetched bytes per second (default: none). */
+  fillRate?: string | number;
+}
+
+/** A restored volume's background fill. */
+export interface FillJob {
+  base: string;
+  state: 'filling' | 'done' | 'incomplete' | 'stopped' | 'off';
+  progress: FillProgress;
+  controller: AbortController;
+  promise: Promise<void>;
+}
+
+export interface FillView {
+  base: string;
+  state: FillJob['state'];
+  totalClusters: number;
+  doneClusters: number;
+  bytesFetched: number;
+  failedClusters: number;
+  waiting: boolean;
 }
 
 export interface Attached {
@@ -57,6 +83,10 @@ export interface Attached {
   parent: Manifest | null;
   /** A snapshot in progress: at most one per volume. */
   job: SnapshotJob | undefined;
+  /** The background fill, for volumes restored from a snapshot. */
+  fill?: FillJob;
+  /** The parent's id, when its manifest is still to be read (see Service.restore). */
+  parentId?: string;
 }
 
 export interface SnapshotJob {
@@ -107,18 +137,30 @@ export function snapshotView(m: Manifest, deleted: boolean): SnapshotView {
 /** Upload window W: a snapshot commits within it or re-checks (docs/protocols.md). */
 export const WINDOW_MS = 60 * 60 * 1000;
 const LAST_SNAPSHOT_FILE = 'last-snapshot';
+/** Written when a restored volume holds every cluster of its base: it no longer needs the store. */
+const FILLED_FILE = 'filled';
 /** An attach pin protects a restore base this long (renewal comes with the background fill). */
 export const PIN_TTL_MS = 30 * 24 * 3600 * 1000;
 
-/** A fetcher whose snapshot is known only after the volume's state is read. */
+/**
+ * A fetcher whose base snapshot is known only after the volume's state is read, and is
+ * loaded from the store on first need: a volume that is already filled never needs the
+ * store to be served. A failed load is retried by the next fetch.
+ */
 class LazyFetcher implements PresentFetcher {
-  private inner: PresentFetcher | undefined;
-  resolve(f: PresentFetcher): void {
-    this.inner = f;
+  private inner: Promise<PresentFetcher> | undefined;
+  private load: (() => Promise<PresentFetcher>) | undefined;
+  resolve(load: () => Promise<PresentFetcher>): void {
+    this.load = load;
   }
   fetch(first: number, count: number, signal: AbortSignal): Promise<Buffer> {
-    if (!this.inner) return Promise.reject(new IslandError('INTERNAL', 'clusters requested before the base snapshot was resolved'));
-    return this.inner.fetch(first, count, signal);
+    const load = this.load;
+    if (!load) return Promise.reject(new IslandError('INTERNAL', 'clusters requested from a volume without a base snapshot'));
+    this.inner ??= load().catch((err: unknown) => {
+      this.inner = undefined;
+      throw err;
+    });
+    return this.inner.then((f) => f.fetch(first, count, signal));
   }
 }
 
@@ -153,6 +195,10 @@ export class Service {
   private async localParent(dir: string, name: string, volume: Volume): Promise<Manifest | null> {
     const id = await readFile(join(dir, LAST_SNAPSHOT_FILE), 'utf8').then((s) => s.trim(), () => '');
     if (!id) return null;
+    return this.parentById(name, id, volume);
+  }
+
+  private async parentById(name: string, id: string, volume: Volume): Promise<Manifest | null> {
     const m = await this.repo.getManifest(name, id);
     if (!m || (await this.repo.getTombstone(id))) {
       this.log.warn({ volume: name, snapshot: id }, 'the last snapshot of the local copy is gone: the next snapshot uploads everything');
@@ -163,10 +209,88 @@ export class Service {
   }
 
   /** The manifest a restored volume fetches from (it must still exist: it is pinned). */
-  private async baseOf(name: string, id: string): Promise<PresentFetcher> {
-    const m = await this.repo.getManifest(name, id);
+  private async baseOf(name: string, id: string): Promise<Manifest> {
+    const m = (await this.repo.getManifest(name, id)) ?? (await findSnapshot(this.repo, id));
     if (!m) throw new IslandError('NOT_FOUND', `the base snapshot ${id} of ${name} is gone; its missing clusters cannot be fetched`, { details: { volume: name, snapshot: id } });
-    return treeFetcher(this.repo, m);
+    return m;
+  }
+
+  /**
+   * Start (or resume, after a restart) the background fill of a restored volume. When it
+   * completes, the volume holds every cluster of its base, and this host's pins on the base
+   * are released.
+   */
+  private startFill(name: string, a: Attached, baseId: string, req: AttachRequest = {}): void {
+    const rate = req.fillRate === undefined ? 0 : parseSize(req.fillRate, { what: 'fillRate', min: 1 });
+    const controller = new AbortController();
+    const job: FillJob = {
+      base: baseId,
+      state: 'filling',
+      progress: { totalClusters: 0, doneClusters: 0, bytesFetched: 0, failedClusters: 0, waiting: false },
+      controller,
+      promise: Promise.resolve(),
+    };
+    a.fill = job;
+    if (req.fill === false) {
+      job.state = 'off';
+      return;
+    }
+    const log = this.log.child({ volume: name, base: baseId });
+    job.promise = (async () => {
+      const t0 = performance.now();
+      let p: FillProgress;
+      // The store may be down (the fill waits for it); anything else ends the fill.
+      for (let delay = 1000; ; delay = Math.min(60_000, delay * 2)) {
+        try {
+          const base = await this.baseOf(name, baseId);
+          p = await fillVolume(this.repo, base, a.volume, { signal: controller.signal, rateBytesPerSec: rate, log, onProgress: (x) => (job.progress = x) });
+          break;
+        } catch (err) {
+          if (controller.signal.aborted || !isTransient(err)) throw err;
+          job.progress = { ...job.progress, waiting: true };
+          log.warn({ err, retryInMs: delay }, 'background fill: the store is unreachable; waiting');
+          await sleep(delay, controller.signal);
+        }
+      }
+      job.progress = p;
+      if (p.failedClusters > 0) {
+        job.state = 'incomplete';
+        log.error({ failedClusters: p.failedClusters }, 'background fill finished with clusters that cannot be restored (see island fsck); the base stays pinned');
+        return;
+      }
+      await writeDurable(join(this.localDir(name), FILLED_FILE), baseId + '\n');
+      job.state = 'done';
+      await this.releasePins(baseId);
+      log.info({ clusters: p.totalClusters, bytes: p.bytesFetched, seconds: Math.round(performance.now() - t0) / 1000 }, 'background fill done: the volume no longer needs the store to be read');
+    })().catch((err: unknown) => {
+      if (controller.signal.aborted) {
+        job.state = 'stopped';
+        return;
+      }
+      job.state = 'incomplete';
+      log.error({ err, code: codeOf(err) }, 'background fill stopped; it resumes at the next attach or restart');
+    });
+  }
+
+  /** Resume the fill of a volume restored from `base` unless it already completed. */
+  private async resumeFill(name: string, a: Attached, baseId: string, req: AttachRequest = {}): Promise<void> {
+    const done = await readFile(join(this.localDir(name), FILLED_FILE), 'utf8').then((x) => x.trim(), () => '');
+    if (done === baseId) {
+      a.fill = { base: baseId, state: 'done', progress: { totalClusters: 0, doneClusters: 0, bytesFetched: 0, failedClusters: 0, waiting: false }, controller: new AbortController(), promise: Promise.resolve() };
+      return;
+    }
+    this.startFill(name, a, baseId, req);
+  }
+
+  /** Drop this host's attach pins on a snapshot. */
+  private async releasePins(snapshot: string): Promise<void> {
+    for (const p of await this.repo.listPins(snapshot)) if (p.host === this.repo.host && p.holder === 'attach') await this.repo.deletePin(p);
+  }
+
+  private async stopFill(a: Attached): Promise<void> {
+    if (!a.fill) return;
+    a.fill.controller.abort(new IslandError('ABORTED', 'background fill stopped'));
+    await a.fill.promise;
   }
 
   /** Pin a restore base while the volume may still read from it (expires: see PIN_TTL_MS). */
@@ -176,15 +300,7 @@ export class Service {
   }
 
   private async recordParent(dir: string, m: Manifest): Promise<void> {
-    const tmp = join(dir, `${LAST_SNAPSHOT_FILE}.tmp`);
-    const fh = await open(tmp, 'w', 0o600);
-    try {
-      await fh.writeFile(m.id + '\n');
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await rename(tmp, join(dir, LAST_SNAPSHOT_FILE));
+    await writeDurable(join(dir, LAST_SNAPSHOT_FILE), m.id + '\n');
   }
 
   /** Reopen the volumes that were attached here when the daemon last stopped or crashed. */
@@ -195,9 +311,14 @@ export class Service {
       try {
         const lazy = new LazyFetcher();
         const volume = await Volume.open(this.localDir(name), { logger: vlog, fetcher: lazy });
-        if (volume.baseSnapshot) lazy.resolve(await this.baseOf(name, volume.baseSnapshot));
-        const parent = await this.localParent(this.localDir(name), name, volume);
-        this.attached.set(name, { volume, generation: volume.generation, qmp: undefined, qga: undefined, parent, job: undefined });
+        const baseId = volume.baseSnapshot;
+        if (baseId) lazy.resolve(async () => treeFetcher(this.repo, await this.baseOf(name, baseId)));
+        // The parent is read from the store when the next snapshot needs it: a volume
+        // comes back (and is served) even while the store is unreachable.
+        const parentId = await readFile(join(this.localDir(name), LAST_SNAPSHOT_FILE), 'utf8').then((x) => x.trim() || undefined, () => undefined);
+        const a: Attached = { volume, generation: volume.generation, qmp: undefined, qga: undefined, parent: null, parentId, job: undefined };
+        this.attached.set(name, a);
+        if (baseId) await this.resumeFill(name, a, baseId);
         vlog.info({ length: volume.length, recovery: volume.recovery }, 'volume reattached');
       } catch (err) {
         // One damaged volume must not take the others down.
@@ -245,7 +366,7 @@ export class Service {
     };
     if (a) {
       const s = a.volume.stats();
-      v.local = { file: join(this.config.mount, `${rec.name}.qcow2`), length: a.volume.length, openHandles: this.openHandles(rec.name), dirtyClusters: s.dirtyClusters, recovery: a.volume.recovery };
+      v.local = { file: join(this.config.mount, `${rec.name}.qcow2`), length: a.volume.length, openHandles: this.openHandles(rec.name), dirtyClusters: s.dirtyClusters, recovery: a.volume.recovery, fill: a.fill ? fillView(a.fill) : null };
     }
     return v;
   }
@@ -297,6 +418,7 @@ export class Service {
       let volume: Volume;
       const vlog = this.log.child({ volume: rec.name });
       const base = att.base;
+      let fillFrom: string | undefined;
       if (await exists(kept)) {
         const last = await readFile(join(kept, LAST_SNAPSHOT_FILE), 'utf8').then((x) => x.trim(), () => '');
         if (base && last !== base.id) {
@@ -310,7 +432,11 @@ export class Service {
       if (await exists(dir)) {
         const lazy = new LazyFetcher();
         volume = await Volume.open(dir, { logger: vlog, generation: att.generation, fetcher: lazy });
-        if (volume.baseSnapshot) lazy.resolve(await this.baseOf(rec.name, volume.baseSnapshot));
+        const baseId = volume.baseSnapshot;
+        if (baseId) {
+          lazy.resolve(async () => treeFetcher(this.repo, await this.baseOf(rec.name, baseId)));
+          fillFrom = baseId;
+        }
       } else if (base) {
         await this.pinBase(base);
         volume = await Volume.create(dir, {
@@ -324,12 +450,15 @@ export class Service {
           logger: vlog,
         });
         await this.recordParent(dir, base);
+        fillFrom = base.id;
         vlog.info({ base: base.id, imageLength: base.imageLength }, 'attached from snapshot: clusters are fetched on first touch');
       } else {
         volume = await Volume.create(dir, { name: rec.name, virtualSize: rec.virtualSize, clusterSize: rec.clusterSize, generation: att.generation, logger: vlog });
       }
       const parent = await this.localParent(dir, rec.name, volume);
-      this.attached.set(rec.name, { volume, generation: att.generation, qmp: req.qmp, qga: req.qga, parent, job: undefined });
+      const a: Attached = { volume, generation: att.generation, qmp: req.qmp, qga: req.qga, parent, job: undefined };
+      this.attached.set(rec.name, a);
+      if (fillFrom) await this.resumeFill(rec.name, a, fillFrom, req);
       vlog.info({ generation: att.generation }, 'attached');
       return this.showVolume(rec.name);
     });
@@ -348,6 +477,7 @@ export class Service {
       this.log.info({ volume: vname, snapshot: last.id }, 'final snapshot before detach');
       this.attached.delete(vname);
       const base = a.volume.baseSnapshot;
+      await this.stopFill(a);
       await a.volume.close();
       if (req.keepLocal) {
         await mkdir(join(this.config.dataDir, 'kept'), { recursive: true });
@@ -357,15 +487,13 @@ export class Service {
       }
       await releaseGeneration(this.repo, vname, a.generation);
       // The final snapshot holds everything the base gave: this host's pins on it can go.
-      if (base) {
-        for (const p of await this.repo.listPins(base)) if (p.host === this.repo.host && p.holder === 'attach') await this.repo.deletePin(p);
-      }
+      if (base) await this.releasePins(base);
       this.log.info({ volume: vname, keptLocal: req.keepLocal === true }, 'detached');
       return this.showVolume(vname);
     });
   }
 
-  status(): { host: string; mount: string; attached: number; volumes: { name: string; length: number; openHandles: number; dirtyClusters: number; generation: number; lastSnapshot: string | null; snapshot: { done: number; total: number; seconds: number } | null }[] } {
+  status(): { host: string; mount: string; attached: number; volumes: { name: string; length: number; openHandles: number; dirtyClusters: number; generation: number; lastSnapshot: string | null; snapshot: { done: number; total: number; seconds: number } | null; fill: FillView | null }[] } {
     return {
       host: this.config.hostId,
       mount: this.config.mount,
@@ -378,12 +506,13 @@ export class Service {
         generation: a.generation,
         lastSnapshot: a.parent?.id ?? null,
         snapshot: a.job ? { done: a.job.done, total: a.job.total, seconds: (Date.now() - a.job.started) / 1000 } : null,
+        fill: a.fill ? fillView(a.fill) : null,
       })),
     };
   }
 
   /** Snapshot attached volumes (several volumes of one VM are sealed back to back). */
-  async createSnapshots(req: { volumes: unknown; consistency?: unknown; wait?: unknown; qmp?: unknown }): Promise<{ snapshots: SnapshotView[] } | { started: string[] }> {
+  async createSnapshots(req: { volumes: unknown; consistency?: unknown; wait?: unknown; qmp?: unknown; qga?: unknown }): Promise<{ snapshots: SnapshotView[] } | { started: string[] }> {
     if (!Array.isArray(req.volumes) || req.volumes.length === 0 || req.volumes.length > 64) throw new IslandError('INVALID_ARGUMENT', 'volumes must be a list of 1 to 64 volume names');
     const names = req.volumes.map((v) => parseVolumeName(v));
     for (const n of names) {
@@ -392,23 +521,27 @@ export class Service {
       if (a.job) throw new IslandError('BUSY', `a snapshot of ${n} is already in progress`, { details: { volume: n } });
     }
     const qmpOf = (n: string): string | undefined => (typeof req.qmp === 'string' ? req.qmp : this.attached.get(n)?.qmp);
+    const qgaOf = (n: string): string | undefined => (typeof req.qga === 'string' ? req.qga : this.attached.get(n)?.qga);
     const consistency = req.consistency ?? (names.every((n) => qmpOf(n)) ? 'flush' : 'crash');
-    if (consistency !== 'crash' && consistency !== 'flush') {
-      throw new IslandError('INVALID_ARGUMENT', `consistency must be crash or flush (freeze needs the guest agent, not in this build), got ${JSON.stringify(String(consistency)).slice(0, 30)}`);
+    if (consistency !== 'crash' && consistency !== 'flush' && consistency !== 'freeze') {
+      throw new IslandError('INVALID_ARGUMENT', `consistency must be crash, flush or freeze, got ${JSON.stringify(String(consistency)).slice(0, 30)}`);
     }
     let jobs: Promise<Manifest>[];
     if (consistency === 'crash') {
       jobs = names.map((n) => this.snapshotOne(n, 'crash'));
     } else {
       const missing = names.filter((n) => !qmpOf(n));
-      if (missing.length) throw new IslandError('INVALID_ARGUMENT', `flush consistency needs QEMU's QMP socket (attach --qmp or snapshot --qmp) for ${missing.join(', ')}`);
+      if (missing.length) throw new IslandError('INVALID_ARGUMENT', `${consistency} consistency needs QEMU's QMP socket (attach --qmp or snapshot --qmp) for ${missing.join(', ')}`);
+      const noAgent = consistency === 'freeze' ? names.filter((n) => !qgaOf(n)) : [];
+      if (noAgent.length) throw new IslandError('INVALID_ARGUMENT', `freeze consistency needs the guest agent's socket (attach --qga or snapshot --qga) for ${noAgent.join(', ')}`);
       // The volumes of one VM (one QMP socket) are sealed in one pause.
       const groups = new Map<string, string[]>();
       for (const n of names) groups.set(qmpOf(n) as string, [...(groups.get(qmpOf(n) as string) ?? []), n]);
       jobs = [];
       for (const [path, vols] of groups) {
-        const { seals, pauseMs } = await this.pausedSeal(path, vols);
-        for (const [i, n] of vols.entries()) jobs.push(this.snapshotOne(n, 'qemu-flushed', seals[i], pauseMs));
+        const { seals, pauseMs } = consistency === 'freeze' ? await this.frozenSeal(qgaOf(vols[0] as string) as string, path, vols) : await this.pausedSeal(path, vols);
+        const level = consistency === 'freeze' ? 'guest-frozen' : 'qemu-flushed';
+        for (const [i, n] of vols.entries()) jobs.push(this.snapshotOne(n, level, seals[i], pauseMs));
       }
     }
     if (req.wait === false) {
@@ -460,6 +593,46 @@ export class Service {
     return { seals, pauseMs: Math.ceil(performance.now() - t0) };
   }
 
+  private agents = new Map<string, GuestAgent>();
+
+  private guestAgent(path: string): GuestAgent {
+    let a = this.agents.get(path);
+    if (!a || a.closed) {
+      a = new GuestAgent(path, { logger: this.log.child({ qga: path }) });
+      this.agents.set(path, a);
+    }
+    return a;
+  }
+
+  /**
+   * freeze: the guest agent freezes the guest's filesystems (they are clean and quiescent),
+   * then stop/seal/cont as for flush, then thaw. Thaw is sent on every path once freeze was
+   * sent, even when freeze failed or timed out (it may have frozen some filesystems).
+   */
+  private async frozenSeal(qga: string, qmp: string, vols: string[]): Promise<{ seals: Seal[]; pauseMs: number }> {
+    const agent = this.guestAgent(qga);
+    try {
+      const frozen = await agent.fsfreezeFreeze();
+      this.log.info({ qga, filesystems: frozen, volumes: vols }, 'guest filesystems frozen');
+      return await this.pausedSeal(qmp, vols);
+    } catch (err) {
+      throw new IslandError(codeOf(err), `freeze snapshot of ${vols.join(', ')}: ${(err as Error).message} (is qemu-guest-agent running in the guest? --consistency flush needs no agent)`, { cause: err, details: { qga, volumes: vols } });
+    } finally {
+      await this.thaw(agent);
+    }
+  }
+
+  private async thaw(agent: GuestAgent): Promise<void> {
+    for (let attempt = 1; attempt <= 3; attempt++) {
+      try {
+        await agent.fsfreezeThaw();
+        return;
+      } catch (err) {
+        this.log.error({ err, qga: agent.path, attempt }, 'thaw failed: guest filesystems may still be frozen');
+      }
+    }
+  }
+
   private async resume(q: QmpSession): Promise<void> {
     for (let attempt = 1; attempt <= 3; attempt++) {
       try {
@@ -478,6 +651,10 @@ export class Service {
     const job: SnapshotJob = { volume: name, started: Date.now(), done: 0, total: 0, promise: Promise.resolve(null as unknown as Manifest) };
     job.promise = (async () => {
       try {
+        if (a.parentId !== undefined) {
+          a.parent = await this.parentById(name, a.parentId, a.volume);
+          a.parentId = undefined;
+        }
         const m = await takeSnapshot(this.repo, this.encodePool(), {
           volume: a.volume,
           generation: a.generation,
@@ -551,11 +728,30 @@ export class Service {
 
   async closeAll(): Promise<void> {
     for (const q of this.qmpSessions.values()) await q.close().catch(() => undefined);
+    for (const g of this.agents.values()) await g.close().catch(() => undefined);
     await this.pool?.close();
     for (const [name, a] of this.attached) {
+      await this.stopFill(a);
       await a.volume.close().catch((err: unknown) => this.log.error({ volume: name, err }, 'volume close failed'));
     }
   }
+}
+
+/** Write a small file atomically and durably (temp file, fsync, rename). */
+async function writeDurable(path: string, text: string): Promise<void> {
+  const tmp = `${path}.tmp`;
+  const fh = await open(tmp, 'w', 0o600);
+  try {
+    await fh.writeFile(text);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  await rename(tmp, path);
+}
+
+export function fillView(f: FillJob): FillView {
+  return { base: f.base, state: f.state, ...f.progress };
 }
 
 async function exists(p: string): Promise<boolean> {

@@ -233,3 +233,15 @@ export function formatSize(n: number): string {
   }
   return String(n);
 }
+
+/** A byte count for people, rounded: 1536 -> "1.5 KiB", 3221225472 -> "3.0 GiB". */
+export function humanSize(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+  let v = n;
+  let u = 0;
+  while (Math.abs(v) >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return u === 0 ? `${v} B` : `${v.toFixed(1)} ${units[u]}`;
+}

@@ -5,6 +5,7 @@
 import type { EventEmitter } from 'node:events';
 import { createConnection, type Socket } from 'node:net';
 import { IslandError } from '../errors.js';
+import { sleep } from '../util/sleep.js';
 
 /** The subset of a (pino) child logger this adapter uses. */
 export interface QmpLogger {
@@ -151,15 +152,7 @@ function attempt(path: string, opts: ConnectOptions): Promise<Socket> {
 }
 
 function delay(ms: number, signal: AbortSignal | undefined): Promise<void> {
-  return new Promise((resolve) => {
-    const t = setTimeout(done, ms);
-    function done() {
-      clearTimeout(t);
-      signal?.removeEventListener('abort', done);
-      resolve();
-    }
-    signal?.addEventListener('abort', done, { once: true });
-  });
+  return sleep(ms, signal, { resolveOnAbort: true });
 }
 
 /**

@@ -11,6 +11,7 @@ import { IslandError, isTransient } from '../errors.js';
 import { throwIfAborted } from './keys.js';
 import { ForwardingStore } from './types.js';
 import type { ListOptions, ListPage, ObjectInfo, ObjectStore, OpOptions } from './types.js';
+import { sleep } from '../util/sleep.js';
 
 export interface RetryOptions {
   /** Attempts in all, first one included (default 8). */
@@ -22,21 +23,6 @@ export interface RetryOptions {
   deadlineMs?: number;
   random?: () => number;
   onRetry?: (info: { op: string; key: string; attempt: number; delayMs: number; error: IslandError }) => void;
-}
-
-function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal?.aborted) return reject(new IslandError('ABORTED', 'operation aborted', { cause: signal.reason }));
-    const onAbort = (): void => {
-      clearTimeout(timer);
-      reject(new IslandError('ABORTED', 'operation aborted', { cause: signal?.reason }));
-    };
-    const timer = setTimeout(() => {
-      signal?.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    signal?.addEventListener('abort', onAbort, { once: true });
-  });
 }
 
 export class RetryStore extends ForwardingStore {

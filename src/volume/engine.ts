@@ -363,6 +363,23 @@ export class Volume extends EventEmitter {
 
   // ---------- lazy restore ----------
 
+  /** Clusters below this still come from the base snapshot until present (0: not restored). */
+  get baseClusters(): number {
+    return this.present === null ? 0 : Math.ceil(this.present.baseLength / this.clusterSize);
+  }
+
+  /**
+   * Make clusters [c0, c1] local without a guest read (the background fill). Clusters
+   * already present or being fetched are skipped or waited for; nothing is overwritten.
+   */
+  async prefetch(c0: number, c1: number): Promise<void> {
+    this.checkOpen();
+    const last = Math.min(c1, this.baseClusters - 1);
+    if (c0 > last) return;
+    await this.ensurePresent(c0, last);
+  }
+
+
   /** Make clusters [c0, c1] local, fetching missing runs (single flight per cluster). */
   private async ensurePresent(c0: number, c1: number): Promise<void> {
     const present = this.present;

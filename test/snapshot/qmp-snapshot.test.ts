@@ -5,7 +5,7 @@
  */
 import { createServer } from 'node:net';
 import { join } from 'node:path';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { Repository } from '../../src/repo/repository.js';
 import { findSnapshot } from '../../src/repo/snapshots.js';
 import { exportSnapshot } from '../../src/snapshot/export.js';
@@ -65,4 +65,69 @@ t.test('a QMP socket that never answers fails the snapshot clearly and nothing h
   t.match(r.stderr, /QMP_TIMEOUT|QMP_ERROR/, `a clear error: ${r.stderr.trim()}`);
   const crash = await cliJson(h, 'snapshot', 'create', 'mute', '--consistency', 'crash');
   t.equal((crash.snapshots as { consistency: string }[])[0]?.consistency, 'crash', 'a crash-consistent snapshot still works');
+});
+
+/**
+ * A scripted guest agent on the host end of the agent's channel: it answers the sync
+ * handshake and replies to freeze as told, and records the commands it received.
+ */
+async function scriptedAgent(t: Test, path: string, freezeReply: Record<string, unknown>): Promise<string[]> {
+  const seen: string[] = [];
+  const sockets: import('node:net').Socket[] = [];
+  const server = createServer((sock) => {
+    sockets.push(sock);
+    let buf = '';
+    sock.on('data', (d: Buffer) => {
+      buf += d.toString('latin1').replace(/\xff/g, '');
+      let i: number;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, i).trim();
+        buf = buf.slice(i + 1);
+        if (!line) continue;
+        const msg = JSON.parse(line) as { execute: string; arguments?: { id?: number } };
+        seen.push(msg.execute);
+        if (msg.execute === 'guest-sync-delimited') sock.write(Buffer.concat([Buffer.from([0xff]), Buffer.from(JSON.stringify({ return: msg.arguments?.id }) + '\n')]));
+        else if (msg.execute === 'guest-fsfreeze-freeze') sock.write(JSON.stringify(freezeReply) + '\n');
+        else sock.write(JSON.stringify({ return: 1 }) + '\n');
+      }
+    });
+  });
+  await new Promise<void>((r) => server.listen(path, r));
+  t.teardown(() => {
+    for (const s of sockets) s.destroy();
+    server.close();
+  });
+  return seen;
+}
+
+t.test('freeze snapshots: freeze, stop, seal, cont, thaw; thaw is sent even when freeze fails', async (t) => {
+  const h = await makeHost(t, 'freeze-host');
+  await serve(h);
+  await cliJson(h, 'volume', 'create', 'fz', '--size', '1G');
+  const islandQmp = join(h.dataDir, 'island-qmp.sock');
+  const qga = join(h.dataDir, 'qga.sock');
+  const seen = await scriptedAgent(t, qga, { return: 2 });
+  await cliJson(h, 'attach', 'fz', '--qmp', islandQmp, '--qga', qga);
+  const q = await TestQemu.start(h.dataDir, image(h, 'fz'), { directIo: true, islandQmp });
+  t.teardown(() => q.kill());
+  await q.qemuIo('write -P 0x61 0 1M');
+  const r = await cliJson(h, 'snapshot', 'create', 'fz', '--consistency', 'freeze');
+  t.equal((r.snapshots as { consistency: string }[])[0]?.consistency, 'guest-frozen', 'the manifest records the guest-frozen level');
+  const cmds = seen.filter((c) => c !== 'guest-sync-delimited');
+  t.same(cmds, ['guest-fsfreeze-freeze', 'guest-fsfreeze-thaw'], 'freeze, then thaw');
+  t.same(q.events.filter((e) => e === 'STOP' || e === 'RESUME'), ['STOP', 'RESUME'], 'QEMU was paused between them');
+
+  // An agent whose freeze fails: the snapshot fails clearly, thaw is still sent, the VM runs.
+  const qga2 = join(h.dataDir, 'qga2.sock');
+  const seen2 = await scriptedAgent(t, qga2, { error: { class: 'GenericError', desc: 'failed to freeze /: Device or resource busy' } });
+  const bad = await cli(h, 'snapshot', 'create', 'fz', '--consistency', 'freeze', '--qga', qga2);
+  t.not(bad.code, 0, 'a failed freeze fails the snapshot');
+  t.match(bad.stderr, /QMP_ERROR.*freeze/, `a clear error: ${bad.stderr.trim()}`);
+  t.ok(seen2.includes('guest-fsfreeze-thaw'), 'thaw was sent after the failed freeze');
+  t.equal(((await q.cmd('query-status')) as { status: string }).status, 'running', 'the VM was never left paused');
+  const none = await cli(h, 'snapshot', 'create', 'fz', '--consistency', 'freeze', '--qmp', islandQmp, '--qga', join(h.dataDir, 'nothing.sock'));
+  t.not(none.code, 0, 'no agent socket at all: a clear error');
+  const again = await cliJson(h, 'snapshot', 'create', 'fz', '--consistency', 'flush');
+  t.equal((again.snapshots as { consistency: string }[])[0]?.consistency, 'qemu-flushed', 'the changes the failed snapshots sealed go into the next one');
+  await q.quit();
 });

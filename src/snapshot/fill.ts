@@ -1,0 +1,205 @@
+/**
+ * Background fill of a volume restored from a snapshot: every cluster the guest has not
+ * touched yet is brought local, so the volume stops depending on the store.
+ *
+ *  1. Scan the base snapshot's tree once (leaf nodes only, through the node cache) and
+ *     note each blob cluster that is not present yet: cluster, pack, offset, length.
+ *  2. Sort them in pack order (pack, offset) and cut runs of clusters that are adjacent
+ *     both in the volume and in one pack, at most MAX_RUN_BYTES each: one ranged GET per
+ *     run, each pack read front to back.
+ *  3. Run them with bounded concurrency through Volume.prefetch, the same single-flight
+ *     path a guest read takes: a cluster the guest wrote meanwhile is never overwritten,
+ *     and a cluster a guest read is already fetching is waited for, not fetched twice.
+ *  4. Zero and unallocated clusters cost no network: they are marked present last.
+ *
+ * The fill yields to the guest: while guest reads are arriving it runs one fetch at a
+ * time with a short pause between them. An optional rate limit caps its bytes per second.
+ * A transient store failure makes it wait and retry the same run (it never gives up on
+ * its own: it stops when aborted); a permanent one (a corrupt or missing blob) is logged
+ * with volume, cluster, pack and offset and counted, and the fill goes on with the rest.
+ * Progress survives restarts for free: present bits are durable, so a new fill after a
+ * restart starts with what is already local.
+ */
+import { IslandError, isTransient } from '../errors.js';
+import { hex } from '../format/location.js';
+import type { Manifest } from '../format/records.js';
+import { iterate } from '../format/tree.js';
+import { manifestTree } from '../repo/commit.js';
+import type { Repository } from '../repo/repository.js';
+import type { Volume } from '../volume/engine.js';
+import { sleep } from '../util/sleep.js';
+import { MAX_RUN_BYTES } from './restore.js';
+
+export interface FillProgress {
+  /** Clusters of the base snapshot that hold data (what the fill has to bring). */
+  totalClusters: number;
+  /** Of those, how many are local now. */
+  doneClusters: number;
+  /** Bytes of stored (compressed) blobs the fill fetched. */
+  bytesFetched: number;
+  /** Clusters whose blob could not be read (corrupt or missing); the fill skipped them. */
+  failedClusters: number;
+  /** The store is failing; the fill is waiting to retry. */
+  waiting: boolean;
+}
+
+export interface FillOptions {
+  signal: AbortSignal;
+  /** Fetches in flight while the guest is idle (default 4). */
+  concurrency?: number;
+  /** Cap on stored bytes fetched per second (default: none). */
+  rateBytesPerSec?: number;
+  onProgress?: (p: FillProgress) => void;
+  log?: { warn(o: object, msg: string): void; error(o: object, msg: string): void };
+}
+
+interface Run {
+  first: number;
+  count: number;
+  bytes: number;
+  pack: string;
+  offset: number;
+}
+
+const GUEST_PAUSE_MS = 5;
+const RETRY_MAX_MS = 30_000;
+
+/** The missing blob clusters of `base`, cut into runs in pack order. */
+async function missingRuns(repo: Repository, base: Manifest, volume: Volume, p: FillProgress, signal: AbortSignal): Promise<Run[]> {
+  const packs = new Map<string, number>();
+  const packNames: string[] = [];
+  const cluster: number[] = [];
+  const pack: number[] = [];
+  const offset: number[] = [];
+  const length: number[] = [];
+  for await (const run of iterate(manifestTree(base), repo.nodeReader())) {
+    if (signal.aborted) throw signal.reason;
+    const e = run.entry;
+    if (e.kind !== 'blob') continue;
+    p.totalClusters++;
+    if (volume.isPresent(run.first)) {
+      p.doneClusters++;
+      continue;
+    }
+    const name = hex(e.loc.pack);
+    let idx = packs.get(name);
+    if (idx === undefined) {
+      idx = packNames.length;
+      packs.set(name, idx);
+      packNames.push(name);
+    }
+    cluster.push(run.first);
+    pack.push(idx);
+    offset.push(e.loc.offset);
+    length.push(e.loc.length);
+  }
+  const order = Array.from(cluster.keys()).sort((a, b) => (pack[a] as number) - (pack[b] as number) || (offset[a] as number) - (offset[b] as number));
+  const runs: Run[] = [];
+  let cur: Run | undefined;
+  let lastEnd = -1;
+  for (const i of order) {
+    const c = cluster[i] as number;
+    const name = packNames[pack[i] as number] as string;
+    const off = offset[i] as number;
+    const len = length[i] as number;
+    if (cur && cur.pack === name && c === cur.first + cur.count && off === lastEnd && cur.bytes + len <= MAX_RUN_BYTES) {
+      cur.count++;
+      cur.bytes += len;
+    } else {
+      cur = { first: c, count: 1, bytes: len, pack: name, offset: off };
+      runs.push(cur);
+    }
+    lastEnd = off + len;
+  }
+  return runs;
+}
+
+/** Bring every cluster of the volume's base snapshot local. Resolves with the final progress. */
+export async function fillVolume(repo: Repository, base: Manifest, volume: Volume, opts: FillOptions): Promise<FillProgress> {
+  const { signal } = opts;
+  const p: FillProgress = { totalClusters: 0, doneClusters: 0, bytesFetched: 0, failedClusters: 0, waiting: false };
+  const report = (): void => opts.onProgress?.({ ...p });
+  const runs = await missingRuns(repo, base, volume, p, signal);
+  report();
+  const concurrency = Math.max(1, opts.concurrency ?? 4);
+  const rate = opts.rateBytesPerSec ?? 0;
+  const started = performance.now();
+  let guestReads = volume.stats().reads;
+  let next = 0;
+
+  const one = async (run: Run): Promise<void> => {
+    let delay = 200;
+    for (;;) {
+      try {
+        await volume.prefetch(run.first, run.first + run.count - 1);
+        p.bytesFetched += run.bytes;
+        p.doneClusters += run.count;
+        p.waiting = false;
+        return;
+      } catch (err) {
+        if (signal.aborted) throw signal.reason;
+        if (!isTransient(err)) {
+          p.failedClusters += run.count;
+          opts.log?.error({ err, volume: base.volume, cluster: run.first, clusters: run.count, pack: run.pack, offset: run.offset }, 'background fill: clusters cannot be restored; reads of them fail with EIO');
+          return;
+        }
+        p.waiting = true;
+        report();
+        opts.log?.warn({ err, volume: base.volume, cluster: run.first, retryInMs: delay }, 'background fill: the store is failing; waiting to retry');
+        await sleep(delay, signal);
+        delay = Math.min(RETRY_MAX_MS, delay * 2);
+      }
+    }
+  };
+
+  const worker = async (id: number): Promise<void> => {
+    while (next < runs.length) {
+      if (signal.aborted) throw signal.reason;
+      // Yield to the guest: while its reads arrive, only worker 0 runs, with a pause.
+      const reads = volume.stats().reads;
+      const busy = reads !== guestReads;
+      guestReads = reads;
+      if (busy) {
+        if (id !== 0) {
+          await sleep(GUEST_PAUSE_MS * 4, signal);
+          continue;
+        }
+        await sleep(GUEST_PAUSE_MS, signal);
+      }
+      if (rate > 0) {
+        const ahead = (p.bytesFetched / rate) * 1000 - (performance.now() - started);
+        if (ahead > 0) await sleep(Math.min(ahead, 1000), signal);
+      }
+      const run = runs[next++];
+      if (run === undefined) break;
+      await one(run);
+      report();
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, (_, i) => worker(i)));
+
+  // Zero and unallocated clusters: no network, just marked present (in bounded chunks).
+  const n = volume.baseClusters;
+  const CHUNK = 64;
+  let c = 0;
+  while (c < n) {
+    if (signal.aborted) throw signal.reason;
+    if (volume.isPresent(c)) {
+      c++;
+      continue;
+    }
+    const first = c;
+    while (c < n && c - first < CHUNK && !volume.isPresent(c)) c++;
+    try {
+      await volume.prefetch(first, c - 1);
+    } catch (err) {
+      if (signal.aborted) throw signal.reason;
+      // Only clusters whose blobs failed above can fail here again.
+      if (err instanceof IslandError && !isTransient(err)) continue;
+      throw err;
+    }
+  }
+  await volume.flushBitmaps();
+  report();
+  return p;
+}

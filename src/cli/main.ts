@@ -25,7 +25,9 @@ daemon
                                          answer the control API on $ISLAND_SOCKET
   status                                 the daemon and its attached volumes
 volumes
-  volume create NAME --size SIZE [--cluster-size 64K] [--region R] [--from SNAPSHOT]
+  volume create NAME --size SIZE [--cluster-size 64K] [--region R]
+  volume create NAME --from SNAPSHOT     a new volume holding that snapshot's image (any
+                                         volume's); attaching it is instant, as a restore
   volume list
   volume show NAME
   volume delete NAME                     refused while attached; its snapshots remain
@@ -205,7 +207,7 @@ async function main(argv: string[]): Promise<number> {
   }
   if (cmd === 'volume') {
     if (sub === 'create') {
-      const body = { name: need(arg, 'volume name'), size: need(values.size, '--size'), clusterSize: values['cluster-size'], region: values.region, from: values.from };
+      const body = { name: need(arg, 'volume name'), size: values.from === undefined ? need(values.size, '--size') : values.size, clusterSize: values['cluster-size'], region: values.region, from: values.from };
       const v = (await api('POST', '/v1/volumes', body)) as VolumeOut;
       out(`created ${volumeLine(v)}`, v);
       return 0;

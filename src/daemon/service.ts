@@ -15,7 +15,7 @@ import { volumesDir, type Config } from '../config.js';
 import { IslandError, codeOf, isTransient } from '../errors.js';
 import { DEFAULT_CLUSTER_SIZE, parseClusterSize, parseSize, parseHostId, parseSnapshotId, parseVolumeName, parseVolumeSize } from '../format/names.js';
 import type { Manifest, VolumeRecord } from '../format/records.js';
-import { qcow2MaxVirtualSize } from '../format/qcow2.js';
+import { parseQcow2Header, qcow2MaxVirtualSize } from '../format/qcow2.js';
 import { acquireGeneration, releaseGeneration } from '../repo/attach.js';
 import { keys, parseManifestKey } from '../repo/keys.js';
 import { collectGarbage, type GcReport } from '../repo/gc.js';
@@ -139,6 +139,8 @@ export const WINDOW_MS = 60 * 60 * 1000;
 const LAST_SNAPSHOT_FILE = 'last-snapshot';
 /** Written when a restored volume holds every cluster of its base: it no longer needs the store. */
 const FILLED_FILE = 'filled';
+/** A clone pin lasts until the clone's first snapshot commits (or the clone is deleted). */
+const CLONE_PIN_MS = 100 * 365 * 24 * 3600 * 1000;
 /** An attach pin protects a restore base this long (renewal comes with the background fill). */
 export const PIN_TTL_MS = 30 * 24 * 3600 * 1000;
 
@@ -199,7 +201,8 @@ export class Service {
   }
 
   private async parentById(name: string, id: string, volume: Volume): Promise<Manifest | null> {
-    const m = await this.repo.getManifest(name, id);
+    // The parent is the volume's own snapshot, or (before its first one) its source's.
+    const m = (await this.repo.getManifest(name, id)) ?? (await findSnapshot(this.repo, id));
     if (!m || (await this.repo.getTombstone(id))) {
       this.log.warn({ volume: name, snapshot: id }, 'the last snapshot of the local copy is gone: the next snapshot uploads everything');
       await volume.markAllDirty();
@@ -282,6 +285,15 @@ export class Service {
     this.startFill(name, a, baseId, req);
   }
 
+  /**
+   * Each volume created from a snapshot that has no snapshot of its own holds one clone pin
+   * on it (they are interchangeable): its first snapshot, or its deletion, releases one.
+   */
+  private async releaseClonePin(snapshot: string): Promise<void> {
+    const pin = (await this.repo.listPins(snapshot)).find((p) => p.holder === 'clone');
+    if (pin) await this.repo.deletePin(pin);
+  }
+
   /** Drop this host's attach pins on a snapshot. */
   private async releasePins(snapshot: string): Promise<void> {
     for (const p of await this.repo.listPins(snapshot)) if (p.host === this.repo.host && p.holder === 'attach') await this.repo.deletePin(p);
@@ -329,20 +341,62 @@ export class Service {
 
   async createVolume(req: { name: unknown; size: unknown; clusterSize?: unknown; region?: unknown; from?: unknown }): Promise<VolumeView> {
     const name = parseVolumeName(req.name);
-    const virtualSize = parseVolumeSize(req.size as string | number);
-    const clusterSize = req.clusterSize === undefined ? DEFAULT_CLUSTER_SIZE : parseClusterSize(req.clusterSize as string | number);
+    if (req.size === undefined && req.from === undefined) throw new IslandError('INVALID_ARGUMENT', 'a volume needs a size (or a snapshot to start from)');
+    let virtualSize = req.size === undefined ? 0 : parseVolumeSize(req.size as string | number);
+    let clusterSize = req.clusterSize === undefined ? DEFAULT_CLUSTER_SIZE : parseClusterSize(req.clusterSize as string | number);
     if (virtualSize > qcow2MaxVirtualSize(clusterSize)) {
       throw new IslandError('INVALID_ARGUMENT', `volume size ${virtualSize} is larger than a qcow2 image with ${clusterSize}-byte clusters can address (${qcow2MaxVirtualSize(clusterSize)})`);
     }
     if (req.region !== undefined && req.region !== this.repo.region) {
       throw new IslandError('INVALID_ARGUMENT', `unknown region ${JSON.stringify(String(req.region)).slice(0, 40)} (configured: ${this.repo.region})`);
     }
-    if (req.from !== undefined) throw new IslandError('INVALID_ARGUMENT', 'creating a volume from a snapshot needs snapshots, which this build does not have yet');
     if (await this.repo.getVolume(name)) throw new IslandError('ALREADY_EXISTS', `volume ${name} already exists`, { details: { volume: name } });
-    const rec: VolumeRecord = { name, virtualSize, clusterSize, region: this.repo.region, created: this.repo.now(), source: null, status: 'available', host: null, generation: 0, revision: 1 };
+    let source: VolumeRecord['source'] = null;
+    if (req.from !== undefined) {
+      const src = await this.restoreSource(req.from);
+      if (req.size !== undefined && virtualSize !== src.virtualSize) {
+        throw new IslandError('INVALID_ARGUMENT', `snapshot ${src.manifest.id} holds a ${src.virtualSize}-byte image; create the volume with that size (or no --size) and grow it afterwards with qemu-img resize`, { details: { snapshot: src.manifest.id } });
+      }
+      virtualSize = src.virtualSize;
+      clusterSize = src.manifest.clusterSize;
+      source = { volume: src.manifest.volume, id: src.manifest.id };
+      // Until the new volume has a snapshot of its own, the source holds its only copy.
+      const now = this.repo.now();
+      await this.repo.putPin({ id: this.repo.ulid(), snapshot: source.id, volume: source.volume, holder: 'clone', host: this.repo.host, created: now, expires: now + CLONE_PIN_MS });
+    }
+    const rec: VolumeRecord = { name, virtualSize, clusterSize, region: this.repo.region, created: this.repo.now(), source, status: 'available', host: null, generation: 0, revision: 1 };
     await this.repo.putVolume(rec);
-    this.log.info({ volume: name, virtualSize, clusterSize }, 'volume created');
+    this.log.info({ volume: name, virtualSize, clusterSize, source }, 'volume created');
     return this.view(rec);
+  }
+
+  /**
+   * A snapshot a volume can be created from or restored from: it exists, is not deleted,
+   * and its image's virtual size (read from the qcow2 header through its tree).
+   */
+  private async restoreSource(id: unknown): Promise<{ manifest: Manifest; virtualSize: number }> {
+    const sid = parseSnapshotId(id);
+    const m = await findSnapshot(this.repo, sid);
+    if (!m) throw new IslandError('NOT_FOUND', `no snapshot ${sid}`, { details: { snapshot: sid } });
+    await this.checkRestorable(m);
+    const head = await treeFetcher(this.repo, m).fetch(0, 1, AbortSignal.timeout(120_000));
+    let virtualSize: number;
+    try {
+      virtualSize = parseQcow2Header(head).virtualSize;
+    } catch (err) {
+      throw new IslandError('FORMAT_CORRUPT', `snapshot ${sid} does not hold a qcow2 image: ${(err as Error).message}`, { cause: err, details: { snapshot: sid } });
+    }
+    return { manifest: m, virtualSize };
+  }
+
+  /** Refuse a restore source that is deleted. */
+  private async checkRestorable(m: Manifest): Promise<void> {
+    if (await this.repo.getTombstone(m.id)) throw new IslandError('SNAPSHOT_DELETED', `snapshot ${m.id} is deleted`, { details: { snapshot: m.id } });
+  }
+
+  private async hasOwnSnapshot(name: string): Promise<boolean> {
+    for await (const o of listAll(this.repo.store, keys.manifestsPrefix(name))) if (parseManifestKey(o.key)) return true;
+    return false;
   }
 
   private async record(name: string): Promise<VolumeRecord> {
@@ -394,6 +448,7 @@ export class Service {
     }
     await this.repo.store.delete(keys.volume(rec.name));
     await rm(this.keptDir(rec.name), { recursive: true, force: true });
+    if (rec.source && !(await this.hasOwnSnapshot(rec.name))) await this.releaseClonePin(rec.source.id);
     this.log.info({ volume: rec.name }, 'volume deleted (its snapshots remain)');
   }
 
@@ -417,11 +472,17 @@ export class Service {
       const kept = this.keptDir(rec.name);
       let volume: Volume;
       const vlog = this.log.child({ volume: rec.name });
-      const base = att.base;
+      let base = att.base;
+      if (!base && rec.source) {
+        // A volume created from another volume's snapshot, with no snapshot of its own yet.
+        base = (await this.repo.getManifest(rec.source.volume, rec.source.id)) ?? null;
+        if (!base) throw new IslandError('NOT_FOUND', `the snapshot ${rec.source.id} that ${rec.name} was created from is gone`, { details: { volume: rec.name, snapshot: rec.source.id } });
+        await this.checkRestorable(base);
+      }
       let fillFrom: string | undefined;
       if (await exists(kept)) {
         const last = await readFile(join(kept, LAST_SNAPSHOT_FILE), 'utf8').then((x) => x.trim(), () => '');
-        if (base && last !== base.id) {
+        if (base && last !== base.id && base.volume === rec.name) {
           // Something newer exists than what this copy holds: restore from it instead.
           vlog.warn({ kept: last || null, latest: base.id }, 'the kept local copy is older than the latest snapshot; dropping it');
           await rm(kept, { recursive: true, force: true });
@@ -658,7 +719,8 @@ export class Service {
         const m = await takeSnapshot(this.repo, this.encodePool(), {
           volume: a.volume,
           generation: a.generation,
-          parent: a.parent,
+          parent: a.parent?.volume === name ? a.parent : null,
+          from: a.parent && a.parent.volume !== name ? a.parent : null,
           consistency,
           seal,
           pauseMs: pauseMs ?? null,
@@ -668,8 +730,11 @@ export class Service {
             job.total = total;
           },
         });
+        const from = a.parent && a.parent.volume !== name ? a.parent : null;
         a.parent = m;
         await this.recordParent(this.localDir(name), m);
+        // The first own snapshot of a clone holds what it needs of its source: unpin it.
+        if (from) await this.releaseClonePin(from.id);
         this.log.info({ volume: name, snapshot: m.id, stats: m.stats, warnings: m.warnings }, 'snapshot committed');
         return m;
       } catch (err) {

@@ -196,7 +196,9 @@ export interface Tombstone {
   readonly forced: boolean;
 }
 
-export const PIN_HOLDERS = ['attach', 'copy', 'upload', 'mount'] as const;
+/** attach: a restore filling from it; copy: a region copy; upload: a snapshot reusing its blobs;
+ * mount: a read-only mount; clone: a volume created from it that has no snapshot of its own yet. */
+export const PIN_HOLDERS = ['attach', 'copy', 'upload', 'mount', 'clone'] as const;
 export type PinHolder = (typeof PIN_HOLDERS)[number];
 
 /** A write-once record that something live depends on a snapshot. */

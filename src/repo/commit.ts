@@ -48,6 +48,12 @@ export interface CommitRequest {
   generation: number;
   parent: Manifest | null;
   base?: SnapshotRef | null;
+  /**
+   * For the first snapshot of a volume created from another volume's snapshot (parent
+   * null): that snapshot. Its tree is the starting point (unchanged clusters share its
+   * nodes and blobs), it is pinned and checked like a parent, and it becomes `base`.
+   */
+  from?: Manifest | null;
   imageLength: number;
   clusterSize: number;
   fanout?: number;
@@ -73,10 +79,14 @@ export function manifestTree(m: Manifest): Tree {
 export async function commitSnapshot(repo: Repository, req: CommitRequest): Promise<Manifest> {
   const started = repo.now();
   const id = repo.ulid();
-  const parent = req.parent;
-  if (parent && (parent.volume !== req.volume || parent.clusterSize !== req.clusterSize)) {
-    throw new IslandError('INVALID_ARGUMENT', `parent ${parent.volume}/${parent.id} does not belong to ${req.volume} with cluster size ${req.clusterSize}`);
+  if (req.parent && (req.parent.volume !== req.volume || req.parent.clusterSize !== req.clusterSize)) {
+    throw new IslandError('INVALID_ARGUMENT', `parent ${req.parent.volume}/${req.parent.id} does not belong to ${req.volume} with cluster size ${req.clusterSize}`);
   }
+  if (req.from && (req.parent || req.from.clusterSize !== req.clusterSize)) {
+    throw new IslandError('INVALID_ARGUMENT', `a snapshot of ${req.volume} starts from ${req.from.volume}/${req.from.id} only as its first snapshot, with the same cluster size`);
+  }
+  // The snapshot whose tree this one starts from and whose blobs it reuses.
+  const parent = req.parent ?? req.from ?? null;
   const signal = req.signal;
   let pin: Pin | undefined;
   const writePin = async (): Promise<void> => {
@@ -93,7 +103,7 @@ export async function commitSnapshot(repo: Repository, req: CommitRequest): Prom
     // a parent collected between the two reads is seen as missing by the second.
     const deleted = (await repo.getTombstone(parent.id, { signal })) !== undefined || !(await repo.store.head(keys.manifest(parent.volume, parent.id), { signal }));
     if (deleted) {
-      throw new IslandError('SNAPSHOT_DELETED', `parent snapshot ${parent.id} of ${req.volume} was deleted: its blobs cannot be reused`, { details: { snapshot: parent.id } });
+      throw new IslandError('SNAPSHOT_DELETED', `${req.from ? 'source' : 'parent'} snapshot ${parent.id} of ${req.volume} was deleted: its blobs cannot be reused`, { details: { snapshot: parent.id } });
     }
   };
   const releasePin = async (): Promise<void> => {
@@ -193,8 +203,8 @@ export async function commitSnapshot(repo: Repository, req: CommitRequest): Prom
     const manifest: Manifest = {
       volume: req.volume,
       id,
-      parent: parent?.id ?? null,
-      base: req.base ?? parent?.base ?? null,
+      parent: req.parent?.id ?? null,
+      base: req.base ?? (req.from ? { volume: req.from.volume, id: req.from.id } : (req.parent?.base ?? null)),
       generation: req.generation,
       host: repo.host,
       created: repo.now(),

@@ -30,6 +30,8 @@ export interface SnapshotOptions {
   volume: SnapshotSource;
   generation: number;
   parent: Manifest | null;
+  /** The first snapshot of a volume created from another volume's snapshot starts from it. */
+  from?: Manifest | null;
   consistency: Consistency;
   pauseMs?: number | null;
   /** Clusters read and encoded ahead of the packer (default 4 per worker thread). */
@@ -93,6 +95,7 @@ export async function takeSnapshot(repo: Repository, pool: EncodePool, o: Snapsh
       volume: o.volume.name,
       generation: o.generation,
       parent: o.parent,
+      from: o.from ?? null,
       imageLength: seal.length,
       clusterSize: o.volume.clusterSize,
       consistency: o.consistency,

@@ -10,21 +10,21 @@ import { fileURLToPath } from 'node:url';
 
 /** Rank of each top-level entry of src/: lower is more basic. */
 export const LAYERS = {
-  'errors.ts': 0,
-  util: 0,
-  format: 1,
-  store: 1,
-  config: 2, // config.ts / config folder: reads settings, may use store config types
-  'config.ts': 2,
-  repo: 3, // object keys, records on the store, protocols (commit, pins, tombstones, latest)
-  workers: 3, // piscina tasks: format only (checked below)
-  volume: 4,
-  snapshot: 5,
-  fsck: 6,
-  fuse: 7,
-  qmp: 7,
-  daemon: 8,
-  cli: 9,
+  'errors.ts': 0, // stable error codes: imports nothing of island's
+  util: 1, // small helpers (sleep, seeded random): may throw island errors
+  format: 2,
+  store: 2,
+  config: 3, // config.ts / config folder: reads settings, may use store config types
+  'config.ts': 3,
+  repo: 4, // object keys, records on the store, protocols (commit, pins, tombstones, latest)
+  workers: 4, // piscina tasks: format only (checked below)
+  volume: 5,
+  snapshot: 6,
+  fsck: 7,
+  fuse: 8,
+  qmp: 8,
+  daemon: 9,
+  cli: 10,
 };
 /** Extra rules: a layer that may import only the listed layers (besides itself). */
 const ONLY = { workers: ['errors.ts', 'util', 'format'], format: ['errors.ts', 'util'], store: ['errors.ts', 'util'] };

@@ -30,6 +30,7 @@ import { GuestAgent } from '../qmp/guest-agent.js';
 import { sleep } from '../util/sleep.js';
 import { treeFetcher } from '../snapshot/restore.js';
 import { fillVolume, type FillProgress } from '../snapshot/fill.js';
+import { checkRestorable, restoreSource } from './sources.js';
 
 export interface VolumeView {
   name: string;
@@ -353,7 +354,7 @@ export class Service {
     if (await this.repo.getVolume(name)) throw new IslandError('ALREADY_EXISTS', `volume ${name} already exists`, { details: { volume: name } });
     let source: VolumeRecord['source'] = null;
     if (req.from !== undefined) {
-      const src = await this.restoreSource(req.from);
+      const src = await restoreSource(this.repo, req.from);
       if (req.size !== undefined && virtualSize !== src.virtualSize) {
         throw new IslandError('INVALID_ARGUMENT', `snapshot ${src.manifest.id} holds a ${src.virtualSize}-byte image; create the volume with that size (or no --size) and grow it afterwards with qemu-img resize`, { details: { snapshot: src.manifest.id } });
       }
@@ -368,30 +369,6 @@ export class Service {
     await this.repo.putVolume(rec);
     this.log.info({ volume: name, virtualSize, clusterSize, source }, 'volume created');
     return this.view(rec);
-  }
-
-  /**
-   * A snapshot a volume can be created from or restored from: it exists, is not deleted,
-   * and its image's virtual size (read from the qcow2 header through its tree).
-   */
-  private async restoreSource(id: unknown): Promise<{ manifest: Manifest; virtualSize: number }> {
-    const sid = parseSnapshotId(id);
-    const m = await findSnapshot(this.repo, sid);
-    if (!m) throw new IslandError('NOT_FOUND', `no snapshot ${sid}`, { details: { snapshot: sid } });
-    await this.checkRestorable(m);
-    const head = await treeFetcher(this.repo, m).fetch(0, 1, AbortSignal.timeout(120_000));
-    let virtualSize: number;
-    try {
-      virtualSize = parseQcow2Header(head).virtualSize;
-    } catch (err) {
-      throw new IslandError('FORMAT_CORRUPT', `snapshot ${sid} does not hold a qcow2 image: ${(err as Error).message}`, { cause: err, details: { snapshot: sid } });
-    }
-    return { manifest: m, virtualSize };
-  }
-
-  /** Refuse a restore source that is deleted. */
-  private async checkRestorable(m: Manifest): Promise<void> {
-    if (await this.repo.getTombstone(m.id)) throw new IslandError('SNAPSHOT_DELETED', `snapshot ${m.id} is deleted`, { details: { snapshot: m.id } });
   }
 
   private async hasOwnSnapshot(name: string): Promise<boolean> {
@@ -477,7 +454,7 @@ export class Service {
         // A volume created from another volume's snapshot, with no snapshot of its own yet.
         base = (await this.repo.getManifest(rec.source.volume, rec.source.id)) ?? null;
         if (!base) throw new IslandError('NOT_FOUND', `the snapshot ${rec.source.id} that ${rec.name} was created from is gone`, { details: { volume: rec.name, snapshot: rec.source.id } });
-        await this.checkRestorable(base);
+        await checkRestorable(this.repo, base);
       }
       let fillFrom: string | undefined;
       if (await exists(kept)) {

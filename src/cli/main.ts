@@ -12,8 +12,10 @@ import { loadConfig } from '../config.js';
 import { serveForever } from '../daemon/serve.js';
 import { IslandError, asIslandError } from '../errors.js';
 import { formatSize, humanSize } from '../format/names.js';
+import type { GcReport } from '../repo/gc.js';
 import { call } from './client.js';
 import { withProgress, type ProgressSample } from './progress.js';
+import { gcLines } from './reports.js';
 import { storeSelftest } from './store-selftest.js';
 
 const VERSION = '0.1.0';
@@ -50,7 +52,8 @@ snapshots
   snapshot delete ID... [--force]        write tombstones; refused while pinned unless --force
                                          (forcing may break a restore still filling from it)
   gc [--dry-run]                         free what no snapshot, pin or upload can reach, after
-                                         the grace period ($ISLAND_GC_GRACE seconds)
+                                         the grace period ($ISLAND_GC_GRACE seconds); reports
+                                         partly dead packs and their reclaimable bytes
 store
   store selftest [--dir DIR]             round trip objects through the embedded store
 other
@@ -139,6 +142,13 @@ async function waitFilled(name: string, statusOf: (name: string) => Promise<Stat
   const sample = (): Promise<ProgressSample | null> =>
     Promise.resolve(last && last.totalClusters > 0 ? { done: last.doneClusters, total: last.totalClusters, note: last.waiting ? 'waiting for the store' : 'clusters' } : null);
   return quiet ? work : withProgress(`fill ${name}`, work, sample);
+}
+
+/** The GC running in the daemon, as a progress sample (mark: roots; sweep: packs). */
+async function gcProgress(api: Api): Promise<ProgressSample | null> {
+  const s = (await api('GET', '/v1/status')) as { gc: { phase: string; done: number; total: number | null } | null };
+  if (!s.gc || s.gc.total === null || s.gc.total === 0) return null;
+  return { done: s.gc.done, total: s.gc.total, note: s.gc.phase === 'mark' ? 'snapshots marked' : 'packs deleted' };
 }
 
 function need(v: string | undefined, what: string): string {
@@ -258,9 +268,9 @@ async function main(argv: string[]): Promise<number> {
     }
   }
   if (cmd === 'gc') {
-    const r = (await api('POST', '/v1/gc', { dryRun: values['dry-run'] })) as { packsDeleted: string[]; bytesFreed: number; packsTotal: number; packsTooYoung: number; releasedSnapshots: string[]; roots: number };
-    const verb = values['dry-run'] ? 'would free' : 'freed';
-    out(`${verb} ${r.packsDeleted.length} of ${r.packsTotal} packs, ${formatSize(r.bytesFreed)}; ${r.releasedSnapshots.length} deleted snapshots collected; ${r.roots} live snapshots; ${r.packsTooYoung} unreferenced packs younger than the grace period kept`, r);
+    const request = api('POST', '/v1/gc', { dryRun: values['dry-run'] }) as Promise<GcReport>;
+    const r = json ? await request : await withProgress(values['dry-run'] ? 'gc (dry run)' : 'gc', request, () => gcProgress(api));
+    out(gcLines(r).join('\n'), r);
     return 0;
   }
   if (cmd === 'attach') {

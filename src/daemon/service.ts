@@ -18,7 +18,7 @@ import type { Manifest, VolumeRecord } from '../format/records.js';
 import { parseQcow2Header, qcow2MaxVirtualSize } from '../format/qcow2.js';
 import { acquireGeneration, releaseGeneration } from '../repo/attach.js';
 import { keys, parseManifestKey } from '../repo/keys.js';
-import { collectGarbage, type GcReport } from '../repo/gc.js';
+import { collectGarbage, type GcPhase, type GcReport } from '../repo/gc.js';
 import { deleteSnapshot, findSnapshot } from '../repo/snapshots.js';
 import { EncodePool } from '../snapshot/pool.js';
 import { takeSnapshot } from '../snapshot/create.js';
@@ -186,6 +186,9 @@ export class Service {
   private keptDir(name: string): string {
     return join(this.config.dataDir, 'kept', name);
   }
+
+  /** The GC running on this daemon, if any (one at a time per daemon; several hosts may each run one). */
+  private gcJob: GcJob | undefined;
 
   private pool: EncodePool | undefined;
 
@@ -531,11 +534,12 @@ export class Service {
     });
   }
 
-  status(): { host: string; mount: string; attached: number; volumes: { name: string; length: number; openHandles: number; dirtyClusters: number; generation: number; lastSnapshot: string | null; snapshot: { done: number; total: number; seconds: number } | null; fill: FillView | null }[] } {
+  status(): { host: string; mount: string; attached: number; gc: GcView | null; volumes: { name: string; length: number; openHandles: number; dirtyClusters: number; generation: number; lastSnapshot: string | null; snapshot: { done: number; total: number; seconds: number } | null; fill: FillView | null }[] } {
     return {
       host: this.config.hostId,
       mount: this.config.mount,
       attached: this.attached.size,
+      gc: this.gcStatus(),
       volumes: [...this.attached].map(([name, a]) => ({
         name,
         length: a.volume.length,
@@ -763,9 +767,31 @@ export class Service {
   }
 
   async gc(req: { dryRun?: unknown }): Promise<GcReport> {
-    const report = await collectGarbage(this.repo, { graceMs: this.config.gcGraceMs, dryRun: req.dryRun === true });
-    this.log.info({ dryRun: req.dryRun === true, packsDeleted: report.packsDeleted.length, bytesFreed: report.bytesFreed, released: report.releasedSnapshots.length }, 'gc finished');
-    return report;
+    if (this.gcJob) throw new IslandError('BUSY', `a GC is already running on this host (${this.gcJob.phase}, started ${new Date(this.gcJob.started).toISOString()})`);
+    const dryRun = req.dryRun === true;
+    const job: GcJob = { dryRun, started: Date.now(), phase: 'tombstones', done: 0, total: null };
+    this.gcJob = job;
+    try {
+      const report = await collectGarbage(this.repo, {
+        graceMs: this.config.gcGraceMs,
+        dryRun,
+        onProgress: (phase, done, total) => {
+          job.phase = phase;
+          job.done = done;
+          job.total = total ?? null;
+        },
+      });
+      const { deletedPackKeys: _keys, topPartlyDead: _top, ...summary } = report;
+      this.log.info(summary, 'gc finished');
+      return report;
+    } finally {
+      this.gcJob = undefined;
+    }
+  }
+
+  gcStatus(): GcView | null {
+    const j = this.gcJob;
+    return j ? { dryRun: j.dryRun, phase: j.phase, done: j.done, total: j.total, seconds: (Date.now() - j.started) / 1000 } : null;
   }
 
   async closeAll(): Promise<void> {
@@ -777,6 +803,23 @@ export class Service {
       await a.volume.close().catch((err: unknown) => this.log.error({ volume: name, err }, 'volume close failed'));
     }
   }
+}
+
+interface GcJob {
+  dryRun: boolean;
+  started: number;
+  phase: GcPhase;
+  done: number;
+  total: number | null;
+}
+
+export interface GcView {
+  dryRun: boolean;
+  phase: GcPhase;
+  done: number;
+  /** Known in the mark (roots) and sweep (packs) phases. */
+  total: number | null;
+  seconds: number;
 }
 
 /** Write a small file atomically and durably (temp file, fsync, rename). */

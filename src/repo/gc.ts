@@ -1,5 +1,5 @@
 /**
- * Garbage collection (docs/protocols.md, "GC").
+ * Garbage collection (docs/protocols.md, "Garbage collection").
  *
  *  1. Read tombstones. A snapshot is released when its tombstone is older than the grace
  *     period G; younger tombstones still protect their snapshot (a writer that checked
@@ -7,47 +7,114 @@
  *  2. Roots: every manifest that is not released, plus every snapshot with a live pin
  *     (an attach filling from it, a copy, an upload reusing it).
  *  3. Mark every tree node and blob reachable from the roots, walking each distinct
- *     subtree once (shared subtrees are shared work).
+ *     subtree once (shared subtrees are shared work), and count the live bytes of every
+ *     pack (pack-usage.ts: each distinct frame once).
  *  4. Delete a pack only when nothing marked lies in it AND it is older than G: a pack
  *     younger than G may belong to an upload that has not committed yet (its manifest is
- *     not written, or not yet visible in a lagging listing).
+ *     not written, or not yet visible in a lagging listing). A pack with some live frames
+ *     is kept whole and reported with its reclaimable bytes (see below).
  *  5. Last, remove the manifests of released snapshots that nothing pins, then their
  *     tombstones. Chain links are kept: they are how readers find the newest snapshot.
  * Every deletion is of something no root reaches; a GC that dies midway leaves only
  * garbage that the next run collects.
+ *
+ * Reclaimable bytes of a partly dead pack: what rewriting it with only its live frames
+ * would free, i.e. its size minus (live frame bytes + one TRAILER_ENTRY_LEN trailer entry
+ * per live frame + FOOTER_LEN). The dead frames and their trailer entries, exactly. So for
+ * every pack something marked lies in:
+ *
+ *   size = liveBytes + liveFrames * TRAILER_ENTRY_LEN + FOOTER_LEN + reclaimable
+ *
+ * and the report's totals obey the same sum (liveBytes + packOverheadBytes +
+ * reclaimableBytes = bytes of the packs with live frames).
  */
+import { IslandError } from '../errors.js';
 import type { Manifest } from '../format/records.js';
 import { collectNodeRefs } from '../format/tree.js';
 import { hex } from '../format/location.js';
+import { FOOTER_LEN, TRAILER_ENTRY_LEN } from '../format/pack.js';
 import { decodeManifest, decodeTombstone, type Tombstone } from '../format/records.js';
 import { listAll, type OpOptions } from '../store/types.js';
 import { manifestTree } from './commit.js';
 import { keys, parseManifestKey, parsePackKey } from './keys.js';
+import { PackUsage } from './pack-usage.js';
 import type { Repository } from './repository.js';
+
+/** Partly dead packs listed in a report, most reclaimable first (the count and the total cover all). */
+export const GC_TOP_PACKS = 20;
+/** Deleted pack keys listed in a report (the count and bytes cover all). */
+export const GC_LISTED_DELETIONS = 100;
+/** Packs deleted per store request batch; progress is reported and the signal checked between batches. */
+export const GC_SWEEP_BATCH = 200;
+
+export type GcPhase = 'tombstones' | 'checkpoints' | 'roots' | 'mark' | 'account' | 'sweep' | 'records';
 
 export interface GcOptions extends OpOptions {
   /** Grace period G in ms. */
   graceMs: number;
   dryRun?: boolean;
-  onProgress?: (phase: string, done: number) => void;
+  /** Progress: `total` is known for mark (roots) and sweep (packs to delete). */
+  onProgress?: (phase: GcPhase, done: number, total?: number) => void;
+  /** Packs per delete batch (default GC_SWEEP_BATCH). */
+  sweepBatch?: number;
+}
+
+export interface PartlyDeadPack {
+  key: string;
+  size: number;
+  liveBytes: number;
+  liveFrames: number;
+  reclaimableBytes: number;
 }
 
 export interface GcReport {
+  dryRun: boolean;
   roots: number;
   releasedSnapshots: string[];
   nodesVisited: number;
   packsTotal: number;
-  packsDeleted: string[];
+  /** Bytes of every pack in the listing. */
+  packBytesTotal: number;
+  /** Packs deleted (or, in a dry run, that would be). */
+  packsDeleted: number;
+  /** The first GC_LISTED_DELETIONS of them. */
+  deletedPackKeys: string[];
+  /** Pack bytes deleted (or that would be). */
   bytesFreed: number;
   /** Unreachable packs kept because they are younger than the grace period. */
   packsTooYoung: number;
+  /** Unmarked packs kept because a live upload checkpoint lists them. */
+  packsProtected: number;
+  /** Packs something marked lies in. */
+  livePacks: number;
+  /** Frame bytes and count of every distinct reachable blob and node. */
+  liveBytes: number;
+  liveFrames: number;
+  /** Trailer entries of the live frames plus a footer per live pack. */
+  packOverheadBytes: number;
+  /** Live packs with dead frames, and the bytes rewriting them would free. */
+  partlyDeadPacks: number;
+  reclaimableBytes: number;
+  /** The GC_TOP_PACKS partly dead packs with the most reclaimable bytes. */
+  topPartlyDead: PartlyDeadPack[];
   manifestsDeleted: number;
   tombstonesDeleted: number;
+  checkpointsDeleted: number;
+}
+
+/** Keep `top` sorted by reclaimable bytes, descending, at most GC_TOP_PACKS long. */
+function offerTop(top: PartlyDeadPack[], p: PartlyDeadPack): void {
+  if (top.length === GC_TOP_PACKS && (top[top.length - 1] as PartlyDeadPack).reclaimableBytes >= p.reclaimableBytes) return;
+  let i = top.length;
+  while (i > 0 && (top[i - 1] as PartlyDeadPack).reclaimableBytes < p.reclaimableBytes) i--;
+  top.splice(i, 0, p);
+  if (top.length > GC_TOP_PACKS) top.pop();
 }
 
 export async function collectGarbage(repo: Repository, opts: GcOptions): Promise<GcReport> {
   const now = repo.now();
   const signal = opts.signal;
+  const progress = opts.onProgress ?? (() => undefined);
   // 1. tombstones
   const tombstones = new Map<string, Tombstone>();
   for await (const o of listAll(repo.store, keys.tombstonesPrefix, { signal })) {
@@ -56,14 +123,14 @@ export async function collectGarbage(repo: Repository, opts: GcOptions): Promise
     const t = decodeTombstone(buf);
     tombstones.set(t.snapshot, t);
   }
+  progress('tombstones', tombstones.size);
   const released = (id: string): boolean => {
     const t = tombstones.get(id);
     return t !== undefined && now - t.created >= opts.graceMs;
   };
   // 2a. packs of live upload checkpoints, listed BEFORE manifests: an upload writes its
   //     checkpoint before its manifest, so one of the two listings shows its packs.
-  const markedNodes = new Set<string>();
-  const livePacks = new Set<string>();
+  const protectedPacks = new Set<string>();
   const staleCheckpoints: string[] = [];
   for await (const o of listAll(repo.store, keys.checkpointsPrefix, { signal })) {
     const buf = await repo.store.get(o.key, { signal }).catch(() => undefined);
@@ -75,10 +142,11 @@ export async function collectGarbage(repo: Repository, opts: GcOptions): Promise
     }
     // A checkpoint does not say which kind each pack is: keep both names alive.
     for (const p of c.packs) {
-      livePacks.add(`data/${hex(p)}`);
-      livePacks.add(`meta/${hex(p)}`);
+      protectedPacks.add(`data/${hex(p)}`);
+      protectedPacks.add(`meta/${hex(p)}`);
     }
   }
+  progress('checkpoints', protectedPacks.size / 2);
   // 2. roots
   const pinned = new Set((await repo.listPins(undefined, { signal })).filter((p) => p.expires > now).map((p) => p.snapshot));
   const roots: Manifest[] = [];
@@ -93,48 +161,118 @@ export async function collectGarbage(repo: Repository, opts: GcOptions): Promise
     const m = await repo.getManifest(k.volume, k.id, { signal });
     if (m) roots.push(m);
   }
+  progress('roots', roots.length);
+  // 3. mark everything the roots reach, counting live frames per pack.
+  const markedNodes = new Set<string>();
+  const usage = new PackUsage();
   const reader = repo.nodeReader();
-  // 3. mark everything the roots reach.
+  // A node is identified by where it is stored, not by its hash: equal nodes written by
+  // two uploads live in two packs, and both packs are reachable.
+  const where = (loc: { pack: Buffer; offset: number }): string => `${hex(loc.pack)}:${loc.offset}`;
+  let rootsDone = 0;
   for (const m of roots) {
-    if (m.tree.root === null) continue;
-    // A node is identified by where it is stored, not by its hash: equal nodes written by
-    // two uploads live in two packs, and both packs are reachable.
-    const where = (loc: { pack: Buffer; offset: number }): string => `${hex(loc.pack)}:${loc.offset}`;
-    for await (const visit of collectNodeRefs(manifestTree(m), reader, { skip: (ref) => markedNodes.has(where(ref.loc)), signal })) {
-      markedNodes.add(where(visit.ref.loc));
-      livePacks.add(`meta/${hex(visit.ref.loc.pack)}`);
-      if (visit.node.kind === 'leaf') {
-        for (const e of visit.node.entries) if (e.kind === 'blob') livePacks.add(`data/${hex(e.loc.pack)}`);
+    if (m.tree.root !== null) {
+      for await (const visit of collectNodeRefs(manifestTree(m), reader, { skip: (ref) => markedNodes.has(where(ref.loc)), signal })) {
+        const loc = visit.ref.loc;
+        markedNodes.add(where(loc));
+        usage.add(`meta/${hex(loc.pack)}`, loc.offset, loc.length);
+        if (visit.node.kind === 'leaf') {
+          for (const e of visit.node.entries) if (e.kind === 'blob') usage.add(`data/${hex(e.loc.pack)}`, e.loc.offset, e.loc.length);
+        }
       }
     }
-    opts.onProgress?.('mark', markedNodes.size);
+    progress('mark', ++rootsDone, roots.length);
   }
-  // 4. sweep packs
-  const report: GcReport = { roots: roots.length, releasedSnapshots: releasedManifests.map((r) => r.id), nodesVisited: markedNodes.size, packsTotal: 0, packsDeleted: [], bytesFreed: 0, packsTooYoung: 0, manifestsDeleted: 0, tombstonesDeleted: 0 };
+  // 4. account live packs and choose the packs to sweep
+  const report: GcReport = {
+    dryRun: opts.dryRun === true,
+    roots: roots.length,
+    releasedSnapshots: releasedManifests.map((r) => r.id),
+    nodesVisited: markedNodes.size,
+    packsTotal: 0,
+    packBytesTotal: 0,
+    packsDeleted: 0,
+    deletedPackKeys: [],
+    bytesFreed: 0,
+    packsTooYoung: 0,
+    packsProtected: 0,
+    livePacks: 0,
+    liveBytes: 0,
+    liveFrames: 0,
+    packOverheadBytes: 0,
+    partlyDeadPacks: 0,
+    reclaimableBytes: 0,
+    topPartlyDead: [],
+    manifestsDeleted: 0,
+    tombstonesDeleted: 0,
+    checkpointsDeleted: 0,
+  };
+  markedNodes.clear();
   const doomed: string[] = [];
   for (const prefix of keys.packPrefixes) {
     for await (const o of listAll(repo.store, prefix, { signal })) {
       const p = parsePackKey(o.key);
       if (!p) continue;
       report.packsTotal++;
-      if (livePacks.has(`${p.kind === 'data' ? 'data' : 'meta'}/${p.id}`)) continue;
+      report.packBytesTotal += o.size;
+      const name = `${p.kind === 'data' ? 'data' : 'meta'}/${p.id}`;
+      if (usage.has(name)) {
+        report.livePacks++;
+        const live = usage.live(name);
+        if (!live) continue; // a reference outside any readable pack: kept, not accounted
+        const overhead = live.frames * TRAILER_ENTRY_LEN + FOOTER_LEN;
+        const reclaimable = Math.max(0, o.size - live.bytes - overhead);
+        report.liveBytes += live.bytes;
+        report.liveFrames += live.frames;
+        report.packOverheadBytes += overhead;
+        if (reclaimable > 0) {
+          report.partlyDeadPacks++;
+          report.reclaimableBytes += reclaimable;
+          offerTop(report.topPartlyDead, { key: o.key, size: o.size, liveBytes: live.bytes, liveFrames: live.frames, reclaimableBytes: reclaimable });
+        }
+        continue;
+      }
+      if (protectedPacks.has(name)) {
+        report.packsProtected++;
+        continue;
+      }
       if (now - o.mtime < opts.graceMs) {
         report.packsTooYoung++;
         continue;
       }
       doomed.push(o.key);
       report.bytesFreed += o.size;
+      if (report.deletedPackKeys.length < GC_LISTED_DELETIONS) report.deletedPackKeys.push(o.key);
     }
+    progress('account', report.packsTotal);
   }
-  report.packsDeleted = doomed;
-  if (opts.dryRun) return report;
-  if (doomed.length) await repo.store.deleteMany(doomed, { signal });
-  opts.onProgress?.('sweep', doomed.length);
+  report.packsDeleted = doomed.length;
+  if (opts.dryRun) {
+    report.manifestsDeleted = releasedManifests.length;
+    report.tombstonesDeleted = releasedManifests.length;
+    report.checkpointsDeleted = staleCheckpoints.length;
+    return report;
+  }
+  // 4b. sweep, in batches (a signal between batches stops it; what is left is garbage still)
+  const batch = Math.max(1, opts.sweepBatch ?? GC_SWEEP_BATCH);
+  progress('sweep', 0, doomed.length);
+  for (let i = 0; i < doomed.length; i += batch) {
+    if (signal?.aborted) throw new IslandError('ABORTED', `GC stopped after deleting ${i} of ${doomed.length} packs; the next run deletes the rest`, { cause: signal.reason });
+    const part = doomed.slice(i, i + batch);
+    await repo.store.deleteMany(part, { signal });
+    progress('sweep', i + part.length, doomed.length);
+  }
   // 5. manifests, then tombstones, of released snapshots
-  for (const r of releasedManifests) await repo.store.delete(keys.manifest(r.volume, r.id), { signal });
-  report.manifestsDeleted = releasedManifests.length;
-  for (const r of releasedManifests) await repo.store.delete(keys.tombstone(r.id), { signal });
-  report.tombstonesDeleted = releasedManifests.length;
+  for (const r of releasedManifests) {
+    await repo.store.delete(keys.manifest(r.volume, r.id), { signal });
+    report.manifestsDeleted++;
+  }
+  for (const r of releasedManifests) {
+    await repo.store.delete(keys.tombstone(r.id), { signal });
+    report.tombstonesDeleted++;
+  }
   if (staleCheckpoints.length) await repo.store.deleteMany(staleCheckpoints, { signal });
+  report.checkpointsDeleted = staleCheckpoints.length;
+  progress('records', report.manifestsDeleted + report.tombstonesDeleted + report.checkpointsDeleted);
   return report;
 }

@@ -13,9 +13,10 @@ import { serveForever } from '../daemon/serve.js';
 import { IslandError, asIslandError } from '../errors.js';
 import { formatSize, humanSize } from '../format/names.js';
 import type { GcReport } from '../repo/gc.js';
+import type { PruneReport } from '../repo/prune.js';
 import { call } from './client.js';
 import { withProgress, type ProgressSample } from './progress.js';
-import { gcLines } from './reports.js';
+import { gcLines, pruneLines } from './reports.js';
 import { storeSelftest } from './store-selftest.js';
 
 const VERSION = '0.1.0';
@@ -51,6 +52,10 @@ snapshots
   snapshot show ID
   snapshot delete ID... [--force]        write tombstones; refused while pinned unless --force
                                          (forcing may break a restore still filling from it)
+  snapshot prune VOLUME [--keep-last N] [--keep-hourly N] [--keep-daily N] [--keep-weekly N] [--dry-run]
+                                         delete the snapshots no rule keeps: the N newest, the
+                                         newest of each of the last N hours, days or ISO weeks
+                                         (UTC) that have snapshots; pinned ones are skipped
   gc [--dry-run]                         free what no snapshot, pin or upload can reach, after
                                          the grace period ($ISLAND_GC_GRACE seconds); reports
                                          partly dead packs and their reclaimable bytes
@@ -151,6 +156,13 @@ async function gcProgress(api: Api): Promise<ProgressSample | null> {
   return { done: s.gc.done, total: s.gc.total, note: s.gc.phase === 'mark' ? 'snapshots marked' : 'packs deleted' };
 }
 
+/** A --keep-* count: a decimal integer (the daemon checks the range). */
+function keepCount(v: string | undefined, flag: string): number | undefined {
+  if (v === undefined) return undefined;
+  if (!/^\d{1,9}$/.test(v)) throw new IslandError('INVALID_ARGUMENT', `${flag} takes a count (a whole number), got ${JSON.stringify(v).slice(0, 40)}`);
+  return Number(v);
+}
+
 function need(v: string | undefined, what: string): string {
   if (v === undefined) throw new IslandError('INVALID_ARGUMENT', `missing ${what} (try island help)`);
   return v;
@@ -179,6 +191,10 @@ async function main(argv: string[]): Promise<number> {
       'wait-filled': { type: 'boolean' },
       'fill-rate': { type: 'string' },
       'no-fill': { type: 'boolean' },
+      'keep-last': { type: 'string' },
+      'keep-hourly': { type: 'string' },
+      'keep-daily': { type: 'string' },
+      'keep-weekly': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -259,6 +275,14 @@ async function main(argv: string[]): Promise<number> {
       if (ids.length === 0) throw new IslandError('INVALID_ARGUMENT', 'missing snapshot id (try island help)');
       const r = (await api('POST', '/v1/snapshots/delete', { ids, force: values.force })) as { deleted: string[] };
       out(`deleted ${r.deleted.join(', ')} (data is freed by island gc after the grace period)`, r);
+      return 0;
+    }
+    if (sub === 'prune') {
+      const volume = need(arg, 'volume name');
+      if (positionals.length > 3) throw new IslandError('INVALID_ARGUMENT', 'snapshot prune takes one volume (try island help)');
+      const keep = { last: keepCount(values['keep-last'], '--keep-last'), hourly: keepCount(values['keep-hourly'], '--keep-hourly'), daily: keepCount(values['keep-daily'], '--keep-daily'), weekly: keepCount(values['keep-weekly'], '--keep-weekly') };
+      const r = (await api('POST', '/v1/snapshots/prune', { volume, keep, dryRun: values['dry-run'] })) as PruneReport;
+      out(pruneLines(r).join('\n'), r);
       return 0;
     }
     if (sub === 'show') {

@@ -12,6 +12,7 @@
  *   GET    /v1/snapshots[?volume=name]
  *   GET    /v1/snapshots/{id}
  *   POST   /v1/snapshots/delete             {ids: [id...], force?}
+ *   POST   /v1/snapshots/prune              {volume, keep: {last?, hourly?, daily?, weekly?}, dryRun?}
  *   POST   /v1/gc                           {dryRun?}
  *
  * Success: 200/201 with a JSON body. Failure: {"error": {"code", "message", "details"}}
@@ -124,6 +125,10 @@ async function route(svc: Service, method: string, url: string, body: () => Prom
     if (name === 'delete' && parts.length === 3 && method === 'POST') {
       const b = await body();
       return [200, await svc.deleteSnapshots({ ids: b.ids, force: bool(b.force, 'force') })];
+    }
+    if (name === 'prune' && parts.length === 3 && method === 'POST') {
+      const b = await body();
+      return [200, await svc.pruneSnapshots({ volume: b.volume, keep: b.keep, dryRun: bool(b.dryRun, 'dryRun') })];
     }
     if (name !== undefined && parts.length === 3 && method === 'GET') return [200, await svc.showSnapshot(name)];
   }

@@ -19,6 +19,8 @@ import { parseQcow2Header, qcow2MaxVirtualSize } from '../format/qcow2.js';
 import { acquireGeneration, releaseGeneration } from '../repo/attach.js';
 import { keys, parseManifestKey } from '../repo/keys.js';
 import { collectGarbage, type GcPhase, type GcReport } from '../repo/gc.js';
+import { pruneSnapshots, type PruneReport } from '../repo/prune.js';
+import { parseRetentionPolicy } from '../repo/retention.js';
 import { deleteSnapshot, findSnapshot } from '../repo/snapshots.js';
 import { EncodePool } from '../snapshot/pool.js';
 import { takeSnapshot } from '../snapshot/create.js';
@@ -764,6 +766,22 @@ export class Service {
       this.log.info({ snapshot: id, volume: m.volume, forced: req.force === true }, 'snapshot deleted (tombstone written)');
     }
     return { deleted };
+  }
+
+  /** Tombstone the snapshots of a volume that a retention policy does not keep. */
+  async pruneSnapshots(req: { volume: unknown; keep: unknown; dryRun?: unknown }): Promise<PruneReport> {
+    const volume = parseVolumeName(req.volume);
+    if (typeof req.keep !== 'object' || req.keep === null || Array.isArray(req.keep)) throw new IslandError('INVALID_ARGUMENT', 'keep must be an object of retention rules, e.g. {"last": 3, "daily": 7}');
+    const policy = parseRetentionPolicy(req.keep as Record<string, unknown>);
+    const dryRun = req.dryRun === true;
+    if (!dryRun && this.attached.get(volume)?.job) throw new IslandError('BUSY', `a snapshot of ${volume} is in progress; prune after it commits`, { details: { volume } });
+    const report = await pruneSnapshots(this.repo, volume, policy, { dryRun });
+    // Snapshots outlive their volume, so a volume without a record may still be pruned.
+    if (report.kept.length + report.deleted.length + report.skipped.length === 0 && !(await this.repo.getVolume(volume))) {
+      throw new IslandError('NOT_FOUND', `no volume ${volume} and no snapshots of it`, { details: { volume } });
+    }
+    this.log.info({ volume, dryRun, policy, kept: report.kept.length, deleted: report.deleted.map((d) => d.id), skipped: report.skipped.map((s) => ({ id: s.id, code: s.code })) }, 'snapshots pruned');
+    return report;
   }
 
   async gc(req: { dryRun?: unknown }): Promise<GcReport> {

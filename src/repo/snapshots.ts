@@ -3,7 +3,7 @@
  * without trusting a listing or the catalog (docs/protocols.md, "Delete", "Latest").
  */
 import { IslandError } from '../errors.js';
-import type { Manifest, Tombstone } from '../format/records.js';
+import type { Manifest, Pin, Tombstone } from '../format/records.js';
 import { listAll, type OpOptions } from '../store/types.js';
 import { keys, parseManifestKey } from './keys.js';
 import type { Repository } from './repository.js';
@@ -23,6 +23,11 @@ export interface DeleteOptions extends OpOptions {
   force?: boolean;
 }
 
+/** "attach on host-b": who holds a pin, for messages. */
+export function pinHolder(p: Pin): string {
+  return `${p.holder} on ${p.host}`;
+}
+
 /** Write the tombstone of a snapshot (nothing is removed now: GC does it after G). */
 export async function deleteSnapshot(repo: Repository, volume: string, id: string, opts: DeleteOptions = {}): Promise<Tombstone> {
   const m = await repo.getManifest(volume, id, opts);
@@ -31,8 +36,8 @@ export async function deleteSnapshot(repo: Repository, volume: string, id: strin
   const now = repo.now();
   const live = (await repo.listPins(id, opts)).filter((p) => p.expires > now);
   if (live.length > 0 && !opts.force) {
-    const who = live.map((p) => `${p.holder} on ${p.host}`).join(', ');
-    throw new IslandError('PINNED', `snapshot ${id} is pinned (${who}); --force deletes it anyway and what fills from it may fail`, { details: { snapshot: id, pins: live.map((p) => p.id) } });
+    const holders = live.map(pinHolder);
+    throw new IslandError('PINNED', `snapshot ${id} is pinned (${holders.join(', ')}); --force deletes it anyway and what fills from it may fail`, { details: { snapshot: id, pins: live.map((p) => p.id), holders } });
   }
   const t: Tombstone = { snapshot: id, volume, created: now, host: repo.host, reason: opts.reason ?? 'deleted', forced: live.length > 0 };
   await repo.putTombstone(t, opts);

@@ -753,14 +753,19 @@ export class Service {
   /** Tombstone snapshots (GC frees their data later). */
   async deleteSnapshots(req: { ids: unknown; force?: unknown }): Promise<{ deleted: string[] }> {
     if (!Array.isArray(req.ids) || req.ids.length === 0 || req.ids.length > 1000) throw new IslandError('INVALID_ARGUMENT', 'ids must be a list of 1 to 1000 snapshot ids');
-    const ids = req.ids.map((i) => parseSnapshotId(i));
-    const deleted: string[] = [];
+    const ids = [...new Set(req.ids.map((i) => parseSnapshotId(i)))];
+    // Check every id before writing any tombstone, so a typo in a list deletes nothing.
+    const found: Manifest[] = [];
     for (const id of ids) {
       const m = await findSnapshot(this.repo, id);
       if (!m) throw new IslandError('NOT_FOUND', `no snapshot ${id}`, { details: { snapshot: id } });
-      for (const [name, a] of this.attached) {
-        if (name === m.volume && a.job) throw new IslandError('BUSY', `a snapshot of ${name} is in progress; delete after it commits`, { details: { snapshot: id } });
-      }
+      if (await this.repo.getTombstone(id)) throw new IslandError('SNAPSHOT_DELETED', `snapshot ${id} is already deleted`, { details: { snapshot: id } });
+      if (this.attached.get(m.volume)?.job) throw new IslandError('BUSY', `a snapshot of ${m.volume} is in progress; delete after it commits`, { details: { snapshot: id } });
+      found.push(m);
+    }
+    const deleted: string[] = [];
+    for (const m of found) {
+      const id = m.id;
       await deleteSnapshot(this.repo, m.volume, id, { force: req.force === true, reason: 'deleted by request' });
       deleted.push(id);
       this.log.info({ snapshot: id, volume: m.volume, forced: req.force === true }, 'snapshot deleted (tombstone written)');

@@ -207,7 +207,9 @@ if ('skip' in got) {
       snaps.push(await snapshot(h, 'churn', i));
     }
     const [s0, s1, s2, s3, s4, s5, s6] = snaps as [Sealed, Sealed, Sealed, Sealed, Sealed, Sealed, Sealed];
-    await cliJson(h, 'snapshot', 'delete', s1.id, s2.id, s3.id);
+    t.match(await cli(h, 'snapshot', 'delete', s1.id, ulid()), { code: 1, stderr: /NOT_FOUND: no snapshot/ }, 'a list with an unknown id is refused');
+    t.notOk(await s.repo.getTombstone(s1.id), 'and deletes nothing of the list');
+    await cliJson(h, 'snapshot', 'delete', s1.id, s2.id, s3.id, s3.id);
     t.match(await cli(h, 'snapshot', 'delete', s1.id), { code: 1, stderr: /SNAPSHOT_DELETED: snapshot .* is already deleted/ }, 'a tombstoned snapshot: SNAPSHOT_DELETED');
 
     // --- killed midway -----------------------------------------------------------------
@@ -271,6 +273,7 @@ if ('skip' in got) {
     const now = Date.now();
     const pin = { id: ulid(), snapshot: s0.id, volume: 'churn', holder: 'copy' as const, host: 'elsewhere', created: now, expires: now + 3_600_000 };
     await s.repo.putPin(pin);
+    t.match(await cli(h, 'snapshot', 'delete', s0.id), { code: 1, stderr: /PINNED: snapshot .* is pinned \(copy on elsewhere\)/ }, 'an explicit delete of a pinned snapshot is refused, naming the pin');
     const pinned = await cli(h, 'snapshot', 'prune', 'churn', '--keep-last', '1');
     t.equal(pinned.code, 0, 'prune succeeds with a pinned snapshot');
     t.match(pinned.stdout, new RegExp(`keep\\t${s6.id}\\t.*\\tlast #1`), 'it says what it kept and why');

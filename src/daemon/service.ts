@@ -30,7 +30,7 @@ import { GuestAgent } from '../qmp/guest-agent.js';
 import { sleep } from '../util/sleep.js';
 import { treeFetcher } from '../snapshot/restore.js';
 import { fillVolume, type FillProgress } from '../snapshot/fill.js';
-import { checkRestorable, restoreSource } from './sources.js';
+import { checkRestorable, checkUndamaged, restoreSource } from './sources.js';
 
 export interface VolumeView {
   name: string;
@@ -117,9 +117,11 @@ export interface SnapshotView {
   durationMs: number;
   warnings: readonly string[];
   deleted: boolean;
+  /** fsck marked it damaged: refused as a restore source. */
+  damaged: boolean;
 }
 
-export function snapshotView(m: Manifest, deleted: boolean): SnapshotView {
+export function snapshotView(m: Manifest, deleted: boolean, damaged = false): SnapshotView {
   return {
     id: m.id,
     volume: m.volume,
@@ -132,6 +134,7 @@ export function snapshotView(m: Manifest, deleted: boolean): SnapshotView {
     ...m.stats,
     warnings: m.warnings,
     deleted,
+    damaged,
   };
 }
 
@@ -450,6 +453,13 @@ export class Service {
       let volume: Volume;
       const vlog = this.log.child({ volume: rec.name });
       let base = att.base;
+      if (base && !(await holdsLocally([dir, kept], base.id))) {
+        // Refused before anything local changes; the generation just taken is handed back.
+        await checkUndamaged(this.repo, base).catch(async (err: unknown) => {
+          await releaseGeneration(this.repo, rec.name, att.generation).catch(() => undefined);
+          throw err;
+        });
+      }
       if (!base && rec.source) {
         // A volume created from another volume's snapshot, with no snapshot of its own yet.
         base = (await this.repo.getManifest(rec.source.volume, rec.source.id)) ?? null;
@@ -728,11 +738,13 @@ export class Service {
   async listSnapshots(volume?: string): Promise<SnapshotView[]> {
     const out: SnapshotView[] = [];
     const prefix = volume === undefined ? keys.manifestsPrefix() : keys.manifestsPrefix(parseVolumeName(volume));
+    const damaged = new Set<string>();
+    for await (const o of listAll(this.repo.store, keys.damagePrefix)) damaged.add(o.key.slice(keys.damagePrefix.length));
     for await (const o of listAll(this.repo.store, prefix)) {
       const k = parseManifestKey(o.key);
       if (!k) continue;
       const m = await this.repo.getManifest(k.volume, k.id).catch(() => undefined);
-      if (m) out.push(snapshotView(m, (await this.repo.getTombstone(m.id)) !== undefined));
+      if (m) out.push(snapshotView(m, (await this.repo.getTombstone(m.id)) !== undefined, damaged.has(m.id)));
     }
     return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   }
@@ -741,7 +753,7 @@ export class Service {
     const sid = parseSnapshotId(id);
     const m = await findSnapshot(this.repo, sid);
     if (!m) throw new IslandError('NOT_FOUND', `no snapshot ${sid}`, { details: { snapshot: sid } });
-    return snapshotView(m, (await this.repo.getTombstone(sid)) !== undefined);
+    return snapshotView(m, (await this.repo.getTombstone(sid)) !== undefined, (await this.repo.getDamage(sid).catch(() => undefined)) !== undefined);
   }
 
   /** Tombstone snapshots (GC frees their data later). */
@@ -794,6 +806,15 @@ async function writeDurable(path: string, text: string): Promise<void> {
 
 export function fillView(f: FillJob): FillView {
   return { base: f.base, state: f.state, ...f.progress };
+}
+
+/** Whether one of these local copies already holds snapshot `id` (its last snapshot). */
+async function holdsLocally(dirs: string[], id: string): Promise<boolean> {
+  for (const d of dirs) {
+    const last = await readFile(join(d, LAST_SNAPSHOT_FILE), 'utf8').then((x) => x.trim(), () => '');
+    if (last === id) return true;
+  }
+  return false;
 }
 
 async function exists(p: string): Promise<boolean> {

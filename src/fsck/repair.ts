@@ -163,6 +163,7 @@ async function rebuildPack(repo: Repository, kind: BlobKind, id: Buffer, refs: R
   const lost: string[] = [];
   for (const [offset, ref] of refs) {
     const have = good.get(offset);
+    // A sound frame is one that decodes and hashes to the id the reference expects.
     if (have && have.length === ref.loc.length && blobIdOfFrame(have).equals(ref.loc.id)) {
       frames.set(offset, have);
       continue;

@@ -115,6 +115,7 @@ export class TreeChecker {
         const code = codeOf(err);
         const type = code === 'HASH_MISMATCH' ? 'checksum-mismatch' : code === 'STORE_NOT_FOUND' ? 'missing-object' : 'undecodable';
         const f = this.findings.add(type, key, `tree node ${hex(ref.loc.id)} (level ${level}, clusters from ${first}): ${(err as Error).message}`, 'none possible (tree nodes have no local copy): the snapshots are marked damaged');
+        this.recordRef(keys.pack('metadata', ref.loc.pack), ref.loc, undefined);
         found.push(f);
       }
       return dedupe(found);
@@ -164,14 +165,18 @@ export class TreeChecker {
         return false;
       }
     }
-    // Keep every reference into a pack with any finding: a rebuild must place them all.
-    let refs = this.refsInDamagedPacks.get(packKey);
-    if (!refs) this.refsInDamagedPacks.set(packKey, (refs = new Map()));
-    if (!refs.has(loc.offset)) refs.set(loc.offset, { loc, site });
+    this.recordRef(packKey, loc, site);
     if (!f) return false;
     this.findings.affect(f, undefined, site);
     found.push(f);
     return true;
+  }
+
+  /** Keep every reference into a pack with any finding: a rebuild must place them all. */
+  private recordRef(packKey: string, loc: BlobLocation, site: BlobSite | undefined): void {
+    let refs = this.refsInDamagedPacks.get(packKey);
+    if (!refs) this.refsInDamagedPacks.set(packKey, (refs = new Map()));
+    if (!refs.has(loc.offset)) refs.set(loc.offset, { loc, site });
   }
 }
 

@@ -48,19 +48,24 @@ snapshots
                                          the guest's filesystems through qemu-guest-agent
   snapshot list [VOLUME]
   snapshot show ID
+  snapshot mount ID                      show it read-only as VOLUME@ID.qcow2 on the mount,
+                                         fetched lazily (qemu-img check, qemu-nbd, guestfish)
+  snapshot unmount ID [--force]
   snapshot delete ID... [--force]        write tombstones; refused while pinned unless --force
                                          (forcing may break a restore still filling from it)
   gc [--dry-run]                         free what no snapshot, pin or upload can reach, after
                                          the grace period ($ISLAND_GC_GRACE seconds)
 verification
-  fsck [--deep[=PERCENT]] [--seed N] [--volume V] [--snapshot ID] [--repair [--prune-orphans]]
+  fsck [--deep[=PERCENT]] [--seed N] [--qcow2] [--volume V] [--snapshot ID] [--repair [--prune-orphans]]
                                          check that every snapshot can be restored: records,
                                          tree nodes and pack trailers (no blob data) by
                                          default; --deep reads and verifies every blob (or a
                                          seeded sample of PERCENT of the packs); --repair
                                          fixes what it can from chain links and local
-                                         copies and marks the rest damaged. Exit status: 0
-                                         clean, 1 all corrected, 4 errors left, 8 could not run
+                                         copies and marks the rest damaged; --qcow2 also
+                                         runs qemu-img check on each snapshot's image (through
+                                         the daemon's read-only mount). Exit status: 0 clean,
+                                         1 all corrected, 4 errors left, 8 could not run
 store
   store selftest [--dir DIR]             round trip objects through the embedded store
 other
@@ -187,6 +192,7 @@ async function main(argv: string[]): Promise<number> {
       snapshot: { type: 'string' },
       repair: { type: 'boolean' },
       'prune-orphans': { type: 'boolean' },
+      qcow2: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -214,7 +220,7 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   if (cmd === 'fsck') {
-    return fsckCommand(config, { deep: values.deep, seed: values.seed, volume: values.volume, snapshot: values.snapshot, repair: values.repair, pruneOrphans: values['prune-orphans'], json });
+    return fsckCommand(config, { deep: values.deep, seed: values.seed, volume: values.volume, snapshot: values.snapshot, repair: values.repair, pruneOrphans: values['prune-orphans'], qcow2: values.qcow2, json });
   }
   const api = (method: string, path: string, body?: unknown): Promise<unknown> => call(config.socket, method, path, body);
   const statusOf = async (name: string): Promise<StatusVolume | undefined> => ((await api('GET', '/v1/status')) as { volumes: StatusVolume[] }).volumes.find((v) => v.name === name);
@@ -270,6 +276,16 @@ async function main(argv: string[]): Promise<number> {
       if (ids.length === 0) throw new IslandError('INVALID_ARGUMENT', 'missing snapshot id (try island help)');
       const r = (await api('POST', '/v1/snapshots/delete', { ids, force: values.force })) as { deleted: string[] };
       out(`deleted ${r.deleted.join(', ')} (data is freed by island gc after the grace period)`, r);
+      return 0;
+    }
+    if (sub === 'mount') {
+      const r = (await api('POST', `/v1/snapshots/${enc(need(arg, 'snapshot id'))}/mount`)) as { file: string };
+      out(`mounted read-only: ${r.file}`, r);
+      return 0;
+    }
+    if (sub === 'unmount') {
+      const r = await api('POST', `/v1/snapshots/${enc(need(arg, 'snapshot id'))}/unmount`, { force: values.force });
+      out(`unmounted ${arg}`, r);
       return 0;
     }
     if (sub === 'show') {

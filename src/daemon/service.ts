@@ -14,7 +14,7 @@ import type { Logger } from 'pino';
 import { volumesDir, type Config } from '../config.js';
 import { IslandError, codeOf, isTransient } from '../errors.js';
 import { DEFAULT_CLUSTER_SIZE, parseClusterSize, parseSize, parseHostId, parseSnapshotId, parseVolumeName, parseVolumeSize } from '../format/names.js';
-import type { Manifest, VolumeRecord } from '../format/records.js';
+import type { Manifest, Pin, VolumeRecord } from '../format/records.js';
 import { parseQcow2Header, qcow2MaxVirtualSize } from '../format/qcow2.js';
 import { acquireGeneration, releaseGeneration } from '../repo/attach.js';
 import { keys, parseManifestKey } from '../repo/keys.js';
@@ -30,6 +30,8 @@ import { GuestAgent } from '../qmp/guest-agent.js';
 import { sleep } from '../util/sleep.js';
 import { treeFetcher } from '../snapshot/restore.js';
 import { fillVolume, type FillProgress } from '../snapshot/fill.js';
+import { SnapshotImage } from '../snapshot/view.js';
+import type { FuseVolume } from '../fuse/adapter.js';
 import { checkRestorable, checkUndamaged, restoreSource } from './sources.js';
 
 export interface VolumeView {
@@ -170,8 +172,16 @@ class LazyFetcher implements PresentFetcher {
   }
 }
 
+/** A snapshot shown read-only on the mount, and the pin that keeps its data. */
+interface MountedView {
+  view: SnapshotImage;
+  pin: Pin;
+}
+
 export class Service {
   readonly attached = new Map<string, Attached>();
+  /** Snapshots mounted read-only, by file name (`<volume>@<snapshot>`). */
+  readonly views = new Map<string, MountedView>();
   /** Names with an attach or detach in progress: a second one is refused. */
   private readonly busy = new Set<string>();
   openHandles: (name: string) => number = () => 0;
@@ -780,7 +790,57 @@ export class Service {
     return report;
   }
 
+  // ---- the files the mount shows -------------------------------------------------------
+
+  /** Names of the files on the mount (without .qcow2): attached volumes, mounted snapshots. */
+  fileNames(): string[] {
+    return [...this.attached.keys(), ...this.views.keys()];
+  }
+
+  fileVolume(name: string): FuseVolume | undefined {
+    return this.attached.get(name)?.volume ?? this.views.get(name)?.view;
+  }
+
+  isReadOnly(name: string): boolean {
+    return this.views.has(name);
+  }
+
+  /**
+   * Show a snapshot read-only on the mount as `<volume>@<snapshot>.qcow2`, fetched lazily.
+   * It is pinned while mounted, so GC keeps its data even if it is deleted meanwhile.
+   */
+  async mountSnapshot(id: unknown): Promise<{ snapshot: string; volume: string; file: string }> {
+    const sid = parseSnapshotId(id);
+    const m = await findSnapshot(this.repo, sid);
+    if (!m) throw new IslandError('NOT_FOUND', `no snapshot ${sid}`, { details: { snapshot: sid } });
+    const name = `${m.volume}@${m.id}`;
+    const file = join(this.config.mount, `${name}.qcow2`);
+    if (this.views.has(name)) return { snapshot: m.id, volume: m.volume, file };
+    await checkRestorable(this.repo, m);
+    const now = this.repo.now();
+    const pin: Pin = { id: this.repo.ulid(), snapshot: m.id, volume: m.volume, holder: 'mount', host: this.repo.host, created: now, expires: now + PIN_TTL_MS };
+    await this.repo.putPin(pin);
+    this.views.set(name, { view: new SnapshotImage(this.repo, m), pin });
+    this.log.info({ snapshot: m.id, volume: m.volume, file }, 'snapshot mounted read-only');
+    return { snapshot: m.id, volume: m.volume, file };
+  }
+
+  async unmountSnapshot(id: unknown, req: { force?: boolean } = {}): Promise<{ unmounted: string }> {
+    const sid = parseSnapshotId(id);
+    const name = [...this.views.keys()].find((n) => n.endsWith(`@${sid}`));
+    if (name === undefined) throw new IslandError('NOT_FOUND', `snapshot ${sid} is not mounted`, { details: { snapshot: sid } });
+    if (this.openHandles(name) > 0 && !req.force) throw new IslandError('BUSY', `${name}.qcow2 is open; close it first (or --force)`, { details: { snapshot: sid } });
+    const v = this.views.get(name)!;
+    this.views.delete(name);
+    await this.repo.deletePin(v.pin).catch((err: unknown) => this.log.warn({ err, snapshot: sid }, 'mount pin not removed; it expires on its own'));
+    return { unmounted: sid };
+  }
+
   async closeAll(): Promise<void> {
+    for (const [name, v] of this.views) {
+      this.views.delete(name);
+      await this.repo.deletePin(v.pin).catch(() => undefined);
+    }
     for (const q of this.qmpSessions.values()) await q.close().catch(() => undefined);
     for (const g of this.agents.values()) await g.close().catch(() => undefined);
     await this.pool?.close();

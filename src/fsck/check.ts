@@ -38,7 +38,20 @@ export interface FsckOptions extends OpOptions {
   /** Grace period G: deleted snapshots inside it are still checked; orphans younger are not. */
   graceMs: number;
   repair?: RepairOptions;
+  /**
+   * Check a snapshot's image as qcow2 (qemu-img check over a read-only view of it); given,
+   * every checked snapshot that no error affects is checked.
+   */
+  qcow2?: (m: Manifest) => Promise<Qcow2Check>;
   onProgress?: (phase: string, done: number, total: number) => void;
+}
+
+/** What `qemu-img check` said of a snapshot's image. */
+export interface Qcow2Check {
+  corruptions: number;
+  leaks: number;
+  /** The check could not complete (the image does not open as qcow2, say): why. */
+  failure: string | null;
 }
 
 export interface FsckSummary {
@@ -55,6 +68,8 @@ export interface FsckSummary {
   bytesVerified: number;
   blobsVerified: number;
   seed: number | null;
+  /** Snapshots whose image qemu-img check examined. */
+  qcow2Checked: number;
   orphanPacks: number;
   orphanBytes: number;
   /** Unreferenced packs younger than the grace period (an upload may still commit them). */
@@ -173,6 +188,21 @@ export async function runFsck(repo: Repository, opts: FsckOptions): Promise<Fsck
     const why = p.expires <= now ? `expired ${new Date(p.expires).toISOString()}` : 'its snapshot does not exist';
     findings.add('stale-pin', keys.pin(p.snapshot, p.id), `${p.holder} pin of ${p.host} on ${p.snapshot}: ${why}`, 'delete the pin');
   }
+  let qcow2Checked = 0;
+  if (opts.qcow2) {
+    const hurt = new Set<string>();
+    for (const f of findings.all()) if (f.severity === 'error') for (const id of f.snapshots) hurt.add(id);
+    for (const m of selected) {
+      if (hurt.has(m.id) || rec.tombstones.has(m.id)) continue;
+      const r = await opts.qcow2(m);
+      qcow2Checked++;
+      progress('qcow2', qcow2Checked, selected.length);
+      if (r.corruptions === 0 && r.failure === null) continue;
+      const what = r.failure ?? `qemu-img check found ${r.corruptions} corruption(s) and ${r.leaks} leaked cluster(s)`;
+      const f = findings.add('qcow2-corruption', keys.manifest(m.volume, m.id), `the image in snapshot ${m.id} of ${m.volume} (${m.consistency}): ${what}`, 'none by island (the bytes are what QEMU wrote): restore it and run qemu-img check -r on the copy, or use an older snapshot');
+      findings.affect(f, m.id);
+    }
+  }
   let orphanPacks = 0;
   let orphanBytes = 0;
   let recent = 0;
@@ -215,6 +245,7 @@ export async function runFsck(repo: Repository, opts: FsckOptions): Promise<Fsck
       bytesVerified,
       blobsVerified,
       seed,
+      qcow2Checked,
       orphanPacks,
       orphanBytes,
       recentUnreferencedPacks: recent,

@@ -84,7 +84,9 @@ export async function repair(repo: Repository, findings: Findings, checker: Tree
   // 4. damage marks
   const marks = new Map<string, { volume: string; lines: string[] }>();
   for (const f of findings.all()) {
-    if (f.severity !== 'error' || f.repaired === true || f.type === 'damaged-snapshot') continue;
+    // A corrupt qcow2 image is what QEMU wrote, restorable and repairable by qemu-img check -r
+    // on the copy: it is reported, never marked (a mark would refuse the restore).
+    if (f.severity !== 'error' || f.repaired === true || f.type === 'damaged-snapshot' || f.type === 'qcow2-corruption') continue;
     for (const s of f.snapshots) {
       const volume = rec.manifests.get(s)?.volume ?? rec.badManifests.get(s);
       if (volume === undefined || rec.damage.has(s)) continue;

@@ -8,6 +8,8 @@
  * deleted pack (not repairable: the snapshots are marked damaged and refused as sources).
  */
 import { randomBytes } from 'node:crypto';
+import { open, readdir } from 'node:fs/promises';
+import { join } from 'node:path';
 import t from 'tap';
 import { encodeBlob } from '../../src/format/blob.js';
 import { PackBuilder } from '../../src/format/pack.js';
@@ -222,5 +224,43 @@ if ('skip' in got) {
     const human = await cli(h, 'fsck', '--deep=50');
     t.match(human.stdout, /sample seed \d+: repeat with --seed \d+/);
     t.match(human.stdout, /0 errors, 0 warnings/);
+  });
+
+  t.test('--qcow2: qemu-img check of each snapshot image through a read-only snapshot mount', async (t) => {
+    const bucket = uniqueBucket('fsck-qcow2');
+    const h = await makeHost(t, 'fsck-qcow2');
+    await useS3(h, swift, bucket);
+    await serve(h);
+    await cliJson(h, 'volume', 'create', 'q', '--size', '64M');
+    await cliJson(h, 'attach', 'q');
+    const img = image(h, 'q');
+    await run('qemu-io', ['-t', 'none', '-c', 'write -P 0x5c 0 2M', img]);
+    const s1 = ((await cliJson(h, 'snapshot', 'create', 'q')).snapshots as { id: string }[])[0]!.id;
+
+    const mounted = await cliJson(h, 'snapshot', 'mount', s1);
+    t.equal(mounted.file, join(h.mount, `q@${s1}.qcow2`), 'the snapshot shows as VOLUME@ID.qcow2');
+    t.match((await run('qemu-img', ['check', mounted.file as string])).stdout, /No errors were found/, 'qemu-img check reads it');
+    t.notMatch((await run('qemu-io', ['-r', '-c', 'read -P 0x5c 0 2M', mounted.file as string])).stdout, /Pattern verification failed/, 'with the data of the snapshot');
+    await t.rejects(open(mounted.file as string, 'r+'), { code: 'EROFS' }, 'it cannot be opened for writing');
+    await cliJson(h, 'snapshot', 'unmount', s1);
+
+    // Poke the image's qcow2 metadata: the refcount of cluster 0 (the header) becomes 0.
+    const fh = await open(img, 'r+');
+    const head = Buffer.alloc(104);
+    await fh.read(head, 0, head.length, 0);
+    const table = Buffer.alloc(8);
+    await fh.read(table, 0, 8, Number(head.readBigUInt64BE(48)));
+    await fh.write(Buffer.alloc(2), 0, 2, Number(table.readBigUInt64BE(0)));
+    await fh.sync();
+    await fh.close();
+    const s2 = ((await cliJson(h, 'snapshot', 'create', 'q')).snapshots as { id: string }[])[0]!.id;
+
+    const r = await fsck(h, '--qcow2', '--repair');
+    t.equal(r.code, 4, 'a corrupt image is an error left uncorrected');
+    const f = r.report.findings.find((x) => x.type === 'qcow2-corruption');
+    t.same(f?.snapshots, [s2], 'only the snapshot taken after the poke');
+    t.match(f?.message, /corruption/);
+    t.equal(await new Repository(new S3Store({ ...swift, bucket }), { host: 'x' }).getDamage(s2), undefined, 'not marked damaged: it stays restorable for qemu-img check -r');
+    t.same(await readdir(h.mount), ['q.qcow2'], 'the check unmounted the snapshots it mounted');
   });
 }

@@ -27,6 +27,7 @@ export interface FsckArgs {
   repair?: boolean | undefined;
   pruneOrphans?: boolean | undefined;
   qcow2?: boolean | undefined;
+  local?: boolean | undefined;
   json: boolean;
 }
 
@@ -94,6 +95,7 @@ export function renderReport(r: FsckReport): string {
     `checked ${s.snapshotsChecked} snapshots (${s.snapshotsReleased} deleted ones left to gc), ${s.records} records, ${s.nodes} tree nodes, ${s.blobReferences} blob references into ${s.packsReached} of ${s.packsListed} packs (${s.trailerReads} trailers read)`,
   );
   if (s.packsVerified > 0 || s.seed !== null) lines.push(`deep: ${s.packsVerified} packs, ${s.blobsVerified} blobs, ${formatSize(s.bytesVerified)} read and verified${s.seed !== null ? ` (sample seed ${s.seed}: repeat with --seed ${s.seed})` : ''}`);
+  if (s.local) lines.push(`local: ${s.local.volumes} local copies, ${s.local.clustersCompared} clusters compared with their snapshot by hash (${s.local.clustersChangedSince} changed since, as tracked)`);
   if (s.qcow2Checked > 0) lines.push(`qcow2: ${s.qcow2Checked} snapshot images checked by qemu-img check`);
   if (s.orphanPacks || s.recentUnreferencedPacks) lines.push(`orphans: ${s.orphanPacks} packs, ${formatSize(s.orphanBytes)}; ${s.recentUnreferencedPacks} unreferenced packs younger than the grace period not counted`);
   const verdict = r.exitCode === 0 ? 'no errors' : r.exitCode === 1 ? 'errors found and all corrected' : `errors left uncorrected; snapshots that may not restore: ${s.damagedSnapshots.join(' ') || '(none named)'}`;
@@ -109,6 +111,7 @@ export async function fsckCommand(config: Config, a: FsckArgs): Promise<number> 
     const seed = parseSeed(a.seed);
     const volume = a.volume === undefined ? undefined : parseVolumeName(a.volume);
     const snapshot = a.snapshot === undefined ? undefined : parseSnapshotId(a.snapshot);
+    const localRoots = [volumesDir(config), join(config.dataDir, 'kept')];
     const { store } = openStore(config.store);
     const repo = new Repository(store, { host: config.hostId, region: config.region });
     const bar = a.json ? undefined : new Map<string, Progress>();
@@ -121,7 +124,8 @@ export async function fsckCommand(config: Config, a: FsckArgs): Promise<number> 
         snapshot,
         graceMs: config.gcGraceMs,
         qcow2: a.qcow2 ? (m) => qcow2Check(config, m) : undefined,
-        repair: a.repair ? { localRoots: [volumesDir(config), join(config.dataDir, 'kept')], pruneOrphans: a.pruneOrphans === true } : undefined,
+        localRoots: a.local ? localRoots : undefined,
+        repair: a.repair ? { localRoots, pruneOrphans: a.pruneOrphans === true } : undefined,
         onProgress: (phase, done, total) => {
           if (!bar || total === 0) return;
           let p = bar.get(phase);

@@ -56,7 +56,7 @@ snapshots
   gc [--dry-run]                         free what no snapshot, pin or upload can reach, after
                                          the grace period ($ISLAND_GC_GRACE seconds)
 verification
-  fsck [--deep[=PERCENT]] [--seed N] [--qcow2] [--volume V] [--snapshot ID] [--repair [--prune-orphans]]
+  fsck [--deep[=PERCENT]] [--seed N] [--qcow2] [--local] [--volume V] [--snapshot ID] [--repair [--prune-orphans]]
                                          check that every snapshot can be restored: records,
                                          tree nodes and pack trailers (no blob data) by
                                          default; --deep reads and verifies every blob (or a
@@ -64,7 +64,8 @@ verification
                                          fixes what it can from chain links and local
                                          copies and marks the rest damaged; --qcow2 also
                                          runs qemu-img check on each snapshot's image (through
-                                         the daemon's read-only mount). Exit status: 0 clean,
+                                         the daemon's read-only mount); --local also checks
+                                         this host's local copies. Exit status: 0 clean,
                                          1 all corrected, 4 errors left, 8 could not run
 store
   store selftest [--dir DIR]             round trip objects through the embedded store
@@ -193,6 +194,7 @@ async function main(argv: string[]): Promise<number> {
       repair: { type: 'boolean' },
       'prune-orphans': { type: 'boolean' },
       qcow2: { type: 'boolean' },
+      local: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -220,7 +222,7 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   if (cmd === 'fsck') {
-    return fsckCommand(config, { deep: values.deep, seed: values.seed, volume: values.volume, snapshot: values.snapshot, repair: values.repair, pruneOrphans: values['prune-orphans'], qcow2: values.qcow2, json });
+    return fsckCommand(config, { deep: values.deep, seed: values.seed, volume: values.volume, snapshot: values.snapshot, repair: values.repair, pruneOrphans: values['prune-orphans'], qcow2: values.qcow2, local: values.local, json });
   }
   const api = (method: string, path: string, body?: unknown): Promise<unknown> => call(config.socket, method, path, body);
   const statusOf = async (name: string): Promise<StatusVolume | undefined> => ((await api('GET', '/v1/status')) as { volumes: StatusVolume[] }).volumes.find((v) => v.name === name);

@@ -25,6 +25,7 @@ import { takeSnapshot } from '../snapshot/create.js';
 import { Repository } from '../repo/repository.js';
 import { listAll } from '../store/types.js';
 import { Volume, type PresentFetcher, type Seal } from '../volume/engine.js';
+import { LAST_SNAPSHOT_FILE } from '../volume/setup.js';
 import { QmpSession } from '../qmp/session.js';
 import { GuestAgent } from '../qmp/guest-agent.js';
 import { sleep } from '../util/sleep.js';
@@ -142,7 +143,6 @@ export function snapshotView(m: Manifest, deleted: boolean, damaged = false): Sn
 
 /** Upload window W: a snapshot commits within it or re-checks (docs/protocols.md). */
 export const WINDOW_MS = 60 * 60 * 1000;
-const LAST_SNAPSHOT_FILE = 'last-snapshot';
 /** Written when a restored volume holds every cluster of its base: it no longer needs the store. */
 const FILLED_FILE = 'filled';
 /** A clone pin lasts until the clone's first snapshot commits (or the clone is deleted). */

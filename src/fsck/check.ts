@@ -12,6 +12,8 @@
  *     walked again (from the caches) to name the snapshots they affect.
  *  4. Relations: forks, damage marks, stale pins; orphans (packs that nothing references,
  *     no manifest lists and no upload checkpoint names) when the whole store is checked.
+ *     With --qcow2, qemu-img check of each snapshot's image; with --local, the local copies
+ *     on this host against the snapshots they count from (local.ts).
  *  5. Repair (--repair, repair.ts); then the report and its exit status.
  * A finding never stops the run; a store that does not answer does (operational error).
  */
@@ -24,6 +26,7 @@ import { listAll, type ObjectInfo, type OpOptions } from '../store/types.js';
 import { Rng } from '../util/random.js';
 import { Findings, findingView, type FindingView } from './findings.js';
 import { PackIndexes, verifyPack, type BadBlob } from './packs.js';
+import { checkLocal, type LocalSummary } from './local.js';
 import { readRecords } from './records.js';
 import { repair, type RepairOptions } from './repair.js';
 import { TreeChecker } from './trees.js';
@@ -43,6 +46,8 @@ export interface FsckOptions extends OpOptions {
    * every checked snapshot that no error affects is checked.
    */
   qcow2?: (m: Manifest) => Promise<Qcow2Check>;
+  /** Also check the local copies under these directories (one subdirectory per volume). */
+  localRoots?: string[];
   onProgress?: (phase: string, done: number, total: number) => void;
 }
 
@@ -68,6 +73,8 @@ export interface FsckSummary {
   bytesVerified: number;
   blobsVerified: number;
   seed: number | null;
+  /** --local: local copies checked, clusters compared with their snapshot by hash. */
+  local: LocalSummary | null;
   /** Snapshots whose image qemu-img check examined. */
   qcow2Checked: number;
   orphanPacks: number;
@@ -203,6 +210,7 @@ export async function runFsck(repo: Repository, opts: FsckOptions): Promise<Fsck
       findings.affect(f, m.id);
     }
   }
+  const local = opts.localRoots ? await checkLocal(repo, opts.localRoots, rec.manifests, findings, { volume: opts.volume, signal }) : null;
   let orphanPacks = 0;
   let orphanBytes = 0;
   let recent = 0;
@@ -246,6 +254,7 @@ export async function runFsck(repo: Repository, opts: FsckOptions): Promise<Fsck
       blobsVerified,
       seed,
       qcow2Checked,
+      local,
       orphanPacks,
       orphanBytes,
       recentUnreferencedPacks: recent,

@@ -121,6 +121,10 @@ export class TreeChecker {
       return dedupe(found);
     }
     if (node.kind === 'leaf') {
+      // The trailers of the packs this leaf points into, read side by side.
+      const packs = new Map<string, Buffer>();
+      for (const e of node.entries) if (e.kind === 'blob') packs.set(hex(e.loc.pack), e.loc.pack);
+      await Promise.all([...packs.values()].map((p) => this.reads.run(() => this.indexes.get('data', p))));
       for (let i = 0; i < node.entries.length; i++) {
         const e = node.entries[i]!;
         if (e.kind === 'zero') this.stats.zeroClusters++;

@@ -13,6 +13,8 @@
  *   GET    /v1/snapshots/{id}
  *   POST   /v1/snapshots/delete             {ids: [id...], force?}
  *   POST   /v1/snapshots/prune              {volume, keep: {last?, hourly?, daily?, weekly?}, dryRun?}
+ *   POST   /v1/snapshots/{id}/mount         show it read-only as <volume>@<id>.qcow2
+ *   POST   /v1/snapshots/{id}/unmount       {force?}
  *   POST   /v1/gc                           {dryRun?}
  *
  * Success: 200/201 with a JSON body. Failure: {"error": {"code", "message", "details"}}
@@ -131,6 +133,11 @@ async function route(svc: Service, method: string, url: string, body: () => Prom
       return [200, await svc.pruneSnapshots({ volume: b.volume, keep: b.keep, dryRun: bool(b.dryRun, 'dryRun') })];
     }
     if (name !== undefined && parts.length === 3 && method === 'GET') return [200, await svc.showSnapshot(name)];
+    if (name !== undefined && parts.length === 4 && method === 'POST' && action === 'mount') return [200, await svc.mountSnapshot(name)];
+    if (name !== undefined && parts.length === 4 && method === 'POST' && action === 'unmount') {
+      const b = await body();
+      return [200, await svc.unmountSnapshot(name, { force: bool(b.force, 'force') })];
+    }
   }
   if (res === 'gc' && parts.length === 2 && method === 'POST') {
     const b = await body();

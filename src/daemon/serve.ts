@@ -39,7 +39,7 @@ export async function startDaemon(c: Config, log: Logger = makeLogger(c)): Promi
   await service.restore();
   const mount = new FuseMount({
     mountpoint: c.mount,
-    table: { names: () => [...service.attached.keys()], get: (n) => service.attached.get(n)?.volume },
+    table: { names: () => service.fileNames(), get: (n) => service.fileVolume(n), readOnly: (n) => service.isReadOnly(n) },
     spaceDir: c.dataDir,
     onOp: (op, ms, bytes, error) => metrics.fuse(op, ms, bytes, error),
     onError: (op, path, err) => log.warn({ op, path, code: codeOf(err), err }, 'request failed'),

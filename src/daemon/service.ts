@@ -14,7 +14,7 @@ import type { Logger } from 'pino';
 import { volumesDir, type Config } from '../config.js';
 import { IslandError, codeOf, isTransient } from '../errors.js';
 import { DEFAULT_CLUSTER_SIZE, parseClusterSize, parseSize, parseHostId, parseSnapshotId, parseVolumeName, parseVolumeSize } from '../format/names.js';
-import type { Manifest, VolumeRecord } from '../format/records.js';
+import type { Manifest, Pin, VolumeRecord } from '../format/records.js';
 import { parseQcow2Header, qcow2MaxVirtualSize } from '../format/qcow2.js';
 import { acquireGeneration, releaseGeneration } from '../repo/attach.js';
 import { keys, parseManifestKey } from '../repo/keys.js';
@@ -27,12 +27,15 @@ import { takeSnapshot } from '../snapshot/create.js';
 import { Repository } from '../repo/repository.js';
 import { listAll } from '../store/types.js';
 import { Volume, type PresentFetcher, type Seal } from '../volume/engine.js';
+import { LAST_SNAPSHOT_FILE } from '../volume/setup.js';
 import { QmpSession } from '../qmp/session.js';
 import { GuestAgent } from '../qmp/guest-agent.js';
 import { sleep } from '../util/sleep.js';
 import { treeFetcher } from '../snapshot/restore.js';
 import { fillVolume, type FillProgress } from '../snapshot/fill.js';
-import { checkRestorable, restoreSource } from './sources.js';
+import { SnapshotImage } from '../snapshot/view.js';
+import type { FuseVolume } from '../fuse/adapter.js';
+import { checkRestorable, checkUndamaged, restoreSource } from './sources.js';
 
 export interface VolumeView {
   name: string;
@@ -119,9 +122,11 @@ export interface SnapshotView {
   durationMs: number;
   warnings: readonly string[];
   deleted: boolean;
+  /** fsck marked it damaged: refused as a restore source. */
+  damaged: boolean;
 }
 
-export function snapshotView(m: Manifest, deleted: boolean): SnapshotView {
+export function snapshotView(m: Manifest, deleted: boolean, damaged = false): SnapshotView {
   return {
     id: m.id,
     volume: m.volume,
@@ -134,12 +139,12 @@ export function snapshotView(m: Manifest, deleted: boolean): SnapshotView {
     ...m.stats,
     warnings: m.warnings,
     deleted,
+    damaged,
   };
 }
 
 /** Upload window W: a snapshot commits within it or re-checks (docs/protocols.md). */
 export const WINDOW_MS = 60 * 60 * 1000;
-const LAST_SNAPSHOT_FILE = 'last-snapshot';
 /** Written when a restored volume holds every cluster of its base: it no longer needs the store. */
 const FILLED_FILE = 'filled';
 /** A clone pin lasts until the clone's first snapshot commits (or the clone is deleted). */
@@ -169,8 +174,16 @@ class LazyFetcher implements PresentFetcher {
   }
 }
 
+/** A snapshot shown read-only on the mount, and the pin that keeps its data. */
+interface MountedView {
+  view: SnapshotImage;
+  pin: Pin;
+}
+
 export class Service {
   readonly attached = new Map<string, Attached>();
+  /** Snapshots mounted read-only, by file name (`<volume>@<snapshot>`). */
+  readonly views = new Map<string, MountedView>();
   /** Names with an attach or detach in progress: a second one is refused. */
   private readonly busy = new Set<string>();
   openHandles: (name: string) => number = () => 0;
@@ -455,6 +468,13 @@ export class Service {
       let volume: Volume;
       const vlog = this.log.child({ volume: rec.name });
       let base = att.base;
+      if (base && !(await holdsLocally([dir, kept], base.id))) {
+        // Refused before anything local changes; the generation just taken is handed back.
+        await checkUndamaged(this.repo, base).catch(async (err: unknown) => {
+          await releaseGeneration(this.repo, rec.name, att.generation).catch(() => undefined);
+          throw err;
+        });
+      }
       if (!base && rec.source) {
         // A volume created from another volume's snapshot, with no snapshot of its own yet.
         base = (await this.repo.getManifest(rec.source.volume, rec.source.id)) ?? null;
@@ -734,11 +754,13 @@ export class Service {
   async listSnapshots(volume?: string): Promise<SnapshotView[]> {
     const out: SnapshotView[] = [];
     const prefix = volume === undefined ? keys.manifestsPrefix() : keys.manifestsPrefix(parseVolumeName(volume));
+    const damaged = new Set<string>();
+    for await (const o of listAll(this.repo.store, keys.damagePrefix)) damaged.add(o.key.slice(keys.damagePrefix.length));
     for await (const o of listAll(this.repo.store, prefix)) {
       const k = parseManifestKey(o.key);
       if (!k) continue;
       const m = await this.repo.getManifest(k.volume, k.id).catch(() => undefined);
-      if (m) out.push(snapshotView(m, (await this.repo.getTombstone(m.id)) !== undefined));
+      if (m) out.push(snapshotView(m, (await this.repo.getTombstone(m.id)) !== undefined, damaged.has(m.id)));
     }
     return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   }
@@ -747,7 +769,7 @@ export class Service {
     const sid = parseSnapshotId(id);
     const m = await findSnapshot(this.repo, sid);
     if (!m) throw new IslandError('NOT_FOUND', `no snapshot ${sid}`, { details: { snapshot: sid } });
-    return snapshotView(m, (await this.repo.getTombstone(sid)) !== undefined);
+    return snapshotView(m, (await this.repo.getTombstone(sid)) !== undefined, (await this.repo.getDamage(sid).catch(() => undefined)) !== undefined);
   }
 
   /** Tombstone snapshots (GC frees their data later). */
@@ -817,7 +839,57 @@ export class Service {
     return j ? { dryRun: j.dryRun, phase: j.phase, done: j.done, total: j.total, seconds: (Date.now() - j.started) / 1000 } : null;
   }
 
+  // ---- the files the mount shows -------------------------------------------------------
+
+  /** Names of the files on the mount (without .qcow2): attached volumes, mounted snapshots. */
+  fileNames(): string[] {
+    return [...this.attached.keys(), ...this.views.keys()];
+  }
+
+  fileVolume(name: string): FuseVolume | undefined {
+    return this.attached.get(name)?.volume ?? this.views.get(name)?.view;
+  }
+
+  isReadOnly(name: string): boolean {
+    return this.views.has(name);
+  }
+
+  /**
+   * Show a snapshot read-only on the mount as `<volume>@<snapshot>.qcow2`, fetched lazily.
+   * It is pinned while mounted, so GC keeps its data even if it is deleted meanwhile.
+   */
+  async mountSnapshot(id: unknown): Promise<{ snapshot: string; volume: string; file: string }> {
+    const sid = parseSnapshotId(id);
+    const m = await findSnapshot(this.repo, sid);
+    if (!m) throw new IslandError('NOT_FOUND', `no snapshot ${sid}`, { details: { snapshot: sid } });
+    const name = `${m.volume}@${m.id}`;
+    const file = join(this.config.mount, `${name}.qcow2`);
+    if (this.views.has(name)) return { snapshot: m.id, volume: m.volume, file };
+    await checkRestorable(this.repo, m);
+    const now = this.repo.now();
+    const pin: Pin = { id: this.repo.ulid(), snapshot: m.id, volume: m.volume, holder: 'mount', host: this.repo.host, created: now, expires: now + PIN_TTL_MS };
+    await this.repo.putPin(pin);
+    this.views.set(name, { view: new SnapshotImage(this.repo, m), pin });
+    this.log.info({ snapshot: m.id, volume: m.volume, file }, 'snapshot mounted read-only');
+    return { snapshot: m.id, volume: m.volume, file };
+  }
+
+  async unmountSnapshot(id: unknown, req: { force?: boolean } = {}): Promise<{ unmounted: string }> {
+    const sid = parseSnapshotId(id);
+    const name = [...this.views.keys()].find((n) => n.endsWith(`@${sid}`));
+    if (name === undefined) throw new IslandError('NOT_FOUND', `snapshot ${sid} is not mounted`, { details: { snapshot: sid } });
+    if (this.openHandles(name) > 0 && !req.force) throw new IslandError('BUSY', `${name}.qcow2 is open; close it first (or --force)`, { details: { snapshot: sid } });
+    const v = this.views.get(name)!;
+    this.views.delete(name);
+    await this.repo.deletePin(v.pin).catch((err: unknown) => this.log.warn({ err, snapshot: sid }, 'mount pin not removed; it expires on its own'));
+    return { unmounted: sid };
+  }
+
   async closeAll(): Promise<void> {
+    for (const [name, v] of this.views) {
+      this.views.delete(name);
+      await this.repo.deletePin(v.pin).catch(() => undefined);
+    }
     for (const q of this.qmpSessions.values()) await q.close().catch(() => undefined);
     for (const g of this.agents.values()) await g.close().catch(() => undefined);
     await this.pool?.close();
@@ -860,6 +932,15 @@ async function writeDurable(path: string, text: string): Promise<void> {
 
 export function fillView(f: FillJob): FillView {
   return { base: f.base, state: f.state, ...f.progress };
+}
+
+/** Whether one of these local copies already holds snapshot `id` (its last snapshot). */
+async function holdsLocally(dirs: string[], id: string): Promise<boolean> {
+  for (const d of dirs) {
+    const last = await readFile(join(d, LAST_SNAPSHOT_FILE), 'utf8').then((x) => x.trim(), () => '');
+    if (last === id) return true;
+  }
+  return false;
 }
 
 async function exists(p: string): Promise<boolean> {

@@ -14,9 +14,21 @@ import { treeFetcher } from '../snapshot/restore.js';
 /** How long reading a source's first cluster may take. */
 const HEADER_FETCH_MS = 120_000;
 
-/** Refuse a restore source that is deleted. */
+/** Refuse a restore source that is deleted or that fsck marked damaged. */
 export async function checkRestorable(repo: Repository, m: Manifest): Promise<void> {
   if (await repo.getTombstone(m.id)) throw new IslandError('SNAPSHOT_DELETED', `snapshot ${m.id} is deleted`, { details: { snapshot: m.id } });
+  await checkUndamaged(repo, m);
+}
+
+/** Refuse a snapshot that fsck could not repair: restoring it would fail on the damage. */
+export async function checkUndamaged(repo: Repository, m: Manifest): Promise<void> {
+  const d = await repo.getDamage(m.id);
+  if (!d) return;
+  throw new IslandError(
+    'SNAPSHOT_DAMAGED',
+    `snapshot ${m.id} of ${m.volume} is marked damaged by fsck (${d.findings.slice(0, 2).join('; ')}${d.findings.length > 2 ? '; ...' : ''}); it cannot be restored: delete it to fall back to the snapshot before it, or copy it back from another region`,
+    { details: { snapshot: m.id, volume: m.volume, findings: d.findings } },
+  );
 }
 
 /** The snapshot `id` names, checked as a restore source, with its image's virtual size. */

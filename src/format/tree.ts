@@ -45,6 +45,7 @@ export {
   MAX_DEPTH,
   type NodeRef,
   type TreeEntry,
+  type TreeNode,
   type BlobEntry,
 } from './tree-node.js';
 
@@ -207,6 +208,20 @@ async function loadNode(ctx: LoadCtx, ref: NodeRef, level: number, first: number
     if (allocated) throw fail('FORMAT_CORRUPT', `slot ${i} is allocated past the end of the image (${limit} clusters)`);
   }
   return node;
+}
+
+/**
+ * Read one node at its place in a tree of `shape`: decoded and place-checked as every walk
+ * here does. For walkers that must go on past a bad node (fsck) and so cannot use the
+ * generators, which stop at the first error.
+ */
+export async function readPlacedNode(reader: TreeNodeReader, shape: TreeShape, ref: NodeRef, level: number, first: number): Promise<TreeNode> {
+  return loadNode({ reader, fanout: shape.fanout }, ref, level, first, shape.nClusters);
+}
+
+/** Clusters covered by one slot of a node at `level` of a tree with this fan-out. */
+export function slotClusters(fanout: number, level: number): number {
+  return slotSpan(fanout, level);
 }
 
 /**

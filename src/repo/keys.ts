@@ -48,6 +48,7 @@ export const keys = {
   pin: (snapshot: string, pinId: string): string => `pins/${snapshot}/${pinId}`,
   pinsPrefix: (snapshot?: string): string => (snapshot === undefined ? 'pins/' : `pins/${snapshot}/`),
   damage: (id: string): string => `damage/${id}`,
+  damagePrefix: 'damage/',
   checkpoint: (volume: string, id: string, n: number): string => `checkpoints/${volume}/${id}.${n}`,
   checkpointsPrefix: 'checkpoints/',
   pack: (kind: 'data' | 'metadata', id: Uint8Array): string => {

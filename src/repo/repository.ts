@@ -12,16 +12,19 @@ import { decodeBlob, encodeBlob, type BlobKind } from '../format/blob.js';
 import { hex, type BlobLocation } from '../format/location.js';
 import { FOOTER_LEN, PACK_TARGET_SIZE, PackBuilder, parsePackFooter, parsePackTrailer, type PackEntry } from '../format/pack.js';
 import {
+  decodeDamageMark,
   decodeLease,
   decodeManifest,
   decodePin,
   decodeTombstone,
   decodeVolumeRecord,
+  encodeDamageMark,
   encodeLease,
   encodeManifest,
   encodePin,
   encodeTombstone,
   encodeVolumeRecord,
+  type DamageMark,
   type Lease,
   type Manifest,
   type Pin,
@@ -153,6 +156,16 @@ export class Repository {
 
   async putVolume(v: VolumeRecord, opts?: OpOptions): Promise<void> {
     await this.store.put(keys.volume(v.name), encodeVolumeRecord(v), opts);
+  }
+
+  /** The damage mark fsck wrote for a snapshot it could not repair, if any. */
+  async getDamage(id: string, opts?: OpOptions): Promise<DamageMark | undefined> {
+    const buf = await orUndefined(this.store.get(keys.damage(id), opts));
+    return buf === undefined ? undefined : this.verified(() => decodeDamageMark(buf), keys.damage(id));
+  }
+
+  async putDamage(d: DamageMark, opts?: OpOptions): Promise<void> {
+    await this.store.put(keys.damage(d.snapshot), encodeDamageMark(d), opts);
   }
 
   private verified<T>(decode: () => T, key: string): T {

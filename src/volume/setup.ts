@@ -43,6 +43,8 @@ import { MAX_IMAGE_LENGTH, MAX_REGION_SIZE, STATE_FILE, STATE_TMP_FILE, readStat
 import { ChangeTracker, DIRTY_FILES, INTENT_FILE } from './tracking.js';
 
 export const IMAGE_FILE = 'image.qcow2';
+/** Written by the daemon beside the engine's files: the last snapshot this copy committed. */
+export const LAST_SNAPSHOT_FILE = 'last-snapshot';
 export const DEFAULT_REGION_SIZE = 64 * 1024 * 1024;
 /** Side log budget: 1 GiB of overwritten sealed clusters before a snapshot in progress gives up. */
 export const DEFAULT_SIDE_LOG_BUDGET = 1024 * 1024 * 1024;
@@ -268,57 +270,18 @@ async function open(fs: LocalFs, dir: string, opts: VolumeOptions): Promise<Volu
   const image = await fs.open(join(dir, IMAGE_FILE), 'r+');
   const imageLength = await image.size();
   if (imageLength > MAX_IMAGE_LENGTH) throw new IslandError('TOO_LARGE', `${dir}: image of ${imageLength} bytes exceeds ${MAX_IMAGE_LENGTH}`);
-  let repairedPages = 0;
-  let unreadablePages = 0;
 
   // Present bits: a cluster the file no longer reaches was truncated away, so it is not base content.
   let present: PresentMap | null = null;
   const baseLength = Math.min(old.baseLength, Math.ceil(imageLength / C) * C);
-  if (old.baseLength > 0) {
-    const file = await BitmapFile.open(fs, join(dir, PRESENT_FILE), PAGE_KIND_PRESENT);
-    const loaded = await file.load(maxPages(C));
-    const first = loaded.unreadable[0];
-    if (first !== undefined) throw first.error; // a lost present bit could overwrite guest data with base content
-    repairedPages += loaded.repaired.length;
-    const bits = new PagedBitmap();
-    for (const p of loaded.pages) if (p.content !== null) bits.loadPage(p.index, p.content.payload);
-    present = new PresentMap(file, bits, baseLength, C);
+  const t = await readTracking(fs, dir, old, log);
+  const { files, dirty, regions, maxEpoch, maxIntent } = t;
+  if (t.present) {
+    if (t.present.unreadable) throw t.present.unreadable; // a lost present bit could overwrite guest data with base content
+    present = new PresentMap(t.present.file, t.present.bits, baseLength, C);
   }
-
-  // Step 2: dirty pages of every epoch not yet in a completed snapshot.
-  const files = await openBitmaps(fs, dir);
-  const dirty = new PagedBitmap();
-  let maxEpoch = old.epoch;
-  for (const file of files.dirty) {
-    const loaded = await file.load(maxPages(C));
-    repairedPages += loaded.repaired.length;
-    for (const p of loaded.pages) {
-      if (p.content === null) continue;
-      maxEpoch = Math.max(maxEpoch, p.content.stamp);
-      if (p.content.stamp > old.completedEpoch) dirty.orPage(p.index, p.content.payload);
-    }
-    for (const u of loaded.unreadable) {
-      unreadablePages++;
-      dirty.fillPage(u.index);
-      log?.warn({ file: file.path, page: u.index, err: u.error.message }, 'dirty bitmap page unreadable: its clusters count as dirty');
-    }
-  }
-
-  // Step 3: rescan the regions marked in the write-intent bitmap.
-  const loadedIntent = await files.intent.load(maxPages(old.regionSize));
-  repairedPages += loadedIntent.repaired.length;
-  let maxIntent = old.intentEpoch;
-  const regions = new PagedBitmap();
-  for (const p of loadedIntent.pages) {
-    if (p.content === null) continue;
-    maxIntent = Math.max(maxIntent, p.content.stamp);
-    if (p.content.stamp >= old.intentEpoch) regions.orPage(p.index, p.content.payload);
-  }
-  for (const u of loadedIntent.unreadable) {
-    unreadablePages++;
-    regions.fillPage(u.index);
-    log?.warn({ file: files.intent.path, page: u.index, err: u.error.message }, 'intent bitmap page unreadable: its regions are rescanned');
-  }
+  const { repairedPages, unreadablePages } = t;
+  // Step 3 (continued): after a crash, rescan the regions marked in the write-intent bitmap.
   let rescannedRegions = 0;
   if (!old.clean) {
     const lastRegion = Math.ceil(imageLength / old.regionSize);
@@ -350,6 +313,111 @@ async function open(fs: LocalFs, dir: string, opts: VolumeOptions): Promise<Volu
   const recovery: RecoveryInfo = { clean: old.clean, rescannedRegions, dirtyClusters: dirty.count(), repairedPages, unreadablePages };
   if (!old.clean) log?.warn({ dir, ...recovery }, 'volume was not closed cleanly: change tracking recovered');
   return { dir, fs, state, image, imageLength, tracker, present, sideLog: new SideLog(sideLogFile, C, budget), options: opts, recovery };
+}
+
+/** The tracking state of a volume directory as its files hold it (recovery steps 2 and 3). */
+interface Tracking {
+  files: { dirty: [BitmapFile, BitmapFile]; intent: BitmapFile };
+  /** Only for a volume restored from a snapshot. */
+  present: { file: BitmapFile; bits: PagedBitmap; unreadable: IslandError | null } | null;
+  /** Dirty bits of every epoch not yet in a completed snapshot (unreadable pages: all set). */
+  dirty: PagedBitmap;
+  /** Regions whose intent bit is set in the recorded intent epoch or later. */
+  regions: PagedBitmap;
+  maxEpoch: number;
+  maxIntent: number;
+  repairedPages: number;
+  unreadablePages: number;
+}
+
+async function readTracking(fs: LocalFs, dir: string, old: VolumeState, log: VolumeLogger | undefined): Promise<Tracking> {
+  const C = old.clusterSize;
+  let repairedPages = 0;
+  let unreadablePages = 0;
+  let present: Tracking['present'] = null;
+  if (old.baseLength > 0) {
+    const file = await BitmapFile.open(fs, join(dir, PRESENT_FILE), PAGE_KIND_PRESENT);
+    const loaded = await file.load(maxPages(C));
+    repairedPages += loaded.repaired.length;
+    const bits = new PagedBitmap();
+    for (const p of loaded.pages) if (p.content !== null) bits.loadPage(p.index, p.content.payload);
+    present = { file, bits, unreadable: loaded.unreadable[0]?.error ?? null };
+  }
+
+  // Step 2: dirty pages of every epoch not yet in a completed snapshot.
+  const files = await openBitmaps(fs, dir);
+  const dirty = new PagedBitmap();
+  let maxEpoch = old.epoch;
+  for (const file of files.dirty) {
+    const loaded = await file.load(maxPages(C));
+    repairedPages += loaded.repaired.length;
+    for (const p of loaded.pages) {
+      if (p.content === null) continue;
+      maxEpoch = Math.max(maxEpoch, p.content.stamp);
+      if (p.content.stamp > old.completedEpoch) dirty.orPage(p.index, p.content.payload);
+    }
+    for (const u of loaded.unreadable) {
+      unreadablePages++;
+      dirty.fillPage(u.index);
+      log?.warn({ file: file.path, page: u.index, err: u.error.message }, 'dirty bitmap page unreadable: its clusters count as dirty');
+    }
+  }
+
+  // Step 3: the regions marked in the write-intent bitmap.
+  const loadedIntent = await files.intent.load(maxPages(old.regionSize));
+  repairedPages += loadedIntent.repaired.length;
+  let maxIntent = old.intentEpoch;
+  const regions = new PagedBitmap();
+  for (const p of loadedIntent.pages) {
+    if (p.content === null) continue;
+    maxIntent = Math.max(maxIntent, p.content.stamp);
+    if (p.content.stamp >= old.intentEpoch) regions.orPage(p.index, p.content.payload);
+  }
+  for (const u of loadedIntent.unreadable) {
+    unreadablePages++;
+    regions.fillPage(u.index);
+    log?.warn({ file: files.intent.path, page: u.index, err: u.error.message }, 'intent bitmap page unreadable: its regions are rescanned');
+  }
+  return { files, present, dirty, regions, maxEpoch, maxIntent, repairedPages, unreadablePages };
+}
+
+/** What a volume directory's files say, read without changing anything (for fsck --local). */
+export interface LocalInspection {
+  state: VolumeState;
+  imageLength: number;
+  /** Whether a cluster may differ from the last snapshot: dirty, or in a region marked in the intent bitmap. */
+  mayHaveChanged(cluster: number): boolean;
+  /** Whether a cluster's local content is authoritative (always, without a restore base). */
+  isPresent(cluster: number): boolean;
+  repairedPages: number;
+  unreadablePages: number;
+  /** A present bitmap page that is unreadable in both copies. */
+  presentUnreadable: IslandError | null;
+}
+
+/**
+ * Read a volume directory's state record and bitmaps (checksums, both copies of each
+ * page) the way recovery would, without writing anything. Safe next to a daemon serving
+ * the volume: every change since the last completed seal is in a dirty page or under a
+ * durable intent bit before it reaches the image (protocol A), so read the image after this.
+ */
+export async function inspectVolume(dir: string, fs: LocalFs = nodeFs): Promise<LocalInspection> {
+  const state = await readState(fs, dir);
+  const image = await fs.open(join(dir, IMAGE_FILE), 'r+');
+  const imageLength = await image.size().finally(() => image.close());
+  const t = await readTracking(fs, dir, state, undefined);
+  await Promise.all([...t.files.dirty, t.files.intent, ...(t.present ? [t.present.file] : [])].map((f) => f.close()));
+  const C = state.clusterSize;
+  const perRegion = state.regionSize / C;
+  return {
+    state,
+    imageLength,
+    mayHaveChanged: (c) => t.dirty.get(c) || t.regions.get(Math.floor(c / perRegion)),
+    isPresent: (c) => !t.present || c * C >= state.baseLength || t.present.bits.get(c),
+    repairedPages: t.repairedPages,
+    unreadablePages: t.unreadablePages,
+    presentUnreadable: t.present?.unreadable ?? null,
+  };
 }
 
 /** Mark every allocated cluster of region r dirty (every cluster, when holes cannot be listed). */

@@ -12,6 +12,7 @@
  *   GET    /v1/snapshots[?volume=name]
  *   GET    /v1/snapshots/{id}
  *   POST   /v1/snapshots/delete             {ids: [id...], force?}
+ *   POST   /v1/snapshots/{id}/copy          {to: region, wait?} -> the copy, or {started} without wait
  *   POST   /v1/gc                           {dryRun?}
  *
  * Success: 200/201 with a JSON body. Failure: {"error": {"code", "message", "details"}}
@@ -126,6 +127,10 @@ async function route(svc: Service, method: string, url: string, body: () => Prom
       return [200, await svc.deleteSnapshots({ ids: b.ids, force: bool(b.force, 'force') })];
     }
     if (name !== undefined && parts.length === 3 && method === 'GET') return [200, await svc.showSnapshot(name)];
+    if (name !== undefined && parts.length === 4 && method === 'POST' && action === 'copy') {
+      const b = await body();
+      return [200, await svc.copySnapshot({ id: name, to: str(b.to, 'to'), wait: bool(b.wait, 'wait') })];
+    }
   }
   if (res === 'gc' && parts.length === 2 && method === 'POST') {
     const b = await body();

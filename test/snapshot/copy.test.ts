@@ -124,5 +124,10 @@ if ('skip' in got) {
     const s3 = ((await cliJson(a, 'snapshot', 'create', 'vm')).snapshots as { id: string }[])[0]?.id as string;
     const held = await cli(a, 'snapshot', 'copy', s3, '--to', 'swift-b', '--wait');
     t.match(held.stderr, /ATTACHED_ELSEWHERE.*host-b/, `a new copy into a volume attached in the target is refused: ${held.stderr.trim()}`);
+    // Once detached there, B's final snapshot is newer than s3: copying s3 would hide it.
+    await cliJson(b, 'detach', 'vm');
+    const stale = await cli(a, 'snapshot', 'copy', s3, '--to', 'swift-b', '--wait');
+    t.match(stale.stderr, /INVALID_ARGUMENT: region swift-b already holds snapshot \w+ of vm, newer than/, `a snapshot older than the target's latest is refused: ${stale.stderr.trim()}`);
+    t.same((await repoA.listPins(s3)).filter((p) => p.holder === 'copy'), [], 'a refused copy leaves no pin behind');
   });
 }

@@ -19,7 +19,9 @@
  * A region in the file: "regions": {"swift-a": {"type": "s3", "endpoint": "http://...",
  * "region": "us-east-1", "bucket": "island", "prefix": "prod/", "accessKeyId": "...",
  * "secretAccessKey": "..."}}. The daemon's store is the region named by `region`; when that
- * name has no entry it is the embedded store in storeDir.
+ * name has no entry it is the embedded store in storeDir. The other regions of the file are
+ * where `snapshot copy` can copy to (and "default", the embedded store, when it is not the
+ * daemon's own region).
  */
 import { readFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
@@ -39,6 +41,8 @@ export interface Config {
   region: string;
   /** The store of `region`. */
   store: BackendConfig;
+  /** Every region the file declares, by name (copy targets). */
+  regions: Record<string, BackendConfig>;
   /** GC acts on a tombstone, and deletes an unreferenced pack, only after this long. */
   gcGraceMs: number;
 }
@@ -50,11 +54,15 @@ function path(v: unknown, what: string): string {
   return v;
 }
 
-function storeOf(regions: unknown, name: string, storeDir: string): BackendConfig {
-  if (regions === undefined) return { type: 'fs', dir: storeDir };
+function regionsOf(regions: unknown): Record<string, BackendConfig> {
+  if (regions === undefined) return {};
   if (typeof regions !== 'object' || regions === null || Array.isArray(regions)) throw new IslandError('INVALID_CONFIG', 'regions must be an object of region name -> store');
-  const r = (regions as Record<string, unknown>)[name];
-  if (r === undefined) return { type: 'fs', dir: storeDir };
+  const out: Record<string, BackendConfig> = {};
+  for (const [name, r] of Object.entries(regions as Record<string, unknown>)) out[parseRegionName(name, 'a region name in regions')] = regionStore(name, r);
+  return out;
+}
+
+function regionStore(name: string, r: unknown): BackendConfig {
   if (typeof r !== 'object' || r === null) throw new IslandError('INVALID_CONFIG', `region ${name} must be an object`);
   const o = r as Record<string, unknown>;
   const text = (k: string, optional = false): string | undefined => {
@@ -112,6 +120,7 @@ export async function loadConfig(env: NodeJS.ProcessEnv = process.env): Promise<
   const region = parseRegionName(pick('region', 'ISLAND_REGION') ?? 'default', 'region (ISLAND_REGION)');
   const storeDir = path(pick('storeDir', 'ISLAND_STORE_DIR') ?? join(dataDir, 'store'), 'storeDir (ISLAND_STORE_DIR)');
   if (!LEVELS.includes(level as Config['logLevel'])) throw new IslandError('INVALID_CONFIG', `logLevel must be one of ${LEVELS.join(', ')}`);
+  const regions = regionsOf(file.regions);
   return {
     dataDir,
     mount: path(pick('mount', 'ISLAND_MOUNT') ?? '/run/island/mnt', 'mount (ISLAND_MOUNT)'),
@@ -121,7 +130,8 @@ export async function loadConfig(env: NodeJS.ProcessEnv = process.env): Promise<
     logLevel: level as Config['logLevel'],
     metricsPort: port(pick('metricsPort', 'ISLAND_METRICS_PORT')),
     region,
-    store: storeOf(file.regions, region, storeDir),
+    store: regions[region] ?? { type: 'fs', dir: storeDir },
+    regions,
     gcGraceMs: seconds(pick('gcGraceSeconds', 'ISLAND_GC_GRACE') ?? 86_400, 'gcGraceSeconds (ISLAND_GC_GRACE)') * 1000,
   };
 }
@@ -129,4 +139,9 @@ export async function loadConfig(env: NodeJS.ProcessEnv = process.env): Promise<
 /** Where the local state of attached volumes lives. */
 export function volumesDir(c: Config): string {
   return join(c.dataDir, 'volumes');
+}
+
+/** The store of a region by name: a declared one, or "default" for the embedded store. */
+export function regionBackend(c: Config, name: string): BackendConfig | undefined {
+  return c.regions[name] ?? (name === 'default' ? { type: 'fs', dir: c.storeDir } : undefined);
 }

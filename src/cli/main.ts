@@ -60,6 +60,10 @@ snapshots
                                          delete the snapshots no rule keeps: the N newest, the
                                          newest of each of the last N hours, days or ISO weeks
                                          (UTC) that have snapshots; pinned ones are skipped
+  snapshot copy ID --to REGION [--wait]  copy a snapshot to another configured region: its
+                                         manifest, tree and the packs the region lacks; it
+                                         becomes the volume's latest snapshot there, restorable
+                                         with that region alone (--wait: until it is done)
   gc [--dry-run]                         free what no snapshot, pin or upload can reach, after
                                          the grace period ($ISLAND_GC_GRACE seconds); reports
                                          partly dead packs and their reclaimable bytes
@@ -136,6 +140,28 @@ interface StatusVolume {
 
 type Api = (method: string, path: string, body?: unknown) => Promise<unknown>;
 
+interface CopyOut {
+  snapshot: string;
+  volume: string;
+  to: string;
+  alreadyCopied: boolean;
+  packsTotal: number;
+  packsCopied: number;
+  bytesCopied: number;
+}
+
+function copyLine(c: CopyOut): string {
+  if (c.alreadyCopied) return `${c.snapshot} of ${c.volume} is already in region ${c.to}`;
+  return `copied ${c.snapshot} of ${c.volume} to region ${c.to}: ${c.packsCopied} of ${c.packsTotal} packs moved (${humanSize(c.bytesCopied)}), the rest were there`;
+}
+
+/** Packs checked or copied so far by the copy of `id` to `to`. */
+async function copyProgress(api: Api, id: string, to: string): Promise<ProgressSample | null> {
+  const s = (await api('GET', '/v1/status')) as { copies: { snapshot: string; to: string; state: string; progress: { packsTotal: number; packsDone: number } }[] };
+  const c = s.copies.find((x) => x.snapshot === id.toUpperCase() && x.to === to && x.state === 'copying');
+  return c && c.progress.packsTotal > 0 ? { done: c.progress.packsDone, total: c.progress.packsTotal, note: 'packs' } : null;
+}
+
 /** Clusters encoded so far by the snapshots in progress of these volumes. */
 async function snapshotProgress(api: Api, volumes: string[]): Promise<ProgressSample | null> {
   const s = (await api('GET', '/v1/status')) as { volumes: StatusVolume[] };
@@ -197,6 +223,7 @@ async function main(argv: string[]): Promise<number> {
       size: { type: 'string' },
       'cluster-size': { type: 'string' },
       region: { type: 'string' },
+      to: { type: 'string' },
       from: { type: 'string' },
       qmp: { type: 'string' },
       qga: { type: 'string' },
@@ -254,9 +281,10 @@ async function main(argv: string[]): Promise<number> {
   const statusOf = async (name: string): Promise<StatusVolume | undefined> => ((await api('GET', '/v1/status')) as { volumes: StatusVolume[] }).volumes.find((v) => v.name === name);
   const enc = encodeURIComponent;
   if (cmd === 'status') {
-    const s = (await api('GET', '/v1/status')) as { host: string; mount: string; volumes: { name: string; length: number; openHandles: number; dirtyClusters: number; generation: number }[] };
+    const s = (await api('GET', '/v1/status')) as { host: string; mount: string; volumes: { name: string; length: number; openHandles: number; dirtyClusters: number; generation: number }[]; copies?: { snapshot: string; volume: string; to: string; state: string; progress: { packsDone: number; packsTotal: number }; error: { code: string; message: string } | null }[] };
     const lines = [`host ${s.host}, mount ${s.mount}, ${s.volumes.length} attached`];
     for (const v of s.volumes) lines.push(`  ${v.name}.qcow2\timage ${formatSize(v.length)}, ${v.openHandles} open, ${v.dirtyClusters} dirty clusters, generation ${v.generation}`);
+    for (const c of s.copies ?? []) lines.push(`  copy ${c.snapshot} (${c.volume}) to ${c.to}: ${c.state}, ${c.progress.packsDone} / ${c.progress.packsTotal} packs${c.error ? `: ${c.error.code}: ${c.error.message}` : ''}`);
     out(lines.join('\n'), s);
     return 0;
   }
@@ -322,6 +350,15 @@ async function main(argv: string[]): Promise<number> {
     if (sub === 'unmount') {
       const r = await api('POST', `/v1/snapshots/${enc(need(arg, 'snapshot id'))}/unmount`, { force: values.force });
       out(`unmounted ${arg}`, r);
+      return 0;
+    }
+    if (sub === 'copy') {
+      const id = need(arg, 'snapshot id');
+      const to = need(values.to, '--to REGION');
+      const wait = values.wait === true;
+      const request = api('POST', `/v1/snapshots/${enc(id)}/copy`, { to, wait }) as Promise<CopyOut | { started: unknown }>;
+      const r = wait && !json ? await withProgress(`copy ${id} to ${to}`, request, () => copyProgress(api, id, to)) : await request;
+      out('started' in r ? `copy of ${id} to ${to} started (see island status)` : copyLine(r), r);
       return 0;
     }
     if (sub === 'show') {

@@ -15,6 +15,7 @@
  *   POST   /v1/snapshots/prune              {volume, keep: {last?, hourly?, daily?, weekly?}, dryRun?}
  *   POST   /v1/snapshots/{id}/mount         show it read-only as <volume>@<id>.qcow2
  *   POST   /v1/snapshots/{id}/unmount       {force?}
+ *   POST   /v1/snapshots/{id}/copy          {to: region, wait?} -> the copy, or {started} without wait
  *   POST   /v1/gc                           {dryRun?}
  *
  * Success: 200/201 with a JSON body. Failure: {"error": {"code", "message", "details"}}
@@ -137,6 +138,10 @@ async function route(svc: Service, method: string, url: string, body: () => Prom
     if (name !== undefined && parts.length === 4 && method === 'POST' && action === 'unmount') {
       const b = await body();
       return [200, await svc.unmountSnapshot(name, { force: bool(b.force, 'force') })];
+    }
+    if (name !== undefined && parts.length === 4 && method === 'POST' && action === 'copy') {
+      const b = await body();
+      return [200, await svc.copySnapshot({ id: name, to: str(b.to, 'to'), wait: bool(b.wait, 'wait') })];
     }
   }
   if (res === 'gc' && parts.length === 2 && method === 'POST') {

@@ -35,7 +35,7 @@ export async function startDaemon(c: Config, log: Logger = makeLogger(c)): Promi
   const metrics = new Metrics();
   const { store } = openStore(c.store, { onObserve: (o) => metrics.store(o) });
   const repo = new Repository(store, { host: c.hostId, region: c.region });
-  const service = new Service(c, repo, log);
+  const service = new Service(c, repo, log, (name, backend) => new Repository(openStore(backend, { onObserve: (o) => metrics.store(o) }).store, { host: c.hostId, region: name }));
   await service.restore();
   const mount = new FuseMount({
     mountpoint: c.mount,

@@ -36,6 +36,8 @@ import { fillVolume, type FillProgress } from '../snapshot/fill.js';
 import { SnapshotImage } from '../snapshot/view.js';
 import type { FuseVolume } from '../fuse/adapter.js';
 import { checkRestorable, checkUndamaged, restoreSource } from './sources.js';
+import { Copies, copyOutcome, type CopyOutcome, type CopyView, type RegionOpener } from './copies.js';
+import { openStore } from '../store/open.js';
 
 export interface VolumeView {
   name: string;
@@ -187,12 +189,17 @@ export class Service {
   /** Names with an attach or detach in progress: a second one is refused. */
   private readonly busy = new Set<string>();
   openHandles: (name: string) => number = () => 0;
+  /** Copies of snapshots to other regions. */
+  readonly copies: Copies;
 
   constructor(
     readonly config: Config,
     readonly repo: Repository,
     readonly log: Logger,
-  ) {}
+    openRegion: RegionOpener = (name, backend) => new Repository(openStore(backend).store, { host: config.hostId, region: name }),
+  ) {
+    this.copies = new Copies(config, repo, openRegion, WINDOW_MS, log);
+  }
 
   private localDir(name: string): string {
     return join(volumesDir(this.config), name);
@@ -556,12 +563,13 @@ export class Service {
     });
   }
 
-  status(): { host: string; mount: string; attached: number; gc: GcView | null; volumes: { name: string; length: number; openHandles: number; dirtyClusters: number; generation: number; lastSnapshot: string | null; snapshot: { done: number; total: number; seconds: number } | null; fill: FillView | null }[] } {
+  status(): { host: string; mount: string; attached: number; gc: GcView | null; copies: CopyView[]; volumes: { name: string; length: number; openHandles: number; dirtyClusters: number; generation: number; lastSnapshot: string | null; snapshot: { done: number; total: number; seconds: number } | null; fill: FillView | null }[] } {
     return {
       host: this.config.hostId,
       mount: this.config.mount,
       attached: this.attached.size,
       gc: this.gcStatus(),
+      copies: this.copies.views(),
       volumes: [...this.attached].map(([name, a]) => ({
         name,
         length: a.volume.length,
@@ -795,6 +803,17 @@ export class Service {
     return { deleted };
   }
 
+  /**
+   * Copy a snapshot to another configured region (docs/protocols.md, "Copy"): with wait,
+   * resolves when the copy committed there; without, once it started.
+   */
+  async copySnapshot(req: { id: unknown; to: unknown; wait?: boolean }): Promise<CopyOutcome | { started: CopyView }> {
+    if (req.to === undefined) throw new IslandError('INVALID_ARGUMENT', 'a copy needs a target region (--to REGION)');
+    const job = await this.copies.start(req.id, req.to);
+    if (req.wait === false) return { started: this.copies.views().find((v) => v.snapshot === job.snapshot && v.to === job.to) as CopyView };
+    return copyOutcome(job, await job.promise);
+  }
+
   /** Tombstone the snapshots of a volume that a retention policy does not keep. */
   async pruneSnapshots(req: { volume: unknown; keep: unknown; dryRun?: unknown }): Promise<PruneReport> {
     const volume = parseVolumeName(req.volume);
@@ -893,6 +912,7 @@ export class Service {
     for (const q of this.qmpSessions.values()) await q.close().catch(() => undefined);
     for (const g of this.agents.values()) await g.close().catch(() => undefined);
     await this.pool?.close();
+    await this.copies.close();
     for (const [name, a] of this.attached) {
       await this.stopFill(a);
       await a.volume.close().catch((err: unknown) => this.log.error({ volume: name, err }, 'volume close failed'));

@@ -9,12 +9,11 @@
  *
  * Without --swift it starts a private Swift (scripts/swift.sh) and stops it after.
  */
-import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs, promisify } from 'node:util';
+import { parseArgs } from 'node:util';
 import { runFsck } from '../src/fsck/check.js';
 import type { Manifest } from '../src/format/records.js';
 import { acquireGeneration } from '../src/repo/attach.js';
@@ -24,27 +23,12 @@ import { EncodePool } from '../src/snapshot/pool.js';
 import { composeStore } from '../src/store/open.js';
 import { S3Store } from '../src/store/s3.js';
 import { Volume } from '../src/volume/engine.js';
+import { withSwift } from './bench-swift.js';
 
-const run = promisify(execFile);
 const { values } = parseArgs({ options: { swift: { type: 'string' }, mib: { type: 'string', default: '256' }, snapshots: { type: 'string', default: '8' }, json: { type: 'boolean', default: false } } });
 const MiB = 1 << 20;
 
-type SwiftCfg = { endpoint: string; region: string; accessKeyId: string; secretAccessKey: string };
-
-async function withSwift<T>(fn: (cfg: SwiftCfg) => Promise<T>): Promise<T> {
-  if (values.swift) return fn(JSON.parse(await readFile(values.swift, 'utf8')) as SwiftCfg);
-  const dir = await mkdtemp(join(tmpdir(), 'island-bench-swift-'));
-  const script = join(import.meta.dirname, 'swift.sh');
-  try {
-    await run('bash', [script, 'start', dir]);
-    return await fn(JSON.parse(await readFile(join(dir, 'swift.json'), 'utf8')) as SwiftCfg);
-  } finally {
-    await run('bash', [script, 'stop', dir]);
-    await rm(dir, { recursive: true, force: true });
-  }
-}
-
-await withSwift(async (cfg) => {
+await withSwift(values.swift, async (cfg) => {
   const mib = Number(values.mib);
   const history = Number(values.snapshots);
   const work = await mkdtemp(join(tmpdir(), 'island-bench-fsck-'));

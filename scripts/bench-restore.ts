@@ -38,6 +38,7 @@ import { takeSnapshot } from '../src/snapshot/create.js';
 import { composeStore } from '../src/store/open.js';
 import { S3Store } from '../src/store/s3.js';
 import { Volume } from '../src/volume/engine.js';
+import { withSwift, type SwiftCfg } from './bench-swift.js';
 
 const run = promisify(execFile);
 const { values } = parseArgs({ options: { swift: { type: 'string' }, mib: { type: 'string', default: '512' }, reps: { type: 'string', default: '3' }, json: { type: 'boolean', default: false } } });
@@ -53,21 +54,6 @@ const DATA_AT = MiB;
 const HISTORY = 30;
 const WINDOW_MS = 3_600_000;
 const DEADLINE_MS = 600_000;
-
-type SwiftCfg = { endpoint: string; region: string; accessKeyId: string; secretAccessKey: string };
-
-async function withSwift<T>(fn: (cfg: SwiftCfg) => Promise<T>): Promise<T> {
-  if (values.swift) return fn(JSON.parse(await readFile(values.swift, 'utf8')) as SwiftCfg);
-  const dir = await mkdtemp(join(tmpdir(), 'island-bench-swift-'));
-  const script = join(import.meta.dirname, 'swift.sh');
-  try {
-    await run('bash', [script, 'start', dir]);
-    return await fn(JSON.parse(await readFile(join(dir, 'swift.json'), 'utf8')) as SwiftCfg);
-  } finally {
-    await run('bash', [script, 'stop', dir]);
-    await rm(dir, { recursive: true, force: true });
-  }
-}
 
 const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b);
@@ -263,7 +249,7 @@ async function fillTime(d: Daemon, name: string): Promise<{ secs: number; bytes:
   return { secs, bytes: (f as FillOut | null)?.bytesFetched ?? 0, rssMaxKiB };
 }
 
-await withSwift(async (cfg) => {
+await withSwift(values.swift, async (cfg) => {
   const mib = Number(values.mib);
   const reps = Math.max(1, Number(values.reps));
   const work = await mkdtemp(join(tmpdir(), 'island-bench-restore-'));

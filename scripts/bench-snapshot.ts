@@ -13,12 +13,11 @@
  * The volume engine runs in this process without FUSE: the figures are of the snapshot
  * path alone (the FUSE data path has its own benchmark).
  */
-import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs, promisify } from 'node:util';
+import { parseArgs } from 'node:util';
 import { acquireGeneration } from '../src/repo/attach.js';
 import { Repository } from '../src/repo/repository.js';
 import { EncodePool } from '../src/snapshot/pool.js';
@@ -27,27 +26,12 @@ import { Semaphore } from '../src/store/limit.js';
 import { composeStore } from '../src/store/open.js';
 import { S3Store } from '../src/store/s3.js';
 import { Volume } from '../src/volume/engine.js';
+import { withSwift } from './bench-swift.js';
 
-const run = promisify(execFile);
 const { values } = parseArgs({ options: { swift: { type: 'string' }, mib: { type: 'string', default: '512' }, json: { type: 'boolean', default: false } } });
 const MiB = 1 << 20;
 const PACK = 16 * MiB;
 const INFLIGHT = 4; // PackSink's default uploads in flight
-
-type SwiftCfg = { endpoint: string; region: string; accessKeyId: string; secretAccessKey: string };
-
-async function withSwift<T>(fn: (cfg: SwiftCfg) => Promise<T>): Promise<T> {
-  if (values.swift) return fn(JSON.parse(await readFile(values.swift, 'utf8')) as SwiftCfg);
-  const dir = await mkdtemp(join(tmpdir(), 'island-bench-swift-'));
-  const script = join(import.meta.dirname, 'swift.sh');
-  try {
-    await run('bash', [script, 'start', dir]);
-    return await fn(JSON.parse(await readFile(join(dir, 'swift.json'), 'utf8')) as SwiftCfg);
-  } finally {
-    await run('bash', [script, 'stop', dir]);
-    await rm(dir, { recursive: true, force: true });
-  }
-}
 
 let pass = 0;
 /** Incompressible data whose every 64 KiB differs (no dedup), new on each call. */
@@ -64,7 +48,7 @@ async function fill(v: Volume, fromMiB: number, mib: number): Promise<void> {
   await v.fsync();
 }
 
-await withSwift(async (cfg) => {
+await withSwift(values.swift, async (cfg) => {
   const mib = Number(values.mib);
   const work = await mkdtemp(join(tmpdir(), 'island-bench-snap-'));
   const bucket = `bench-snap-${Date.now().toString(36)}`;

@@ -8,30 +8,13 @@
  * Without --swift it starts a private Swift (scripts/swift.sh) and stops it after.
  * Prints MiB/s and request latency percentiles; `--json` for the report script.
  */
-import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { parseArgs, promisify } from 'node:util';
+import { parseArgs } from 'node:util';
 import { S3Store } from '../src/store/s3.js';
 import { Semaphore } from '../src/store/limit.js';
+import { withSwift } from './bench-swift.js';
 
-const run = promisify(execFile);
 const { values } = parseArgs({ options: { swift: { type: 'string' }, mib: { type: 'string', default: '256' }, concurrency: { type: 'string', default: '16' }, json: { type: 'boolean', default: false } } });
-
-async function withSwift<T>(fn: (cfg: { endpoint: string; region: string; accessKeyId: string; secretAccessKey: string }) => Promise<T>): Promise<T> {
-  if (values.swift) return fn(JSON.parse(await readFile(values.swift, 'utf8')));
-  const dir = await mkdtemp(join(tmpdir(), 'island-bench-swift-'));
-  const script = join(import.meta.dirname, 'swift.sh');
-  try {
-    await run('bash', [script, 'start', dir]);
-    return await fn(JSON.parse(await readFile(join(dir, 'swift.json'), 'utf8')));
-  } finally {
-    await run('bash', [script, 'stop', dir]);
-    await rm(dir, { recursive: true, force: true });
-  }
-}
 
 function pct(xs: number[], p: number): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -50,7 +33,7 @@ async function phase(n: number, conc: number, fn: (i: number) => Promise<void>):
   return { secs: (performance.now() - t0) / 1000, lat };
 }
 
-await withSwift(async (cfg) => {
+await withSwift(values.swift, async (cfg) => {
   const conc = Number(values.concurrency);
   const n = Number(values.mib);
   const store = new S3Store({ ...cfg, bucket: `bench-${Date.now().toString(36)}`, maxSockets: conc });

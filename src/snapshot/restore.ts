@@ -17,6 +17,8 @@ import type { PresentFetcher } from '../volume/engine.js';
 
 /** One ranged GET covers at most this much (a GET costs ~10 ms whatever its size). */
 export const MAX_RUN_BYTES = 512 * 1024;
+/** Ranged GETs one fetch has in flight at most (a read-ahead window spans several runs). */
+const RUNS_IN_FLIGHT = 4;
 
 export function treeFetcher(repo: Repository, base: Manifest, onFetch?: (bytes: number, gets: number) => void): PresentFetcher {
   const tree = manifestTree(base);
@@ -31,9 +33,9 @@ export function treeFetcher(repo: Repository, base: Manifest, onFetch?: (bytes: 
         const e = await lookup(tree, c, reader);
         if (e.kind === 'blob') blobs.push({ cluster: c, loc: e.loc });
       }
-      // Runs of frames adjacent in one pack: one GET each.
-      let i = 0;
-      while (i < blobs.length) {
+      // Runs of frames adjacent in one pack: one GET each, RUNS_IN_FLIGHT at a time.
+      const runs: { from: number; to: number }[] = [];
+      for (let i = 0; i < blobs.length; ) {
         let j = i + 1;
         const head = blobs[i] as { cluster: number; loc: BlobLocation };
         let span = head.loc.length;
@@ -44,10 +46,16 @@ export function treeFetcher(repo: Repository, base: Manifest, onFetch?: (bytes: 
           span += next.length;
           j++;
         }
+        runs.push({ from: i, to: j });
+        i = j;
+      }
+      const readRun = async ({ from, to }: { from: number; to: number }): Promise<void> => {
+        const head = blobs[from] as { cluster: number; loc: BlobLocation };
+        const last = (blobs[to - 1] as { loc: BlobLocation }).loc;
         const key = keys.pack('data', head.loc.pack);
-        const bytes = await repo.store.getRange(key, head.loc.offset, span, { signal });
+        const bytes = await repo.store.getRange(key, head.loc.offset, last.offset + last.length - head.loc.offset, { signal });
         onFetch?.(bytes.length, 1);
-        for (let k = i; k < j; k++) {
+        for (let k = from; k < to; k++) {
           const { cluster, loc } = blobs[k] as { cluster: number; loc: BlobLocation };
           const at = loc.offset - head.loc.offset;
           let plain: Buffer;
@@ -60,8 +68,8 @@ export function treeFetcher(repo: Repository, base: Manifest, onFetch?: (bytes: 
           }
           plain.copy(out, (cluster - first) * C);
         }
-        i = j;
-      }
+      };
+      for (let r = 0; r < runs.length; r += RUNS_IN_FLIGHT) await Promise.all(runs.slice(r, r + RUNS_IN_FLIGHT).map(readRun));
       return out;
     },
   };

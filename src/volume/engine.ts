@@ -37,6 +37,12 @@ export type { SealStatus } from './seal.js';
 export { DEFAULT_FLUSH_INTERVAL_MS, DEFAULT_REGION_SIZE, DEFAULT_SIDE_LOG_BUDGET, IMAGE_FILE } from './setup.js';
 export type { PresentFetcher, RecoveryInfo, VolumeCreateOptions, VolumeLogger, VolumeOptions } from './setup.js';
 
+/** Read-ahead of a sequential reader of missing clusters: first window, largest window. */
+export const READ_AHEAD_MIN_BYTES = 512 * 1024;
+export const READ_AHEAD_MAX_BYTES = 4 * 1024 * 1024;
+/** How far from the last read's end a read may start and still count as sequential. */
+const READ_AHEAD_SLACK_BYTES = 1024 * 1024;
+
 export interface VolumeStats {
   reads: number;
   writes: number;
@@ -112,6 +118,8 @@ export class Volume extends EventEmitter {
   private stateSequence: number;
   private readonly seals: SealKeeper;
   private readonly fetching = new Map<number, Promise<void>>();
+  /** Sequential reads of missing clusters: where the last one started and ended, and how far ahead is requested. */
+  private readonly seq = { start: -1, end: -Infinity, aheadTo: -1, window: 0 };
   private readonly abort = new AbortController();
   private readonly zeroCluster: Buffer;
   private readonly flusher = new Coalescer(() => this.flushNow());
@@ -205,7 +213,11 @@ export class Volume extends EventEmitter {
     if (buf.length === 0 || offset >= this.len) return 0;
     let want = Math.min(buf.length, this.len - offset);
     const C = this.clusterSize;
-    if (this.present !== null && offset < this.present.baseLength) await this.ensurePresent(Math.floor(offset / C), Math.floor((offset + want - 1) / C));
+    if (this.present !== null && offset < this.present.baseLength) {
+      const c1 = Math.floor((offset + want - 1) / C);
+      this.readAhead(offset, offset + want, c1);
+      await this.ensurePresent(Math.floor(offset / C), c1);
+    }
     return this.gated(async () => {
       want = Math.min(want, this.len - offset);
       if (want <= 0) return 0;
@@ -379,6 +391,36 @@ export class Volume extends EventEmitter {
     await this.ensurePresent(c0, last);
   }
 
+
+  /**
+   * A reader going through missing clusters in order gets the clusters after its read
+   * fetched before it asks: the window starts at READ_AHEAD_MIN_BYTES and doubles per
+   * sequential read up to READ_AHEAD_MAX_BYTES; a new window is requested once the reader
+   * is half way into the last one, so the fetches stay large (the fetcher reads adjacent
+   * blobs with one ranged GET). Reads out of order reset it. The read never waits for it.
+   */
+  private readAhead(start: number, end: number, c1: number): void {
+    const s = this.seq;
+    const C = this.clusterSize;
+    // Parallel requests of one sequential stream arrive slightly out of order: allow a slack.
+    const sequential = start > s.start && Math.abs(start - s.end) <= READ_AHEAD_SLACK_BYTES;
+    s.start = start;
+    s.end = Math.max(end, sequential ? s.end : 0);
+    if (!sequential) {
+      s.window = 0;
+      s.aheadTo = c1;
+      return;
+    }
+    s.window = Math.min(READ_AHEAD_MAX_BYTES, Math.max(READ_AHEAD_MIN_BYTES, s.window * 2));
+    const clusters = Math.max(1, Math.floor(s.window / C));
+    if (s.aheadTo - c1 > clusters / 2) return;
+    const from = Math.max(c1, s.aheadTo) + 1;
+    const to = Math.min(c1 + clusters, this.baseClusters - 1);
+    if (from > to) return;
+    s.aheadTo = to;
+    // A failed read-ahead costs nothing: the read that needs the cluster fetches it again.
+    this.ensurePresent(from, to).catch(() => undefined);
+  }
 
   /** Make clusters [c0, c1] local, fetching missing runs (single flight per cluster). */
   private async ensurePresent(c0: number, c1: number): Promise<void> {

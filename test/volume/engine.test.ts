@@ -453,6 +453,39 @@ t.test('an unreadable present page refuses the open (a refetch could overwrite g
   await t.rejects(Volume.open('/vols/p', { fs, fetcher, flushIntervalMs: 0 }), { code: 'FORMAT_CORRUPT', message: /present: bitmap page 0 is unreadable/ });
 });
 
+t.test('restored volume: a sequential reader of missing clusters gets them read ahead', async (t) => {
+  const fs = new MemFs();
+  const clusters = 256;
+  const baseImage = pattern(clusters * C, 21);
+  const fetched: Array<[number, number]> = [];
+  const fetcher = {
+    async fetch(first: number, count: number): Promise<Buffer> {
+      fetched.push([first, count]);
+      return baseImage.subarray(first * C, (first + count) * C);
+    },
+  };
+  const v = await Volume.create('/vols/ra', { name: 'ra', virtualSize: 64 * MiB, generation: 1, baseSnapshot: '01HZY5J8X3M6QK2V9T4N7RBCDE', baseLength: baseImage.length, fs, fetcher, flushIntervalMs: 0 });
+  const b = Buffer.alloc(128 * 1024);
+  for (let off = 0; off < baseImage.length; off += b.length) {
+    await v.read(b, off);
+    t.ok(b.equals(baseImage.subarray(off, off + b.length)), `bytes at ${off}`);
+  }
+  const reads = baseImage.length / b.length;
+  t.ok(fetched.length < reads / 2, `${fetched.length} fetches for ${reads} reads of 128 KiB`);
+  t.ok(fetched.some(([, n]) => n * C >= 1024 * 1024), 'the windows grow past 1 MiB');
+  const covered = new Set(fetched.flatMap(([f, n]) => Array.from({ length: n }, (_, i) => f + i)));
+  t.equal(covered.size, clusters, 'every cluster fetched');
+  t.equal(fetched.reduce((a, [, n]) => a + n, 0), clusters, 'and none twice');
+
+  // Out of order: no read-ahead.
+  const w = await Volume.create('/vols/rb', { name: 'rb', virtualSize: 64 * MiB, generation: 1, baseSnapshot: '01HZY5J8X3M6QK2V9T4N7RBCDE', baseLength: baseImage.length, fs, fetcher, flushIntervalMs: 0 });
+  fetched.length = 0;
+  for (const c of [200, 10, 120, 40]) await w.read(Buffer.alloc(C), c * C);
+  t.same(fetched, [[200, 1], [10, 1], [120, 1], [40, 1]], 'random reads fetch only what they read');
+  await v.close();
+  await w.close();
+});
+
 t.test('restored volume: lazy fetch, present bits durable before the flush reply', async (t) => {
   const fs = new MemFs();
   const baseImage = pattern(20 * C + 512, 10);

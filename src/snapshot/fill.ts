@@ -4,12 +4,15 @@
  *
  *  1. Scan the base snapshot's tree once (leaf nodes only, through the node cache) and
  *     note each blob cluster that is not present yet: cluster, pack, offset, length.
- *  2. Sort them in pack order (pack, offset) and cut runs of clusters that are adjacent
- *     both in the volume and in one pack, at most MAX_RUN_BYTES each: one ranged GET per
- *     run, each pack read front to back.
- *  3. Run them with bounded concurrency through Volume.prefetch, the same single-flight
- *     path a guest read takes: a cluster the guest wrote meanwhile is never overwritten,
- *     and a cluster a guest read is already fetching is waited for, not fetched twice.
+ *  2. Sort them in pack order (pack, offset) and cut runs of blobs that lie back to back in
+ *     one pack, at most MAX_RUN_BYTES each: one ranged GET per run, each pack read front to
+ *     back, whether or not its blobs are adjacent in the volume (a history of scattered
+ *     rewrites leaves each snapshot's blobs together in its pack, apart in the volume).
+ *  3. Run them with bounded concurrency. A run of clusters adjacent in the volume goes
+ *     through Volume.prefetch, the same single-flight path a guest read takes; any other
+ *     run is read here, each blob verified against the id the tree gives its cluster, and
+ *     handed to Volume.supply. Either way a cluster the guest wrote meanwhile is never
+ *     overwritten, and one a guest read is already fetching is waited for, not fetched twice.
  *  4. Zero and unallocated clusters cost no network: they are marked present last.
  *
  * The fill yields to the guest: while guest reads are arriving it runs one fetch at a
@@ -23,7 +26,9 @@
 import { IslandError, isTransient } from '../errors.js';
 import { hex } from '../format/location.js';
 import type { Manifest } from '../format/records.js';
-import { iterate } from '../format/tree.js';
+import { decodeBlob } from '../format/blob.js';
+import { iterate, lookup } from '../format/tree.js';
+import { keys } from '../repo/keys.js';
 import { manifestTree } from '../repo/commit.js';
 import type { Repository } from '../repo/repository.js';
 import type { Volume } from '../volume/engine.js';
@@ -59,6 +64,8 @@ interface Run {
   bytes: number;
   pack: string;
   offset: number;
+  /** The cluster of each blob, in pack order, when they are not first, first + 1, ... */
+  scattered: number[] | null;
 }
 
 const GUEST_PAUSE_MS = 5;
@@ -102,16 +109,45 @@ async function missingRuns(repo: Repository, base: Manifest, volume: Volume, p: 
     const name = packNames[pack[i] as number] as string;
     const off = offset[i] as number;
     const len = length[i] as number;
-    if (cur && cur.pack === name && c === cur.first + cur.count && off === lastEnd && cur.bytes + len <= MAX_RUN_BYTES) {
+    if (cur && cur.pack === name && off === lastEnd && cur.bytes + len <= MAX_RUN_BYTES) {
+      if (cur.scattered === null && c !== cur.first + cur.count) cur.scattered = Array.from({ length: cur.count }, (_, k) => cur!.first + k);
+      cur.scattered?.push(c);
       cur.count++;
       cur.bytes += len;
     } else {
-      cur = { first: c, count: 1, bytes: len, pack: name, offset: off };
+      cur = { first: c, count: 1, bytes: len, pack: name, offset: off, scattered: null };
       runs.push(cur);
     }
     lastEnd = off + len;
   }
   return runs;
+}
+
+/**
+ * One ranged GET for blobs that lie together in a pack but apart in the volume: each is
+ * verified against the id the tree gives its cluster and handed to Volume.supply. A blob
+ * that fails is logged and counted (returned); the others are still stored.
+ */
+async function fillScattered(repo: Repository, base: Manifest, volume: Volume, run: Run, signal: AbortSignal, log: FillOptions['log']): Promise<number> {
+  const key = keys.pack('data', Buffer.from(run.pack, 'hex'));
+  const bytes = await repo.store.getRange(key, run.offset, run.bytes, { signal });
+  const tree = manifestTree(base);
+  const reader = repo.nodeReader();
+  let failed = 0;
+  for (const c of run.scattered ?? []) {
+    const e = await lookup(tree, c, reader);
+    try {
+      if (e.kind !== 'blob' || hex(e.loc.pack) !== run.pack) throw new IslandError('INTERNAL', `cluster ${c} is not in pack ${run.pack} any more`);
+      const at = e.loc.offset - run.offset;
+      if (at < 0 || at + e.loc.length > bytes.length) throw new IslandError('FORMAT_CORRUPT', `${key}: the blob of cluster ${c} at ${e.loc.offset} lies outside the ${bytes.length} bytes read at ${run.offset}`);
+      await volume.supply(c, decodeBlob(bytes.subarray(at, at + e.loc.length), e.loc.id, { base: e.loc.offset, kind: 'data' }));
+    } catch (err) {
+      if (isTransient(err) || signal.aborted) throw err;
+      failed++;
+      log?.error({ err, volume: base.volume, cluster: c, pack: run.pack, offset: e.kind === 'blob' ? e.loc.offset : null }, 'background fill: a cluster cannot be restored; reads of it fail with EIO');
+    }
+  }
+  return failed;
 }
 
 /** Bring every cluster of the volume's base snapshot local. Resolves with the final progress. */
@@ -131,9 +167,10 @@ export async function fillVolume(repo: Repository, base: Manifest, volume: Volum
     let delay = 200;
     for (;;) {
       try {
-        await volume.prefetch(run.first, run.first + run.count - 1);
+        const failed = run.scattered === null ? (await volume.prefetch(run.first, run.first + run.count - 1), 0) : await fillScattered(repo, base, volume, run, signal, opts.log);
         p.bytesFetched += run.bytes;
-        p.doneClusters += run.count;
+        p.doneClusters += run.count - failed;
+        p.failedClusters += failed;
         p.waiting = false;
         return;
       } catch (err) {

@@ -447,15 +447,30 @@ export class Volume extends EventEmitter {
     if (waits.length > 0) await Promise.all(waits);
   }
 
-  private fetchRun(first: number, count: number): Promise<void> {
+  /**
+   * Store base content the caller read and verified itself: cluster `c` from `data`, only
+   * while it is still missing. A cluster being fetched is waited for; one that is present
+   * (written by the guest, fetched) is left alone. The background fill uses this for blobs
+   * that lie together in a pack but apart in the volume (one ranged GET for all of them).
+   */
+  async supply(c: number, data: Buffer): Promise<void> {
+    this.checkOpen();
+    if (this.present === null || c >= this.baseClusters) return;
+    const inflight = this.fetching.get(c);
+    if (inflight !== undefined) return inflight;
+    if (this.present.isPresent(c)) return;
+    return this.fetchRun(c, 1, data);
+  }
+
+  private fetchRun(first: number, count: number, supplied?: Buffer): Promise<void> {
     const C = this.clusterSize;
     const run = (async () => {
       const fetcher = this.fetcher;
-      if (fetcher === undefined) {
+      if (fetcher === undefined && supplied === undefined) {
         throw new IslandError('LOCAL_IO', `cluster ${first} of volume ${this.name} is not local and no fetcher is configured`, { details: { volume: this.name, cluster: first } });
       }
       this.c.fetches++;
-      const data = await fetcher.fetch(first, count, this.abort.signal);
+      const data = supplied ?? (await fetcher!.fetch(first, count, this.abort.signal));
       if (data.length > count * C) throw new IslandError('INTERNAL', `fetcher returned ${data.length} bytes for ${count} clusters`);
       if (!this.gate.tryEnter()) await this.gate.enter();
       try {

@@ -453,6 +453,24 @@ t.test('an unreadable present page refuses the open (a refetch could overwrite g
   await t.rejects(Volume.open('/vols/p', { fs, fetcher, flushIntervalMs: 0 }), { code: 'FORMAT_CORRUPT', message: /present: bitmap page 0 is unreadable/ });
 });
 
+t.test('restored volume: supplied base content fills only what is still missing', async (t) => {
+  const fs = new MemFs();
+  const baseImage = pattern(8 * C, 33);
+  const fetcher = { fetch: async (first: number, count: number) => baseImage.subarray(first * C, (first + count) * C) };
+  const v = await Volume.create('/vols/s', { name: 's', virtualSize: 64 * MiB, generation: 1, baseSnapshot: '01HZY5J8X3M6QK2V9T4N7RBCDE', baseLength: baseImage.length, fs, fetcher, flushIntervalMs: 0 });
+  await v.write(Buffer.alloc(C, 7), 3 * C);
+  await v.supply(3, baseImage.subarray(3 * C, 4 * C));
+  await v.supply(5, baseImage.subarray(5 * C, 6 * C));
+  await v.supply(100, Buffer.alloc(C)); // past the base: ignored
+  t.ok(v.isPresent(5), 'a missing cluster is stored');
+  const b = Buffer.alloc(C);
+  await v.read(b, 3 * C);
+  t.ok(b.equals(Buffer.alloc(C, 7)), 'a cluster the guest wrote is never overwritten');
+  await v.read(b, 5 * C);
+  t.ok(b.equals(baseImage.subarray(5 * C, 6 * C)));
+  await v.close();
+});
+
 t.test('restored volume: a sequential reader of missing clusters gets them read ahead', async (t) => {
   const fs = new MemFs();
   const clusters = 256;

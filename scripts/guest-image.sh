@@ -10,9 +10,11 @@
 #
 # The guest's /init takes its job from the kernel command line:
 #   island.step=write   make an ext2 file system on /dev/vda, write island.files files of
-#                       island.mib MiB each, then rewrite four more files in a loop for
-#                       island.churn seconds (snapshots are taken meanwhile), record
-#                       everything's sha256 in /SUMS on the disk, unmount, power off
+#                       island.mib MiB each, then rewrite four more files in a loop
+#                       (snapshots are taken meanwhile) until "stop" arrives on the
+#                       virtio-serial port org.island.control, or for island.churn seconds
+#                       without one; record everything's sha256 in /SUMS on the disk,
+#                       unmount, power off
 #   island.step=verify  mount /dev/vda read-only, check every file against /SUMS
 # It reports on the serial console with lines starting "island: ": "churn start",
 # "churn done", "sum HASH  NAME" (write: what was written; verify: what was read),
@@ -133,17 +135,21 @@ while [ ! -b /dev/vda ]; do
   usleep 50000
 done
 
-# The agent, when the image has it and QEMU gave it a port.
-if [ -x /usr/sbin/qemu-ga ]; then
+port() { # port NAME: the device of the virtio-serial port QEMU named NAME, if any
   for p in /sys/class/virtio-ports/*; do
-    [ "$(cat "$p/name" 2>/dev/null)" = org.qemu.guest_agent.0 ] || continue
-    qemu-ga -m virtio-serial -p "/dev/$(basename "$p")" -t /run >/dev/null 2>&1 &
-    say "agent on /dev/$(basename "$p")"
+    [ "$(cat "$p/name" 2>/dev/null)" = "$1" ] && echo "/dev/$(basename "$p")"
   done
+}
+
+# The agent, when the image has it and QEMU gave it a port.
+qga=$(port org.qemu.guest_agent.0)
+if [ -x /usr/sbin/qemu-ga ] && [ -n "$qga" ]; then
+  qemu-ga -m virtio-serial -p "$qga" -t /run >/dev/null 2>&1 &
+  say "agent on $qga"
 fi
 
 step_write() {
-  files=$(arg files 4); mib=$(arg mib 1); churn=$(arg churn 30)
+  files=$(arg files 4); mib=$(arg mib 1); churn=$(arg churn 300)
   mke2fs -F /dev/vda >/dev/null || fail "mke2fs"
   mount -t ext2 /dev/vda /mnt || fail "mount"
   mkdir /mnt/data
@@ -153,13 +159,21 @@ step_write() {
     i=$((i + 1))
   done
   sync
+  # The control port reads end of file while nobody is connected on the host: retry.
+  : >/run/control
+  ctl=$(port org.island.control)
+  if [ -n "$ctl" ]; then
+    while :; do cat "$ctl" >>/run/control 2>/dev/null; usleep 200000; done &
+    reader=$!
+  fi
   say "churn start"
   end=$(($(date +%s) + churn)); n=0
-  while [ "$(date +%s)" -lt $end ]; do
+  while [ "$(date +%s)" -lt $end ] && ! grep -q stop /run/control; do
     dd if=/dev/urandom of=/mnt/data/churn$((n % 4)) bs=64k count=$((n % 8 + 1)) conv=fsync 2>/dev/null || fail "churn write"
     n=$((n + 1))
   done
-  say "churn done after $n rewrites"
+  [ -n "$ctl" ] && kill $reader
+  say "churn done after $n rewrites$(grep -q stop /run/control && echo ', told to stop')"
   (cd /mnt/data && sha256sum *) >/mnt/SUMS
   sync
   sed 's/^/island: sum /' /mnt/SUMS

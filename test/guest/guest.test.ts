@@ -9,7 +9,7 @@
  */
 import { join } from 'node:path';
 import t from 'tap';
-import { cliJson, image, makeHost, run, serve, useS3 } from '../helpers/daemon.js';
+import { cliJson, image, log, makeHost, run, serve, useS3 } from '../helpers/daemon.js';
 import { Guest, sums, useGuestImage } from '../helpers/guest.js';
 import { uniqueBucket, useSwift } from '../helpers/swift.js';
 
@@ -52,13 +52,14 @@ async function e2fsck(file: string, raw: string): Promise<{ code: number; out: s
   }
 }
 
-const got = await useSwift(t);
-const guest = 'skip' in got ? got : await useGuestImage();
-if ('skip' in got || 'skip' in guest) {
-  t.skip(`the guest test needs Swift and a guest image: ${'skip' in got ? got.skip : (guest as { skip: string }).skip}`);
+// The image first: it starts nothing, so failing there (no network, in CI) leaves nothing running.
+const guest = await useGuestImage();
+const got = 'skip' in guest ? guest : await useSwift(t);
+if ('skip' in guest || 'skip' in got) {
+  t.skip(`the guest test needs a guest image and Swift: ${'skip' in guest ? guest.skip : (got as { skip: string }).skip}`);
 } else {
   const swift = got.swift;
-  const img = (guest as { image: import('../helpers/guest.js').GuestImage }).image;
+  const img = guest.image;
 
   t.test('a guest writes while snapshots are taken; another host boots it and reads every file back', async (t) => {
     const started = Date.now();
@@ -85,6 +86,10 @@ if ('skip' in got || 'skip' in guest) {
     if (img.agent) taken.push(await snap('freeze'));
     else t.comment('the guest image has no qemu-guest-agent (see scripts/guest-image.sh): no freeze snapshot');
     taken.push(await snap('flush'));
+    if (img.agent) {
+      const frozen = (await log(a)).split('\n').filter((l) => l.includes('guest filesystems frozen')).map((l) => JSON.parse(l) as { filesystems?: number });
+      t.same(frozen.map((f) => f.filesystems), [1], 'the agent froze the guest\'s one file system');
+    }
     t.notMatch(await g1.console(), /churn done/, `${taken.length} snapshots were taken while the guest was still rewriting files`);
     t.same(taken.map((s) => s.consistency), img.agent ? ['qemu-flushed', 'guest-frozen', 'qemu-flushed'] : ['qemu-flushed', 'qemu-flushed'], 'each snapshot has the consistency asked for');
     for (const s of taken) t.ok(s.changedClusters > 0, `${s.consistency} snapshot ${s.id}: ${s.changedClusters} clusters changed, paused ${s.pauseMs} ms`);

@@ -42,7 +42,9 @@ export async function useGuestImage(): Promise<GuestImageOrReason> {
       await run('bash', [SCRIPT, dir], { timeout: BUILD_TIMEOUT_MS });
     } catch (err) {
       const e = err as { stderr?: string; message: string };
-      reason = `scripts/guest-image.sh could not build the guest (kernel and packages are fetched with apt-get download): ${(e.stderr ?? e.message).trim()}`;
+      // apt-get's own errors and the script's verdict; its warnings only add noise.
+      const lines = (e.stderr ?? '').split('\n').filter((l) => /^(E:|guest-image:)/.test(l));
+      reason = `scripts/guest-image.sh could not build the guest (kernel and packages are fetched with apt-get download): ${lines.length ? lines.join('; ') : e.message.trim()}`;
     }
   }
   if (reason) {

@@ -11,11 +11,13 @@ cd "$(dirname "$0")/.."
 #   qemu-system-x86         qemu-system-x86_64 (QMP-coordinated snapshots, guest tests)
 #   swift*, memcached       a private single-node OpenStack Swift with s3api for tests and benchmarks
 #   python3-swift           Swift's Python modules (for /usr/bin/python3)
-#   cpio busybox-static     building the test guest's initramfs
+#   cpio busybox-static     building the test guest's initramfs (scripts/guest-image.sh; its
+#                           kernel and qemu-guest-agent are fetched there, not installed)
+#   e2fsprogs               e2fsck: the guest test checks a frozen snapshot's file system
 #   g++ make python3        building island's native addon (node-gyp)
 #   fio                     the FUSE data path benchmark (scripts/bench-fuse.ts)
 PKGS=(libfuse2 fuse3 qemu-utils qemu-system-x86 swift swift-proxy swift-object swift-container
-      swift-account python3-swift memcached cpio busybox-static ca-certificates g++ make python3 fio)
+      swift-account python3-swift memcached cpio busybox-static e2fsprogs ca-certificates g++ make python3 fio)
 
 missing=()
 for p in "${PKGS[@]}"; do

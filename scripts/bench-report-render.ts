@@ -360,6 +360,8 @@ export function renderReport(d: ReportData): { markdown: string; svgs: Record<st
     '## Plots',
     '',
     ...(plots.length ? plots.flatMap((p) => [p, '']) : ['No plot: the benchmarks they come from did not finish.', '']),
+    'bench-restore times the first byte at several volume sizes, but its lazy read and fill run on one volume, so there is no curve of throughput by volume size.',
+    '',
   ];
   if (fuse) md.push('## FUSE data path, every target', '', fuseDetail(fuse), '');
   if (store) md.push('## Raw store (the yardstick)', '', `@aws-sdk/client-s3 against the run's Swift: PUT 1 MiB ${n(store.putMiBs)} MiB/s, GET 1 MiB ${n(store.getMiBs)} MiB/s, GET 512 KiB range ${n(store.rangeGet512KiBMiBs)} MiB/s, 4 KiB PUT p50 ${n(store.put4kP50ms)} ms, 4 KiB GET p50 ${n(store.get4kP50ms)} ms.`, '');

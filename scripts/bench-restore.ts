@@ -230,6 +230,25 @@ async function fillOf(d: Daemon, name: string): Promise<FillOut | null> {
   return s.volumes.find((v) => v.name === name)?.fill ?? null;
 }
 
+/** How long a detach may find the file still open after this process closed it. */
+const RELEASE_DEADLINE_MS = 10_000;
+
+/**
+ * Detach; a close() returns before the kernel sends FUSE its release, so the daemon may still
+ * count the handle for a moment and refuse (BUSY): asked again until the deadline.
+ */
+async function detach(d: Daemon, name: string): Promise<void> {
+  await until(`${name} to detach`, async () => {
+    try {
+      await d.api('POST', `/v1/volumes/${name}/detach`, {});
+      return true;
+    } catch (err) {
+      if ((err as { code?: string }).code === 'BUSY') return false;
+      throw err;
+    }
+  }, RELEASE_DEADLINE_MS);
+}
+
 /** Attach, then read the first 4 KiB of the restored image's data through the mount. */
 async function firstByte(d: Daemon, name: string): Promise<{ totalMs: number; attachMs: number; readMs: number }> {
   const t0 = performance.now();
@@ -242,7 +261,7 @@ async function firstByte(d: Daemon, name: string): Promise<{ totalMs: number; at
     await fh.close();
   }
   const t2 = performance.now();
-  await d.api('POST', `/v1/volumes/${name}/detach`, {});
+  await detach(d, name);
   return { totalMs: t2 - t0, attachMs: t1 - t0, readMs: t2 - t1 };
 }
 
@@ -272,7 +291,7 @@ async function fillTime(d: Daemon, name: string): Promise<{ secs: number; bytes:
     return f?.state === 'done';
   }, DEADLINE_MS, 100);
   const secs = (performance.now() - t0) / 1000;
-  await d.api('POST', `/v1/volumes/${name}/detach`, {});
+  await detach(d, name);
   return { secs, bytes: (f as FillOut | null)?.bytesFetched ?? 0, rssMaxKiB };
 }
 
@@ -339,7 +358,7 @@ await withSwift(values.swift, async (cfg) => {
       const before1 = await raw(1);
       await daemon.api('POST', '/v1/volumes/lazy/attach', { fill: false });
       lazyRead.push(mib / (await readSequential(daemon, 'lazy', DATA_AT, mib * MiB)));
-      await daemon.api('POST', '/v1/volumes/lazy/detach', {});
+      await detach(daemon, 'lazy');
       raw1.push((before1 + (await raw(1))) / 2);
       const before4 = await raw(FILL_CONCURRENCY);
       fill.push(await fillTime(daemon, 'lazy'));

@@ -6,6 +6,10 @@
  *   passthrough-cached  the same passthrough with O_DIRECT stripped, every file in the page
  *                       cache: what island's engine does with its image file
  *   island              a volume's `<name>.qcow2` on island's own mount (`island serve`)
+ * and, when asked for with --targets, qemu-storage-daemon's own FUSE export (C, libfuse3) of
+ * such a file as a raw image, aio=threads:
+ *   qsd                 cache.direct=on: O_DIRECT kept on the backing file, as `passthrough`
+ *   qsd-cached          cache.direct=off: the backing file in the page cache, as `passthrough-cached`
  *
  *   npx tsc -p . && npx tsx scripts/bench-fuse.ts [--size 2G] [--runtime 5] [--reps 3]
  *       [--ramp 1] [--dir DIR] [--targets local,passthrough,...] [--libaio] [--keep-servers] [--json]
@@ -26,7 +30,8 @@
  * stops fio and this script, which then stops the servers itself). Everything is removed in
  * the end, on error and on SIGINT/SIGTERM alike. Needs root (FUSE mounts), fio, and a built
  * island (`npx tsc -p .`). After a SIGKILL of this script: `umount -l DIR/island-bench-fuse-*
- * /{pt,ptc,island}-mnt` and stop the `passthrough-fs.ts` / `main.js serve` processes left.
+ * /{pt,ptc,island}-mnt` (and the `qsd*-export.img` files beside them) and stop the
+ * `passthrough-fs.ts` / `main.js serve` / `qemu-storage-daemon` processes left.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { access, mkdir, mkdtemp, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
@@ -67,15 +72,18 @@ const USAGE = `usage: npx tsx scripts/bench-fuse.ts [options]   (run npx tsc -p 
   --ramp S       seconds run before measuring starts (default 1)
   --reps N       interleaved repetitions; the table shows medians (default 3)
   --dir DIR      where the files and mounts go, in a fresh subdirectory (default ${tmpdir()})
-  --targets L    comma list of local,passthrough,passthrough-cached,island (default all)
+  --targets L    comma list of local,passthrough,passthrough-cached,island,qsd,qsd-cached
+                 (default: the first four; qsd* need qemu-storage-daemon)
   --libaio       also 4 KiB random read/write with libaio at queue depth 16
   --keep-servers one server per target for the whole bench instead of a fresh one per run
                  (see docs/benchmarks/fuse.md on long-lived servers)
   --json         print one JSON object instead of tables
 `;
 
-type TargetId = 'local' | 'passthrough' | 'passthrough-cached' | 'island';
-const TARGET_IDS: readonly TargetId[] = ['local', 'passthrough', 'passthrough-cached', 'island'];
+type TargetId = 'local' | 'passthrough' | 'passthrough-cached' | 'island' | 'qsd' | 'qsd-cached';
+const TARGET_IDS: readonly TargetId[] = ['local', 'passthrough', 'passthrough-cached', 'island', 'qsd', 'qsd-cached'];
+const DEFAULT_TARGETS: readonly TargetId[] = ['local', 'passthrough', 'passthrough-cached', 'island'];
+const QSD = 'qemu-storage-daemon';
 
 interface Workload {
   id: string;
@@ -254,9 +262,14 @@ function serverEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
   return { ...env, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? '32', ...extra };
 }
 
-function spawnServer(name: string, mountpoint: string, args: string[], env: NodeJS.ProcessEnv): Server {
-  const proc = spawn(process.execPath, args, { cwd: ROOT, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+function spawnServer(name: string, mountpoint: string, args: string[], env: NodeJS.ProcessEnv, cmd = process.execPath): Server {
+  const proc = spawn(cmd, args, { cwd: ROOT, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
   return new Server(name, mountpoint, proc);
+}
+
+/** QEMU's option syntax: a comma inside a value is written twice. */
+function qemuValue(s: string): string {
+  return s.replace(/,/g, ',,');
 }
 
 interface FioResult {
@@ -317,7 +330,7 @@ async function main(): Promise<number> {
       ramp: { type: 'string', default: '1' },
       reps: { type: 'string', default: '3' },
       dir: { type: 'string', default: tmpdir() },
-      targets: { type: 'string', default: TARGET_IDS.join(',') },
+      targets: { type: 'string', default: DEFAULT_TARGETS.join(',') },
       libaio: { type: 'boolean', default: false },
       'keep-servers': { type: 'boolean', default: false },
       json: { type: 'boolean', default: false },
@@ -343,6 +356,11 @@ async function main(): Promise<number> {
   const fioVersion = await toolVersion('fio', ['--version']).catch(() => {
     throw new Error('fio is not installed (Debian: apt-get install --no-install-recommends fio)');
   });
+  const qsdVersion = targetIds.some((t) => t.startsWith('qsd'))
+    ? (await toolVersion(QSD, ['--version']).catch(() => {
+        throw new Error(`${QSD} is not installed (Debian: apt-get install --no-install-recommends qemu-system-common)`);
+      })).split('\n')[0]
+    : null;
   if (targetIds.includes('island')) {
     await access(join(ROOT, 'dist/cli/main.js')).catch(() => {
       throw new Error('dist/cli/main.js is missing: run npx tsc -p . first');
@@ -405,6 +423,17 @@ async function main(): Promise<number> {
         const args = ['--import', 'tsx', join(ROOT, 'scripts/passthrough-fs.ts'), '--backing', join(work, `${tag}-backing`), '--mount', mnt];
         if (id === 'passthrough-cached') args.push('--cached');
         targets.push({ id, file: join(mnt, 'bench.img'), spawn: () => spawnServer(id, mnt, args, serverEnv({})), server: null });
+      } else if (id === 'qsd' || id === 'qsd-cached') {
+        // The export's mountpoint is a regular file: the image itself appears there.
+        const backing = await plainFile(join(work, `${id}-backing`));
+        const mnt = join(work, `${id}-export.img`);
+        await writeFile(mnt, '');
+        mountpoints.push(mnt);
+        const args = [
+          '--blockdev', `driver=file,node-name=f0,filename=${qemuValue(backing)},cache.direct=${id === 'qsd' ? 'on' : 'off'},aio=threads`,
+          '--export', `type=fuse,id=e0,node-name=f0,mountpoint=${qemuValue(mnt)},writable=on`,
+        ];
+        targets.push({ id, file: mnt, spawn: () => spawnServer(id, mnt, args, serverEnv({}), QSD), server: null });
       } else {
         const dataDir = join(work, 'island-data');
         const mnt = join(work, 'island-mnt');
@@ -468,6 +497,8 @@ async function main(): Promise<number> {
       ['island/passthrough', 'island', 'passthrough'],
       ['island/passthrough-cached', 'island', 'passthrough-cached'],
       ['island/local', 'island', 'local'],
+      ['island/qsd-cached', 'island', 'qsd-cached'],
+      ['qsd/passthrough', 'qsd', 'passthrough'],
     ];
     const usedRatios = ratios.filter(([, a, b]) => targetIds.includes(a) && targetIds.includes(b));
     const summary = workloads.map((w) => ({
@@ -481,7 +512,7 @@ async function main(): Promise<number> {
     }));
 
     if (values.json) {
-      const machine = { cpus: cpus().length, memGiB: Math.round(totalmem() / 2 ** 30), kernel: release(), node: process.version, fio: fioVersion, fs: fsType, loadStart, loadEnd, loadavgEnd: loadavg() };
+      const machine = { cpus: cpus().length, memGiB: Math.round(totalmem() / 2 ** 30), kernel: release(), node: process.version, fio: fioVersion, qsd: qsdVersion, fs: fsType, loadStart, loadEnd, loadavgEnd: loadavg() };
       const params = { size, dataOffset: DATA_OFFSET, runtime, ramp, reps, targets: targetIds, freshServers: fresh, direct: true, uvThreadpoolSize: serverEnv({}).UV_THREADPOOL_SIZE };
       process.stdout.write(JSON.stringify({ machine, params, summary, samples }) + '\n');
     } else {

@@ -4,7 +4,8 @@
  *
  *  - attach to first byte: attach over the control API, then the first 4 KiB read of the
  *    restored file through the mount, for a 1 GiB and a 64 GiB sparse volume holding the
- *    same data (image length = virtual size: the 64 GiB tree covers 64x the clusters);
+ *    same data (image length = virtual size: the 64 GiB tree covers 64x the clusters), or
+ *    for the sizes --sizes names;
  *  - lazy sequential read (fill off) through the mount, 1 MiB reads, against ranged GETs of
  *    512 KiB (a miss's largest fetch) of the same packs, one at a time (one reader);
  *  - background fill (to done) against the same ranged GETs, 4 in flight (the fill's
@@ -12,9 +13,11 @@
  *  - restore (attach to fill done) of the 1st and the 30th snapshot of one history, each
  *    through a volume created from it; every snapshot after the first rewrites 1/30 of the
  *    clusters, in one contiguous stretch or scattered (every 30th cluster), so the 30th
- *    reads blobs from 30 snapshots' packs.
+ *    reads blobs from 30 snapshots' packs; --positions adds snapshots in between (the 1st
+ *    and the 30th are always restored).
  *
- *   npx tsc -p . && npx tsx scripts/bench-restore.ts [--swift swift.json] [--mib 512] [--reps 3] [--json]
+ *   npx tsc -p . && npx tsx scripts/bench-restore.ts [--swift swift.json] [--mib 512] [--reps 3]
+ *       [--sizes 1,64] [--positions 1,30] [--json]
  *
  * Without --swift it starts a private Swift (scripts/swift.sh) and stops it after. The
  * snapshots are written by this process (volume engine and snapshot upload, no FUSE) as a
@@ -41,7 +44,18 @@ import { Volume } from '../src/volume/engine.js';
 import { withSwift, type SwiftCfg } from './bench-swift.js';
 
 const run = promisify(execFile);
-const { values } = parseArgs({ options: { swift: { type: 'string' }, mib: { type: 'string', default: '512' }, reps: { type: 'string', default: '3' }, json: { type: 'boolean', default: false } } });
+const { values } = parseArgs({
+  options: {
+    swift: { type: 'string' },
+    mib: { type: 'string', default: '512' },
+    reps: { type: 'string', default: '3' },
+    /** Virtual sizes (GiB) of the first-byte volumes, all holding the same data. */
+    sizes: { type: 'string', default: '1,64' },
+    /** Positions in the history whose restore is timed; 1 and HISTORY always are. */
+    positions: { type: 'string', default: '' },
+    json: { type: 'boolean', default: false },
+  },
+});
 const MiB = 1 << 20;
 const GiB = 1 << 30;
 const MAIN = resolve(import.meta.dirname, '../dist/cli/main.js');
@@ -52,6 +66,19 @@ const FILL_CONCURRENCY = 4;
 /** Data starts past the qcow2 header, L1 and refcount clusters island writes at create. */
 const DATA_AT = MiB;
 const HISTORY = 30;
+/** The first-byte volumes write 16 MiB at the start and 1 MiB at the end. */
+const MAX_SIZE_GIB = 1024;
+
+function intList(s: string, what: string, min: number, max: number): number[] {
+  const xs = s.split(',').map((x) => x.trim()).filter(Boolean).map(Number);
+  for (const x of xs) if (!Number.isInteger(x) || x < min || x > max) throw new Error(`${what}: ${x} is not a whole number in [${min}, ${max}]`);
+  return [...new Set(xs)].sort((a, b) => a - b);
+}
+const SIZES_GIB = intList(values.sizes, '--sizes', 1, MAX_SIZE_GIB);
+if (SIZES_GIB.length === 0) throw new Error('--sizes names no size');
+const POSITIONS = intList(`1,${values.positions},${HISTORY}`, '--positions', 1, HISTORY);
+/** Sample keys: 'first' and 'last' for the 1st and the HISTORY-th, 'p<N>' in between. */
+const posLabel = (p: number): string => (p === 1 ? 'first' : p === HISTORY ? 'last' : `p${p}`);
 const WINDOW_MS = 3_600_000;
 const DEADLINE_MS = 600_000;
 
@@ -203,6 +230,25 @@ async function fillOf(d: Daemon, name: string): Promise<FillOut | null> {
   return s.volumes.find((v) => v.name === name)?.fill ?? null;
 }
 
+/** How long a detach may find the file still open after this process closed it. */
+const RELEASE_DEADLINE_MS = 10_000;
+
+/**
+ * Detach; a close() returns before the kernel sends FUSE its release, so the daemon may still
+ * count the handle for a moment and refuse (BUSY): asked again until the deadline.
+ */
+async function detach(d: Daemon, name: string): Promise<void> {
+  await until(`${name} to detach`, async () => {
+    try {
+      await d.api('POST', `/v1/volumes/${name}/detach`, {});
+      return true;
+    } catch (err) {
+      if ((err as { code?: string }).code === 'BUSY') return false;
+      throw err;
+    }
+  }, RELEASE_DEADLINE_MS);
+}
+
 /** Attach, then read the first 4 KiB of the restored image's data through the mount. */
 async function firstByte(d: Daemon, name: string): Promise<{ totalMs: number; attachMs: number; readMs: number }> {
   const t0 = performance.now();
@@ -215,7 +261,7 @@ async function firstByte(d: Daemon, name: string): Promise<{ totalMs: number; at
     await fh.close();
   }
   const t2 = performance.now();
-  await d.api('POST', `/v1/volumes/${name}/detach`, {});
+  await detach(d, name);
   return { totalMs: t2 - t0, attachMs: t1 - t0, readMs: t2 - t1 };
 }
 
@@ -245,7 +291,7 @@ async function fillTime(d: Daemon, name: string): Promise<{ secs: number; bytes:
     return f?.state === 'done';
   }, DEADLINE_MS, 100);
   const secs = (performance.now() - t0) / 1000;
-  await d.api('POST', `/v1/volumes/${name}/detach`, {});
+  await detach(d, name);
   return { secs, bytes: (f as FillOut | null)?.bytesFetched ?? 0, rssMaxKiB };
 }
 
@@ -266,8 +312,7 @@ await withSwift(values.swift, async (cfg) => {
       await writeRandom(v, DATA_AT, 16 * MiB);
       await writeRandom(v, size - MiB, MiB);
     };
-    await seed.volume('fb-1g', GiB, sparse(GiB));
-    await seed.volume('fb-64g', 64 * GiB, sparse(64 * GiB));
+    for (const g of SIZES_GIB) await seed.volume(`fb-${g}g`, g * GiB, sparse(g * GiB));
     const [lazy] = await seed.volume('lazy', 2 * GiB, async (v) => writeRandom(v, DATA_AT, mib * MiB));
     // Two histories of a 64 MiB volume: each snapshot after the first rewrites 1/30 of it,
     // scattered (every 30th cluster: the 30th snapshot's neighbouring clusters lie in
@@ -289,9 +334,12 @@ await withSwift(values.swift, async (cfg) => {
     const rssIdleKiB = await daemon.rssKiB();
 
     // attach to first byte, interleaved
-    const fb: Record<string, { totalMs: number; attachMs: number; readMs: number }[]> = { 'fb-1g': [], 'fb-64g': [] };
-    for (let r = 0; r < reps; r++) for (const n of r % 2 ? ['fb-64g', 'fb-1g'] : ['fb-1g', 'fb-64g']) fb[n]?.push(await firstByte(daemon, n));
+    const fbNames = SIZES_GIB.map((g) => `fb-${g}g`);
+    const fb: Record<string, { totalMs: number; attachMs: number; readMs: number }[]> = Object.fromEntries(fbNames.map((n) => [n, []]));
+    for (let r = 0; r < reps; r++) for (const n of r % 2 ? [...fbNames].reverse() : fbNames) fb[n]?.push(await firstByte(daemon, n));
     const fbMed = (n: string, k: 'totalMs' | 'attachMs' | 'readMs'): number => median((fb[n] ?? []).map((x) => x[k]));
+    const bySize = (k: 'totalMs' | 'attachMs' | 'readMs'): Record<string, number> => Object.fromEntries(SIZES_GIB.map((g) => [`${g}GiB`, fbMed(`fb-${g}g`, k)]));
+    const [smallest, largest] = [`fb-${SIZES_GIB[0]}g`, `fb-${SIZES_GIB.at(-1)}g`];
 
     // lazy sequential read vs raw ranged GETs one at a time; fill vs raw at the fill's concurrency
     const lazyRead: number[] = [];
@@ -310,24 +358,24 @@ await withSwift(values.swift, async (cfg) => {
       const before1 = await raw(1);
       await daemon.api('POST', '/v1/volumes/lazy/attach', { fill: false });
       lazyRead.push(mib / (await readSequential(daemon, 'lazy', DATA_AT, mib * MiB)));
-      await daemon.api('POST', '/v1/volumes/lazy/detach', {});
+      await detach(daemon, 'lazy');
       raw1.push((before1 + (await raw(1))) / 2);
       const before4 = await raw(FILL_CONCURRENCY);
       fill.push(await fillTime(daemon, 'lazy'));
       raw4.push((before4 + (await raw(FILL_CONCURRENCY))) / 2);
     }
 
-    // 1st vs 30th snapshot of one history, each through a volume created from it
-    const restore: Record<string, number[]> = { 'scattered-first': [], 'scattered-last': [], 'contiguous-first': [], 'contiguous-last': [] };
+    // 1st vs 30th snapshot of one history (and any --positions), each through a volume created from it
+    const restore: Record<string, number[]> = {};
+    for (const kind of ['scattered', 'contiguous']) for (const p of POSITIONS) restore[`${kind}-${posLabel(p)}`] = [];
     const histories = { scattered, contiguous };
     for (let r = 0; r < reps; r++) {
       for (const kind of ['scattered', 'contiguous'] as const) {
-        for (const which of r % 2 ? (['last', 'first'] as const) : (['first', 'last'] as const)) {
-          const h = histories[kind];
-          const m = (which === 'first' ? h[0] : h[HISTORY - 1]) as Manifest;
-          const name = `r-${kind}-${which}-${r}`;
+        for (const p of r % 2 ? [...POSITIONS].reverse() : POSITIONS) {
+          const m = histories[kind][p - 1] as Manifest;
+          const name = `r-${kind}-${posLabel(p)}-${r}`;
           await daemon.api('POST', '/v1/volumes', { name, from: m.id });
-          restore[`${kind}-${which}`]?.push((await fillTime(daemon, name)).secs);
+          restore[`${kind}-${posLabel(p)}`]?.push((await fillTime(daemon, name)).secs);
         }
       }
     }
@@ -337,6 +385,7 @@ await withSwift(values.swift, async (cfg) => {
       ratio: median(restore[`${kind}-last`] ?? []) / median(restore[`${kind}-first`] ?? []),
       dataPacksFirst: await dataPacks(histories[kind][0] as Manifest),
       dataPacksLast: await dataPacks(histories[kind][HISTORY - 1] as Manifest),
+      byPosition: await Promise.all(POSITIONS.map(async (p) => ({ position: p, secs: median(restore[`${kind}-${posLabel(p)}`] ?? []), dataPacks: await dataPacks(histories[kind][p - 1] as Manifest) }))),
     });
 
     const fillMiBs = fill.map((f) => f.bytes / MiB / f.secs);
@@ -347,11 +396,12 @@ await withSwift(values.swift, async (cfg) => {
       reps,
       loadAverage: loadavg(),
       firstByteMs: {
-        '1GiB': fbMed('fb-1g', 'totalMs'),
-        '64GiB': fbMed('fb-64g', 'totalMs'),
-        ratio64to1: fbMed('fb-64g', 'totalMs') / fbMed('fb-1g', 'totalMs'),
-        attach: { '1GiB': fbMed('fb-1g', 'attachMs'), '64GiB': fbMed('fb-64g', 'attachMs') },
-        firstRead: { '1GiB': fbMed('fb-1g', 'readMs'), '64GiB': fbMed('fb-64g', 'readMs') },
+        ...bySize('totalMs'),
+        ...(SIZES_GIB.includes(1) && SIZES_GIB.includes(64) ? { ratio64to1: fbMed('fb-64g', 'totalMs') / fbMed('fb-1g', 'totalMs') } : {}),
+        sizesGiB: SIZES_GIB,
+        ratioLargestToSmallest: fbMed(largest, 'totalMs') / fbMed(smallest, 'totalMs'),
+        attach: bySize('attachMs'),
+        firstRead: bySize('readMs'),
       },
       lazyRead: { MiBs: median(lazyRead), rawMiBs: median(raw1), ratio: median(lazyRead) / median(raw1), rawInflight: 1 },
       fill: { MiBs: median(fillMiBs), rawMiBs: median(raw4), ratio: median(fillMiBs) / median(raw4), rawInflight: FILL_CONCURRENCY, bytesFetchedMiB: (fill[0]?.bytes ?? 0) / MiB, rawBytesMiB: rawBytes / MiB },
@@ -365,13 +415,15 @@ await withSwift(values.swift, async (cfg) => {
       console.log(`restore from snapshots, one Swift (${cfg.endpoint}), island serve over FUSE, medians of ${reps}`);
       const fbr = report.firstByteMs;
       console.log(`  load average ${report.loadAverage.map((x) => x.toFixed(1)).join(' ')} (2 cores: Swift, the daemon and this client share them)`);
-      console.log(`  attach to first byte      1 GiB ${f(fbr['1GiB'])} ms   64 GiB ${f(fbr['64GiB'])} ms   ratio ${f(fbr.ratio64to1, 2)}   (target: equal, < 100 ms)`);
-      console.log(`    of which attach call    1 GiB ${f(fbr.attach['1GiB'])} ms   64 GiB ${f(fbr.attach['64GiB'])} ms;  first read  ${f(fbr.firstRead['1GiB'])} ms   ${f(fbr.firstRead['64GiB'])} ms`);
+      const each = (o: Record<string, number>): string => SIZES_GIB.map((g) => `${g} GiB ${f(o[`${g}GiB`] ?? NaN)} ms`).join('   ');
+      console.log(`  attach to first byte      ${each(bySize('totalMs'))}   ratio ${f(fbr.ratioLargestToSmallest, 2)}   (target: equal, < 100 ms)`);
+      console.log(`    of which attach call    ${each(fbr.attach)};  first read  ${SIZES_GIB.map((g) => `${f(fbr.firstRead[`${g}GiB`] ?? NaN)} ms`).join('   ')}`);
       console.log(`  lazy sequential read      ${f(report.lazyRead.MiBs)} MiB/s   raw ranged GET x1 ${f(report.lazyRead.rawMiBs)} MiB/s   ratio ${f(report.lazyRead.ratio, 2)}   (target 0.7)`);
       console.log(`  background fill           ${f(report.fill.MiBs)} MiB/s   raw ranged GET x${FILL_CONCURRENCY} ${f(report.fill.rawMiBs)} MiB/s   ratio ${f(report.fill.ratio, 2)}   (target 0.8)`);
       for (const kind of ['contiguous', 'scattered'] as const) {
         const h = report.history[kind];
         console.log(`  restore 1st vs ${HISTORY}th (${kind.padEnd(10)})  ${f(h.firstSecs, 2)} s   ${f(h.lastSecs, 2)} s   ratio ${f(h.ratio, 2)}   (target 0.9-1.1; data packs read ${h.dataPacksFirst} vs ${h.dataPacksLast})`);
+        if (POSITIONS.length > 2) console.log(`    by position            ${h.byPosition.map((x) => `#${x.position} ${f(x.secs, 2)} s`).join('   ')}`);
       }
       console.log(`  daemon RSS                idle ${f(report.rss.idleMiB)} MiB   max during fill ${f(report.rss.fillMaxMiB)} MiB`);
     }

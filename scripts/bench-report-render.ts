@@ -137,13 +137,16 @@ function fuseRows(f: FuseOut): Row[] {
   const behind = f.summary.filter((_, i) => rows[i]?.verdict === 'behind');
   const first = rows.find((r) => r.verdict === 'behind');
   if (first) {
-    const frac = (s: FuseOut['summary'][number], t: string): string => r2((s.median[t] ?? NaN) / (s.median.local ?? NaN));
-    const cpu = (s: FuseOut['summary'][number], t: string): string => `${n(s.serverCpuPct[t], 0)}%`;
+    type S = FuseOut['summary'][number];
+    const frac = (s: S, t: string): string => r2((s.median[t] ?? NaN) / (s.median.local ?? NaN));
+    const cpu = (s: S, t: string): string => `${n(s.serverCpuPct[t], 0)}%`;
+    /** Server CPU per unit of work, island over the passthrough. */
+    const perRequest = (s: S): string => r2(((s.serverCpuPct.island ?? NaN) / (s.median.island ?? NaN)) / ((s.serverCpuPct['passthrough-cached'] ?? NaN) / (s.median['passthrough-cached'] ?? NaN)));
     const haveQsd = f.params.targets.includes('qsd-cached');
     first.why =
-      `FUSE (${behind.map((s) => s.workload).join(', ')}): the fuse-native passthrough-cached ceiling is itself at ${behind.map((s) => frac(s, 'passthrough-cached')).join(', ')} of the local file, ` +
-      `and island's server used ${behind.map((s) => cpu(s, 'island')).join(', ')} of a core against the passthrough's ${behind.map((s) => cpu(s, 'passthrough-cached')).join(', ')}: every request runs on the one JavaScript thread, so the engine's own work per request (write gate, change tracking, promise-based file calls) comes straight off the throughput (docs/benchmarks/fuse.md)` +
-      (haveQsd ? `. qemu-storage-daemon's C export (libfuse3) with the same caching reached ${behind.map((s) => frac(s, 'qsd-cached')).join(', ')} of local: the room a native libfuse3 path (DESIGN.md) would have.` : '.');
+      `FUSE (${behind.map((s) => s.workload).join(', ')}): island's server used ${behind.map((s) => cpu(s, 'island')).join(', ')} of a core, the passthrough's ${behind.map((s) => cpu(s, 'passthrough-cached')).join(', ')}, ` +
+      `so island spends ${behind.map(perRequest).join(', ')} times the passthrough's CPU per request: both sit near a full core, where the one JavaScript thread that answers every request is the limit, and the engine's own work per request (write gate, change tracking, promise-based file calls) comes straight off the throughput (docs/benchmarks/fuse.md)` +
+      (haveQsd ? `. For scale: qemu-storage-daemon's C export (libfuse3) with the same page caching reached ${behind.map((s) => frac(s, 'qsd-cached')).join(', ')} of the local file, the fuse-native passthrough ${behind.map((s) => frac(s, 'passthrough-cached')).join(', ')}: the room a native libfuse3 path (DESIGN.md) would have.` : '.');
     for (const r of rows) if (r !== first && r.verdict === 'behind') r.why = '';
   }
   return rows;
@@ -169,8 +172,10 @@ function snapshotRows(s: SnapshotOut, load: string): Row[] {
   return rows;
 }
 
-function fsckRows(list: FsckOut[]): Row[] {
-  const big = [...list].sort((a, b) => b.storedBytes - a.storedBytes)[0];
+function fsckRows(list: FsckOut[], store: StoreOut | undefined): Row[] {
+  const sorted = [...list].sort((a, b) => b.storedBytes - a.storedBytes);
+  const big = sorted[0];
+  const small = sorted.at(-1);
   if (!big) return [];
   const st = big.tiers.find((t) => t.tier === 'structure');
   const deep = big.tiers.find((t) => t.tier === 'deep');
@@ -180,8 +185,13 @@ function fsckRows(list: FsckOut[]): Row[] {
     figure: `fsck structure vs deep tier, ${big.history} snapshots, ${n(big.storedBytes / MiB, 0)} MiB stored (ms)`,
     island: n(st.ms, 0), baseline: n(deep.ms, 0), ratio: r2(ratio), target: targetCell(T.fsck), verdict: verdict(ratio, T.fsck),
   };
+  const growth = (tier: string): number => (big.tiers.find((t) => t.tier === tier)?.ms ?? NaN) / (small?.tiers.find((t) => t.tier === tier)?.ms ?? NaN);
   if (row.verdict === 'behind')
-    row.why = `fsck: the structure tier read ${n(st.bytesRead / MiB)} MiB in ${st.gets} GETs (${st.nodes} nodes, ${st.packs} packs) against the deep tier's ${n(deep.bytesRead / MiB)} MiB in ${deep.gets}: at this store size the round trips, not the bytes, set both times.`;
+    row.why =
+      `fsck: the structure tier is round trips: ${st.gets} GETs (${st.nodes} nodes, ${st.packs} pack trailers) for ${n(st.bytesRead / MiB)} MiB in ${n(st.ms, 0)} ms; the deep tier is bytes: ${n(deep.bytesRead / MiB)} MiB at ${n(deep.bytesRead / MiB / (deep.ms / 1000))} MiB/s` +
+      (store ? ` (raw 1 MiB GET: ${n(store.getMiBs)} MiB/s)` : '') +
+      `, so on a store this small the fixed cost of the structure walk is a large share` +
+      (small && small !== big ? `. Over a ${n(big.storedBytes / small.storedBytes)}x larger store the structure tier grew ${n(growth('structure'), 2)}x and the deep tier ${n(growth('deep'), 2)}x, so the ratio falls as the store grows.` : '.');
   return [row];
 }
 
@@ -216,7 +226,11 @@ function restoreRows(r: RestoreOut, store: StoreOut | undefined): Row[] {
     island: n(total(hi), 0), baseline: n(total(lo), 0), ratio: r2(flat), target: targetCell(T.firstByteFlat), verdict: verdict(flat, T.firstByteFlat),
   };
   if (flatRow.verdict === 'behind')
-    flatRow.why = `First byte by size: attach ${n(r.firstByteMs.attach[`${lo}GiB`], 0)} → ${n(r.firstByteMs.attach[`${hi}GiB`], 0)} ms, first read ${n(r.firstByteMs.firstRead[`${lo}GiB`], 0)} → ${n(r.firstByteMs.firstRead[`${hi}GiB`], 0)} ms; single samples on a loaded machine move by this much (see the spread in docs/benchmarks/restore.md).`;
+    flatRow.why =
+      `First byte by size: attach ${n(r.firstByteMs.attach[`${lo}GiB`], 0)} → ${n(r.firstByteMs.attach[`${hi}GiB`], 0)} ms, first read ${n(r.firstByteMs.firstRead[`${lo}GiB`], 0)} → ${n(r.firstByteMs.firstRead[`${hi}GiB`], 0)} ms` +
+      (flat < 1
+        ? `: the larger volume was the faster one, so nothing here grows with the size; the ${lo} GiB volume is attached first in the first rep, so it likely carries the run's cold start, and with few reps one slow sample sets the median.`
+        : '; the attach call is the part that grew (docs/benchmarks/restore.md).');
   rows.push(flatRow);
   const lazy: Row = {
     figure: 'lazy sequential read through the mount, fill off (MiB/s) vs raw 512 KiB ranged GETs, one at a time',
@@ -276,7 +290,7 @@ export function renderReport(d: ReportData): { markdown: string; svgs: Record<st
     ...(fuse ? fuseRows(fuse) : []),
     ...(snap ? snapshotRows(snap.out, load(snap.run.loadAfter)) : []),
     ...(restore ? restoreRows(restore, store) : []),
-    ...fsckRows(fscks),
+    ...fsckRows(fscks, store),
   ];
   const svgs: Record<string, string> = {};
   const plots: string[] = [];

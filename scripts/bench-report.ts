@@ -10,7 +10,8 @@
  * bench-fsck at several store sizes and bench-restore against it, each as a child process
  * with `--swift FILE --json`, one after the other; the Swift is stopped by pid after, whatever
  * the outcome. The ratios in the report are against baselines measured in the same run.
- * The default sizes take about 20 minutes on a shared 2-core machine; --quick about 10.
+ * The default sizes took 8 minutes on a shared 2-core machine at load 3-11 (longer under
+ * heavier load); --quick runs smaller sizes.
  * `--from FILE` renders the report of an earlier run again without running anything.
  * Needs what the children need: root, /dev/fuse, fio, Debian's swift packages, and
  * qemu-storage-daemon for the qsd targets of bench-fuse (left out when it is missing).

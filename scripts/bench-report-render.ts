@@ -237,7 +237,7 @@ function restoreRows(r: RestoreOut, store: StoreOut | undefined): Row[] {
     island: n(r.lazyRead.MiBs), baseline: n(r.lazyRead.rawMiBs), ratio: r2(r.lazyRead.ratio), target: targetCell(T.lazy), verdict: verdict(r.lazyRead.ratio, T.lazy),
   };
   if (lazy.verdict === 'behind')
-    lazy.why = `Lazy read: a miss fetches only the clusters its request touches, and fuse-native hands over at most 128 KiB per request, so a sequential reader pays one GET per 128 KiB where the raw reader moves 512 KiB per GET; there is no read-ahead on sequential misses yet (docs/benchmarks/restore.md).`;
+    lazy.why = `Lazy read: fuse-native hands over at most 128 KiB per request; a sequential reader's misses are read ahead (a window of 512 KiB doubling to 4 MiB), so what is left is the wait at the start of each window and the engine's own work per request on the one JavaScript thread.`;
   rows.push(lazy);
   const fill: Row = {
     figure: `background fill to done (MiB/s) vs raw 512 KiB ranged GETs, ${r.fill.rawInflight} in flight`,
@@ -253,7 +253,7 @@ function restoreRows(r: RestoreOut, store: StoreOut | undefined): Row[] {
       island: n(h.lastSecs, 2), baseline: n(h.firstSecs, 2), ratio: r2(h.ratio), target: targetCell(T.history), verdict: verdict(h.ratio, T.history),
     };
     if (row.verdict === 'behind')
-      row.why = `${r.history.snapshots}th snapshot, ${kind}: its blobs lie in ${h.dataPacksLast} data packs against ${h.dataPacksFirst}${kind === 'scattered' ? ', neighbouring clusters in different packs, and the fill joins clusters into one GET only when they are adjacent in the volume and in a pack, so it issues one 64 KiB GET per cluster' : ''} (docs/benchmarks/restore.md).`;
+      row.why = `${r.history.snapshots}th snapshot, ${kind}: its blobs lie in ${h.dataPacksLast} data packs against ${h.dataPacksFirst}${kind === 'scattered' ? ', neighbouring clusters in different packs; the fill reads blobs that lie together in a pack with one GET even when they are apart in the volume, so what is left is the extra packs and the guest-path reads of the first clusters' : ''} (docs/benchmarks/restore.md).`;
     rows.push(row);
   }
   return rows;

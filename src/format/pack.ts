@@ -396,6 +396,49 @@ export function recoverPackTrailer(bytes: Buffer, opts: RecoverOptions = {}): Re
   return { kind, entries, blobAreaEnd: off, stop, damaged };
 }
 
+/** What checkPackFrames found in the bytes of one pack. */
+export interface FrameReport {
+  /** The trailer's entries by offset; when the trailer does not read, the frames a scan finds. */
+  readonly entries: PackEntry[];
+  /** Why the footer or trailer does not read, or null when it does. */
+  readonly trailerError: IslandError | null;
+  /** Frames that run past the bytes, do not decode, or do not hash to their id, by offset. */
+  readonly bad: Map<number, IslandError>;
+}
+
+/**
+ * Judge every frame of a pack without stopping at the first bad one (fsck's deep tier and
+ * its repairs): the trailer is trusted when it reads; otherwise the frames are found by
+ * scanning from offset 0, as a trailer rebuild would.
+ */
+export function checkPackFrames(bytes: Buffer, kind: PackKind): FrameReport {
+  let entries: PackEntry[];
+  let trailerError: IslandError | null = null;
+  try {
+    const footer = parsePackFooter(bytes.subarray(Math.max(0, bytes.length - FOOTER_LEN)), bytes.length);
+    entries = parsePackTrailer(bytes, footer, 0).sort((a, b) => a.offset - b.offset);
+  } catch (err) {
+    if (!(err instanceof IslandError)) throw err;
+    trailerError = err;
+    entries = recoverPackTrailer(bytes, { verify: false }).entries;
+  }
+  const bad = new Map<number, IslandError>();
+  for (const e of entries) {
+    const end = e.offset + e.frameLength;
+    if (end > bytes.length) {
+      bad.set(e.offset, corrupt(`the blob at ${e.offset} runs past the end of the pack (${bytes.length} bytes)`, e.offset));
+      continue;
+    }
+    try {
+      decodeBlob(bytes.subarray(e.offset, end), e.id, { base: e.offset, kind });
+    } catch (err) {
+      if (!(err instanceof IslandError)) throw err;
+      bad.set(e.offset, err);
+    }
+  }
+  return { entries, trailerError, bad };
+}
+
 // ---- writer ----------------------------------------------------------------------------
 
 export interface BuiltPack {

@@ -10,9 +10,9 @@
  */
 import { LRUCache } from 'lru-cache';
 import { IslandError, codeOf } from '../errors.js';
-import { decodeBlob, type BlobKind } from '../format/blob.js';
+import type { BlobKind } from '../format/blob.js';
 import type { BlobLocation } from '../format/location.js';
-import { FOOTER_LEN, parsePackFooter, parsePackTrailer, recoverPackTrailer, type PackEntry } from '../format/pack.js';
+import { checkPackFrames, type PackEntry } from '../format/pack.js';
 import { keys } from '../repo/keys.js';
 import type { Repository } from '../repo/repository.js';
 import type { OpOptions } from '../store/types.js';
@@ -116,31 +116,9 @@ export async function verifyPack(repo: Repository, kind: BlobKind, pack: Buffer,
     if (codeOf(err) === 'STORE_NOT_FOUND') return { index: { ok: false, missing: true, code: 'STORE_NOT_FOUND', message: 'the pack does not exist' }, bad: new Map(), bytes: 0, blobs: 0 };
     throw err;
   }
+  const r = checkPackFrames(bytes, kind);
+  const index: PackIndex = r.trailerError === null ? { ok: true, size: bytes.length, entries: r.entries } : { ok: false, missing: false, code: r.trailerError.code, message: r.trailerError.message };
   const bad = new Map<number, BadBlob>();
-  let index: PackIndex;
-  let entries: readonly PackEntry[];
-  try {
-    const footer = parsePackFooter(bytes.subarray(Math.max(0, bytes.length - FOOTER_LEN)), bytes.length);
-    entries = [...parsePackTrailer(bytes, footer, 0)].sort((a, b) => a.offset - b.offset);
-    index = { ok: true, size: bytes.length, entries };
-  } catch (err) {
-    if (!(err instanceof IslandError)) throw err;
-    index = { ok: false, missing: false, code: codeOf(err), message: (err as Error).message };
-    const scan = recoverPackTrailer(bytes, { verify: false });
-    entries = scan.entries;
-  }
-  for (const e of entries) {
-    const end = e.offset + e.frameLength;
-    if (end > bytes.length) {
-      bad.set(e.offset, { offset: e.offset, code: 'FORMAT_CORRUPT', message: `${key}: the blob at ${e.offset} runs past the end of the pack` });
-      continue;
-    }
-    try {
-      decodeBlob(bytes.subarray(e.offset, end), e.id, { base: e.offset, kind });
-    } catch (err) {
-      if (!(err instanceof IslandError)) throw err;
-      bad.set(e.offset, { offset: e.offset, code: err.code, message: `${key}: ${err.message}` });
-    }
-  }
-  return { index, bad, bytes: bytes.length, blobs: entries.length };
+  for (const [offset, err] of r.bad) bad.set(offset, { offset, code: err.code, message: `${key}: ${err.message}` });
+  return { index, bad, bytes: bytes.length, blobs: r.entries.length };
 }

@@ -42,16 +42,18 @@ export interface RecordSet {
 
 /** Read and decode every object under `prefix`; a bad one becomes a finding, not a stop. */
 async function* decoded<T>(repo: Repository, prefix: string, decode: (b: Buffer) => T, findings: Findings, what: string, out: RecordSet, opts: OpOptions): AsyncGenerator<{ key: string; value: T }> {
-  for await (const { key: k, buf } of fetched(repo, prefix, opts)) {
-    const o = { key: k };
+  for await (const { key, buf } of fetched(repo, prefix, opts)) {
     out.count++;
+    let value: T;
     try {
-      yield { key: o.key, value: decode(buf) };
+      value = decode(buf);
     } catch (err) {
       if (isTransient(err)) throw err;
       const msg = (err as Error).message;
-      findings.add(/checksum/.test(msg) ? 'checksum-mismatch' : 'undecodable', o.key, `${what} ${o.key}: ${msg}`, repairOf(prefix));
+      findings.add(/checksum/.test(msg) ? 'checksum-mismatch' : 'undecodable', key, `${what} ${key}: ${msg}`, repairOf(prefix));
+      continue;
     }
+    yield { key, value };
   }
 }
 

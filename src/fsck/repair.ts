@@ -17,11 +17,11 @@
  */
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
-import { codeOf, IslandError } from '../errors.js';
-import { blobId, decodeBlob, encodeBlob, readBlobHeader, type BlobKind } from '../format/blob.js';
+import { codeOf } from '../errors.js';
+import { blobId, encodeBlob, readBlobHeader, type BlobKind } from '../format/blob.js';
 import { hex } from '../format/location.js';
 import { encodeManifest, MAX_DAMAGE_FINDINGS, MAX_TEXT_BYTES } from '../format/records.js';
-import { FOOTER_LEN, MAX_PACK_SIZE, PackBuilder, parsePackFooter, parsePackTrailer, recoverPackTrailer, type PackEntry } from '../format/pack.js';
+import { MAX_PACK_SIZE, PackBuilder, checkPackFrames } from '../format/pack.js';
 import { keys, parseManifestKey, parsePackKey } from '../repo/keys.js';
 import type { Repository } from '../repo/repository.js';
 import type { OpOptions } from '../store/types.js';
@@ -128,25 +128,14 @@ async function localCopy(roots: readonly string[], site: BlobSite, id: Buffer): 
 
 /** The frames of a pack that still decode, by offset, and those whose headers still read. */
 function survivingFrames(kind: BlobKind, bytes: Buffer): { good: Map<number, Buffer>; anyHeader: Map<number, Buffer> } {
-  let entries: readonly PackEntry[];
-  try {
-    const footer = parsePackFooter(bytes.subarray(Math.max(0, bytes.length - FOOTER_LEN)), bytes.length);
-    entries = parsePackTrailer(bytes, footer, 0);
-  } catch {
-    entries = recoverPackTrailer(bytes, { verify: false }).entries;
-  }
+  const r = checkPackFrames(bytes, kind);
   const good = new Map<number, Buffer>();
   const anyHeader = new Map<number, Buffer>();
-  for (const e of entries) {
+  for (const e of r.entries) {
     if (e.offset + e.frameLength > bytes.length) continue;
     const frame = bytes.subarray(e.offset, e.offset + e.frameLength);
     anyHeader.set(e.offset, frame);
-    try {
-      decodeBlob(frame, e.id, { kind });
-      good.set(e.offset, frame);
-    } catch (err) {
-      if (!(err instanceof IslandError)) throw err;
-    }
+    if (!r.bad.has(e.offset)) good.set(e.offset, frame);
   }
   return { good, anyHeader };
 }

@@ -11,10 +11,10 @@ import { codeOf, isTransient } from '../errors.js';
 import type { BlobKind } from '../format/blob.js';
 import { hex, type BlobLocation } from '../format/location.js';
 import type { Manifest } from '../format/records.js';
-import { readPlacedNode, slotClusters, type NodeRef, type TreeShape } from '../format/tree.js';
-import { checkShape } from '../format/tree.js';
+import { checkShape, readPlacedNode, slotClusters, type NodeRef, type TreeShape } from '../format/tree.js';
 import { manifestTree } from '../repo/commit.js';
 import { keys } from '../repo/keys.js';
+import { Semaphore } from '../store/limit.js';
 import type { Repository } from '../repo/repository.js';
 import type { BlobSite, Finding, Findings } from './findings.js';
 import { locationMismatch, type BadBlob, type PackIndexes } from './packs.js';
@@ -35,22 +35,6 @@ export interface WalkStats {
 }
 
 const CLEAN: readonly Finding[] = Object.freeze([]);
-
-class Semaphore {
-  private active = 0;
-  private readonly waiting: (() => void)[] = [];
-  constructor(private readonly limit: number) {}
-  async run<T>(fn: () => Promise<T>): Promise<T> {
-    if (this.active >= this.limit) await new Promise<void>((r) => this.waiting.push(r));
-    this.active++;
-    try {
-      return await fn();
-    } finally {
-      this.active--;
-      this.waiting.shift()?.();
-    }
-  }
-}
 
 export class TreeChecker {
   readonly stats: WalkStats = { nodes: 0, blobRefs: 0, zeroClusters: 0 };

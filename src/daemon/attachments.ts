@@ -1,0 +1,187 @@
+/**
+ * Attach and detach, as the daemon runs them, and the reopening of the volumes that were
+ * attached here when the daemon last stopped or crashed. Attaching takes the volume's next
+ * generation in the store (docs/protocols.md, "Attach"), then creates or reopens its local
+ * state: a kept local copy when it is current, a restore from the newest snapshot (or the
+ * snapshot the volume was created from) otherwise, or a new image.
+ */
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { IslandError, codeOf } from '../errors.js';
+import { parseVolumeName } from '../format/names.js';
+import type { Manifest, VolumeRecord } from '../format/records.js';
+import { acquireGeneration, releaseGeneration } from '../repo/attach.js';
+import { treeFetcher } from '../snapshot/restore.js';
+import { Volume } from '../volume/engine.js';
+import { LAST_SNAPSHOT_FILE } from '../volume/setup.js';
+import { type Attached, type AttachRequest, type DaemonContext } from './context.js';
+import { LazyFetcher, writeDurable, type Fills } from './fills.js';
+import type { SnapshotJobs } from './snapshot-jobs.js';
+import { checkRestorable, checkUndamaged } from './sources.js';
+
+export class Attachments {
+  /** Names with an attach or detach in progress: a second one is refused. */
+  private readonly busy = new Set<string>();
+
+  constructor(
+    private readonly ctx: DaemonContext,
+    private readonly fills: Fills,
+    private readonly snapshots: SnapshotJobs,
+  ) {}
+
+  /** Reopen the volumes that were attached here when the daemon last stopped or crashed. */
+  async reopenAll(): Promise<void> {
+    for (const name of await this.ctx.dirs.listLive()) {
+      const vlog = this.ctx.log.child({ volume: name });
+      try {
+        const lazy = new LazyFetcher();
+        const volume = await Volume.open(this.ctx.dirs.live(name), { logger: vlog, fetcher: lazy });
+        const baseId = volume.baseSnapshot;
+        if (baseId) this.fills.resolveBase(lazy, name, baseId);
+        // The parent is read from the store when the next snapshot needs it: a volume
+        // comes back (and is served) even while the store is unreachable.
+        const parentId = await readLastSnapshot(this.ctx.dirs.live(name));
+        const a: Attached = { volume, generation: volume.generation, qmp: undefined, qga: undefined, parent: null, parentId: parentId || undefined, job: undefined };
+        this.ctx.attached.set(name, a);
+        if (baseId) await this.fills.resume(name, a, baseId);
+        vlog.info({ length: volume.length, recovery: volume.recovery }, 'volume reattached');
+      } catch (err) {
+        // One damaged volume must not take the others down.
+        vlog.error({ err, code: codeOf(err) }, 'volume cannot be opened; not served');
+      }
+    }
+  }
+
+  private async exclusive<T>(name: string, fn: () => Promise<T>): Promise<T> {
+    if (this.busy.has(name)) throw new IslandError('BUSY', `volume ${name} has an attach or detach in progress`, { details: { volume: name } });
+    this.busy.add(name);
+    try {
+      return await fn();
+    } finally {
+      this.busy.delete(name);
+    }
+  }
+
+  async attach(rec: VolumeRecord, req: AttachRequest = {}): Promise<void> {
+    const { ctx, fills } = this;
+    const repo = ctx.repo;
+    await this.exclusive(rec.name, async () => {
+      if (ctx.attached.has(rec.name)) throw new IslandError('BUSY', `volume ${rec.name} is already attached on this host`, { details: { volume: rec.name } });
+      const att = await acquireGeneration(repo, rec.name, { force: req.force ?? false });
+      if (att.tookOverFrom) ctx.log.warn({ volume: rec.name, from: att.tookOverFrom }, 'forced attach: the previous host must be fenced');
+      const dir = ctx.dirs.live(rec.name);
+      const kept = ctx.dirs.kept(rec.name);
+      let volume: Volume;
+      const vlog = ctx.log.child({ volume: rec.name });
+      let base = att.base;
+      if (base && !(await holdsLocally([dir, kept], base.id))) {
+        // Refused before anything local changes; the generation just taken is handed back.
+        await checkUndamaged(repo, base).catch(async (err: unknown) => {
+          await releaseGeneration(repo, rec.name, att.generation).catch(() => undefined);
+          throw err;
+        });
+      }
+      if (!base && rec.source) {
+        // A volume created from another volume's snapshot, with no snapshot of its own yet.
+        base = (await repo.getManifest(rec.source.volume, rec.source.id)) ?? null;
+        if (!base) throw new IslandError('NOT_FOUND', `the snapshot ${rec.source.id} that ${rec.name} was created from is gone`, { details: { volume: rec.name, snapshot: rec.source.id } });
+        await checkRestorable(repo, base);
+      }
+      let fillFrom: string | undefined;
+      if (await ctx.dirs.hasKept(rec.name)) {
+        const last = await readLastSnapshot(kept);
+        if (base && last !== base.id && base.volume === rec.name) {
+          // Something newer exists than what this copy holds: restore from it instead.
+          vlog.warn({ kept: last || null, latest: base.id }, 'the kept local copy is older than the latest snapshot; dropping it');
+          await ctx.dirs.dropKept(rec.name);
+        } else {
+          await ctx.dirs.reclaim(rec.name);
+        }
+      }
+      if (await ctx.dirs.hasLive(rec.name)) {
+        const lazy = new LazyFetcher();
+        volume = await Volume.open(dir, { logger: vlog, generation: att.generation, fetcher: lazy });
+        const baseId = volume.baseSnapshot;
+        if (baseId) {
+          fills.resolveBase(lazy, rec.name, baseId);
+          fillFrom = baseId;
+        }
+      } else if (base) {
+        await fills.pinBase(base);
+        volume = await Volume.create(dir, {
+          name: rec.name,
+          virtualSize: rec.virtualSize,
+          clusterSize: base.clusterSize,
+          generation: att.generation,
+          baseSnapshot: base.id,
+          baseLength: base.imageLength,
+          fetcher: treeFetcher(repo, base),
+          logger: vlog,
+        });
+        await this.recordParent(dir, base);
+        fillFrom = base.id;
+        vlog.info({ base: base.id, imageLength: base.imageLength }, 'attached from snapshot: clusters are fetched on first touch');
+      } else {
+        volume = await Volume.create(dir, { name: rec.name, virtualSize: rec.virtualSize, clusterSize: rec.clusterSize, generation: att.generation, logger: vlog });
+      }
+      const lastId = await readLastSnapshot(dir);
+      const parent = lastId ? await this.snapshots.parentById(rec.name, lastId, volume) : null;
+      const a: Attached = { volume, generation: att.generation, qmp: req.qmp, qga: req.qga, parent, job: undefined };
+      ctx.attached.set(rec.name, a);
+      if (fillFrom) await fills.resume(rec.name, a, fillFrom, req);
+      vlog.info({ generation: att.generation }, 'attached');
+    });
+  }
+
+  private async recordParent(dir: string, m: Manifest): Promise<void> {
+    await writeDurable(join(dir, LAST_SNAPSHOT_FILE), m.id + '\n');
+  }
+
+  async detach(name: string, req: { force?: boolean; keepLocal?: boolean } = {}): Promise<string> {
+    const { ctx } = this;
+    const vname = parseVolumeName(name);
+    return this.exclusive(vname, async () => {
+      const a = ctx.attached.get(vname);
+      if (!a) throw new IslandError('NOT_FOUND', `volume ${vname} is not attached on this host`, { details: { volume: vname } });
+      const open = ctx.openHandles(vname);
+      if (open > 0 && !req.force) throw new IslandError('BUSY', `${vname}.qcow2 is open (${open} handle${open > 1 ? 's' : ''}); close it or detach with --force`, { details: { volume: vname, open } });
+      // The final snapshot: the volume's last state goes to the store before the host
+      // lets go of it (its manifest is written before the detach record).
+      const last = await this.snapshots.one(vname, 'crash');
+      ctx.log.info({ volume: vname, snapshot: last.id }, 'final snapshot before detach');
+      ctx.attached.delete(vname);
+      const base = a.volume.baseSnapshot;
+      await this.fills.stop(a);
+      await a.volume.close();
+      if (req.keepLocal) await ctx.dirs.keep(vname);
+      else await ctx.dirs.dropLive(vname);
+      await releaseGeneration(ctx.repo, vname, a.generation);
+      // The final snapshot holds everything the base gave: this host's pins on it can go.
+      if (base) await this.fills.releasePins(base);
+      ctx.log.info({ volume: vname, keptLocal: req.keepLocal === true }, 'detached');
+      return vname;
+    });
+  }
+
+  /** Stop fills and close every attached volume cleanly (the daemon stops). */
+  async closeAll(): Promise<void> {
+    for (const [name, a] of this.ctx.attached) {
+      await this.fills.stop(a);
+      await a.volume.close().catch((err: unknown) => this.ctx.log.error({ volume: name, err }, 'volume close failed'));
+    }
+  }
+}
+
+/** The snapshot a local directory's change tracking is relative to ('' when none is recorded). */
+async function readLastSnapshot(dir: string): Promise<string> {
+  return readFile(join(dir, LAST_SNAPSHOT_FILE), 'utf8').then(
+    (x) => x.trim(),
+    () => '',
+  );
+}
+
+/** Whether one of these local copies already holds snapshot `id` (its last snapshot). */
+async function holdsLocally(dirs: string[], id: string): Promise<boolean> {
+  for (const d of dirs) if ((await readLastSnapshot(d)) === id) return true;
+  return false;
+}

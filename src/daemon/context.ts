@@ -1,0 +1,147 @@
+/**
+ * What the daemon's parts share: configuration, the home region's repository, the logger,
+ * the table of volumes attached here and where their local directories live. Each part
+ * (catalog, attachments, fills, snapshot jobs, history, mounted snapshots) owns its own
+ * state and reaches the others only through this context and their methods.
+ */
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import type { Config } from '../config.js';
+import type { Manifest, VolumeRecord } from '../format/records.js';
+import type { Repository } from '../repo/repository.js';
+import type { FillProgress } from '../snapshot/fill.js';
+import type { LocalDirectories } from '../volume/directories.js';
+import type { Volume } from '../volume/engine.js';
+
+/** Upload window W: a snapshot commits within it or re-checks (docs/protocols.md). */
+export const WINDOW_MS = 60 * 60 * 1000;
+/** A clone pin lasts until the clone's first snapshot commits (or the clone is deleted). */
+export const CLONE_PIN_MS = 100 * 365 * 24 * 3600 * 1000;
+/** An attach pin protects a restore base this long (renewal comes with the background fill). */
+export const PIN_TTL_MS = 30 * 24 * 3600 * 1000;
+
+export interface DaemonContext {
+  readonly config: Config;
+  readonly repo: Repository;
+  readonly log: Logger;
+  /** Volumes attached (served) on this host, by name. */
+  readonly attached: Map<string, Attached>;
+  readonly dirs: LocalDirectories;
+  /** Open handles on a file of the mount (wired to the FUSE mount by the composition root). */
+  openHandles(name: string): number;
+}
+
+export interface AttachRequest {
+  qmp?: string;
+  qga?: string;
+  force?: boolean;
+  /** Background fill of a restored volume (default on). */
+  fill?: boolean;
+  /** Cap on the fill's fetched bytes per second (default: none). */
+  fillRate?: string | number;
+}
+
+/** A restored volume's background fill. */
+export interface FillJob {
+  base: string;
+  state: 'filling' | 'done' | 'incomplete' | 'stopped' | 'off';
+  progress: FillProgress;
+  controller: AbortController;
+  promise: Promise<void>;
+}
+
+export interface FillView {
+  base: string;
+  state: FillJob['state'];
+  totalClusters: number;
+  doneClusters: number;
+  bytesFetched: number;
+  failedClusters: number;
+  waiting: boolean;
+}
+
+export function fillView(f: FillJob): FillView {
+  return { base: f.base, state: f.state, ...f.progress };
+}
+
+export interface SnapshotJob {
+  volume: string;
+  started: number;
+  done: number;
+  total: number;
+  promise: Promise<Manifest>;
+}
+
+export interface Attached {
+  volume: Volume;
+  generation: number;
+  qmp: string | undefined;
+  qga: string | undefined;
+  /** The snapshot the local image's change tracking is relative to (null: none yet). */
+  parent: Manifest | null;
+  /** A snapshot in progress: at most one per volume. */
+  job: SnapshotJob | undefined;
+  /** The background fill, for volumes restored from a snapshot. */
+  fill?: FillJob;
+  /** The parent's id, when its manifest is still to be read (see Attachments.reopen). */
+  parentId?: string;
+}
+
+export interface VolumeView {
+  name: string;
+  virtualSize: number;
+  clusterSize: number;
+  region: string;
+  created: string;
+  status: VolumeRecord['status'];
+  host: string | null;
+  generation: number;
+  source: VolumeRecord['source'];
+  /** Present when attached on this host. */
+  local?: { file: string; length: number; openHandles: number; dirtyClusters: number; recovery: Volume['recovery']; fill: FillView | null };
+}
+
+export interface SnapshotView {
+  id: string;
+  volume: string;
+  parent: string | null;
+  created: string;
+  host: string;
+  generation: number;
+  consistency: Manifest['consistency'];
+  imageLength: number;
+  changedClusters: number;
+  zeroClusters: number;
+  uploadedBlobs: number;
+  uploadedBytes: number;
+  reusedBlobs: number;
+  packs: number;
+  pauseMs: number | null;
+  durationMs: number;
+  warnings: readonly string[];
+  deleted: boolean;
+  /** fsck marked it damaged: refused as a restore source. */
+  damaged: boolean;
+}
+
+export function snapshotView(m: Manifest, deleted: boolean, damaged = false): SnapshotView {
+  return {
+    id: m.id,
+    volume: m.volume,
+    parent: m.parent,
+    created: new Date(m.created).toISOString(),
+    host: m.host,
+    generation: m.generation,
+    consistency: m.consistency,
+    imageLength: m.imageLength,
+    ...m.stats,
+    warnings: m.warnings,
+    deleted,
+    damaged,
+  };
+}
+
+/** The file a volume (or a mounted snapshot, `<volume>@<id>`) has on the mount. */
+export function mountFile(config: Config, name: string): string {
+  return join(config.mount, `${name}.qcow2`);
+}

@@ -1,0 +1,237 @@
+/**
+ * Snapshots of attached volumes, as the daemon takes them: one job per volume at a time,
+ * sealed alone (crash-consistent), in a QEMU pause (stop, seal, cont: qemu-flushed) or
+ * inside a guest freeze (freeze, stop, seal, cont, thaw: guest-frozen). The QMP sessions
+ * and guest agents are kept per socket path; a VM's SHUTDOWN event triggers a final
+ * snapshot of its volumes. docs/qmp.md has the sequences.
+ */
+import { IslandError, codeOf } from '../errors.js';
+import { parseVolumeName } from '../format/names.js';
+import type { Manifest } from '../format/records.js';
+import { findSnapshot } from '../repo/snapshots.js';
+import { takeSnapshot } from '../snapshot/create.js';
+import { EncodePool } from '../snapshot/pool.js';
+import { GuestAgent } from '../qmp/guest-agent.js';
+import { QmpSession } from '../qmp/session.js';
+import type { Seal, Volume } from '../volume/engine.js';
+import { writeDurable } from './fills.js';
+import { WINDOW_MS, snapshotView, type Attached, type DaemonContext, type SnapshotJob, type SnapshotView } from './context.js';
+import { LAST_SNAPSHOT_FILE } from '../volume/setup.js';
+import { join } from 'node:path';
+
+export type Consistency = Manifest['consistency'];
+
+export class SnapshotJobs {
+  private pool: EncodePool | undefined;
+  private readonly qmpSessions = new Map<string, QmpSession>();
+  private readonly agents = new Map<string, GuestAgent>();
+
+  /** Called after a snapshot of a clone's first own snapshot commits (its source can be unpinned). */
+  constructor(
+    private readonly ctx: DaemonContext,
+    private readonly onFirstOwnSnapshot: (source: Manifest) => Promise<void>,
+  ) {}
+
+  private encodePool(): EncodePool {
+    this.pool ??= new EncodePool();
+    return this.pool;
+  }
+
+  /** The snapshot `id` a local copy's change tracking is relative to, if it still exists. */
+  async parentById(name: string, id: string, volume: Volume): Promise<Manifest | null> {
+    const repo = this.ctx.repo;
+    // The parent is the volume's own snapshot, or (before its first one) its source's.
+    const m = (await repo.getManifest(name, id)) ?? (await findSnapshot(repo, id));
+    if (!m || (await repo.getTombstone(id))) {
+      this.ctx.log.warn({ volume: name, snapshot: id }, 'the last snapshot of the local copy is gone: the next snapshot uploads everything');
+      await volume.markAllDirty();
+      return null;
+    }
+    return m;
+  }
+
+  /** Snapshot attached volumes (several volumes of one VM are sealed back to back). */
+  async create(req: { volumes: unknown; consistency?: unknown; wait?: unknown; qmp?: unknown; qga?: unknown }): Promise<{ snapshots: SnapshotView[] } | { started: string[] }> {
+    const attached = this.ctx.attached;
+    if (!Array.isArray(req.volumes) || req.volumes.length === 0 || req.volumes.length > 64) throw new IslandError('INVALID_ARGUMENT', 'volumes must be a list of 1 to 64 volume names');
+    const names = req.volumes.map((v) => parseVolumeName(v));
+    for (const n of names) {
+      const a = attached.get(n);
+      if (!a) throw new IslandError('NOT_FOUND', `volume ${n} is not attached on this host`, { details: { volume: n } });
+      if (a.job) throw new IslandError('BUSY', `a snapshot of ${n} is already in progress`, { details: { volume: n } });
+    }
+    const qmpOf = (n: string): string | undefined => (typeof req.qmp === 'string' ? req.qmp : attached.get(n)?.qmp);
+    const qgaOf = (n: string): string | undefined => (typeof req.qga === 'string' ? req.qga : attached.get(n)?.qga);
+    const consistency = req.consistency ?? (names.every((n) => qmpOf(n)) ? 'flush' : 'crash');
+    if (consistency !== 'crash' && consistency !== 'flush' && consistency !== 'freeze') {
+      throw new IslandError('INVALID_ARGUMENT', `consistency must be crash, flush or freeze, got ${JSON.stringify(String(consistency)).slice(0, 30)}`);
+    }
+    let jobs: Promise<Manifest>[];
+    if (consistency === 'crash') {
+      jobs = names.map((n) => this.one(n, 'crash'));
+    } else {
+      const missing = names.filter((n) => !qmpOf(n));
+      if (missing.length) throw new IslandError('INVALID_ARGUMENT', `${consistency} consistency needs QEMU's QMP socket (attach --qmp or snapshot --qmp) for ${missing.join(', ')}`);
+      const noAgent = consistency === 'freeze' ? names.filter((n) => !qgaOf(n)) : [];
+      if (noAgent.length) throw new IslandError('INVALID_ARGUMENT', `freeze consistency needs the guest agent's socket (attach --qga or snapshot --qga) for ${noAgent.join(', ')}`);
+      // The volumes of one VM (one QMP socket) are sealed in one pause.
+      const groups = new Map<string, string[]>();
+      for (const n of names) groups.set(qmpOf(n) as string, [...(groups.get(qmpOf(n) as string) ?? []), n]);
+      jobs = [];
+      for (const [path, vols] of groups) {
+        const { seals, pauseMs } = consistency === 'freeze' ? await this.frozenSeal(qgaOf(vols[0] as string) as string, path, vols) : await this.pausedSeal(path, vols);
+        const level = consistency === 'freeze' ? 'guest-frozen' : 'qemu-flushed';
+        for (const [i, n] of vols.entries()) jobs.push(this.one(n, level, seals[i], pauseMs));
+      }
+    }
+    if (req.wait === false) {
+      for (const j of jobs) j.catch(() => undefined);
+      return { started: names };
+    }
+    const ms = await Promise.all(jobs);
+    return { snapshots: ms.map((m) => snapshotView(m, false)) };
+  }
+
+  /** Snapshot one attached volume (joins the one in progress, if any). */
+  one(name: string, consistency: Consistency, seal?: Seal, pauseMs?: number): Promise<Manifest> {
+    const a = this.ctx.attached.get(name);
+    if (!a) return Promise.reject(new IslandError('NOT_FOUND', `volume ${name} is not attached on this host`));
+    if (a.job) return a.job.promise;
+    const job: SnapshotJob = { volume: name, started: Date.now(), done: 0, total: 0, promise: Promise.resolve(null as unknown as Manifest) };
+    job.promise = (async () => {
+      try {
+        return await this.run(name, a, job, consistency, seal, pauseMs);
+      } catch (err) {
+        this.ctx.log.error({ volume: name, err, code: codeOf(err) }, 'snapshot failed; its changes go into the next one');
+        throw err;
+      } finally {
+        a.job = undefined;
+      }
+    })();
+    a.job = job;
+    return job.promise;
+  }
+
+  private async run(name: string, a: Attached, job: SnapshotJob, consistency: Consistency, seal: Seal | undefined, pauseMs: number | undefined): Promise<Manifest> {
+    if (a.parentId !== undefined) {
+      a.parent = await this.parentById(name, a.parentId, a.volume);
+      a.parentId = undefined;
+    }
+    const from = a.parent && a.parent.volume !== name ? a.parent : null;
+    const m = await takeSnapshot(this.ctx.repo, this.encodePool(), {
+      volume: a.volume,
+      generation: a.generation,
+      parent: a.parent?.volume === name ? a.parent : null,
+      from,
+      consistency,
+      seal,
+      pauseMs: pauseMs ?? null,
+      windowMs: WINDOW_MS,
+      onProgress: (done, total) => {
+        job.done = done;
+        job.total = total;
+      },
+    });
+    a.parent = m;
+    await writeDurable(join(this.ctx.dirs.live(name), LAST_SNAPSHOT_FILE), m.id + '\n');
+    // The first own snapshot of a clone holds what it needs of its source: unpin it.
+    if (from) await this.onFirstOwnSnapshot(from);
+    this.ctx.log.info({ volume: name, snapshot: m.id, stats: m.stats, warnings: m.warnings }, 'snapshot committed');
+    return m;
+  }
+
+  /** One session per QMP socket path, connected on demand (QEMU may start later). */
+  qmpSession(path: string): QmpSession {
+    let s = this.qmpSessions.get(path);
+    if (!s) {
+      s = new QmpSession(path, { logger: this.ctx.log.child({ qmp: path }) });
+      s.on('shutdown', () => this.onVmShutdown(path));
+      this.qmpSessions.set(path, s);
+    }
+    return s;
+  }
+
+  /** QEMU shut down: the volumes it used get a final snapshot (QEMU flushed before quitting). */
+  private onVmShutdown(path: string): void {
+    for (const [name, a] of this.ctx.attached) {
+      if (a.qmp !== path) continue;
+      this.ctx.log.info({ volume: name }, 'VM shut down: final snapshot');
+      this.one(name, 'qemu-flushed').catch(() => undefined);
+    }
+  }
+
+  /**
+   * stop (QEMU drains and flushes its caches), seal every volume, cont: the pause is
+   * bounded by QMP timeouts, and cont is sent on every path once stop was sent.
+   */
+  private async pausedSeal(path: string, vols: string[]): Promise<{ seals: Seal[]; pauseMs: number }> {
+    const attached = this.ctx.attached;
+    const q = this.qmpSession(path);
+    for (const n of vols) await attached.get(n)?.volume.flushBitmaps();
+    const t0 = performance.now();
+    let seals: Seal[] = [];
+    try {
+      await q.stop({ timeoutMs: 5_000 });
+      seals = await Promise.all(vols.map((n) => (attached.get(n) as Attached).volume.seal()));
+    } finally {
+      await this.resume(q);
+    }
+    // Whole milliseconds, rounded up (the manifest stores integers).
+    return { seals, pauseMs: Math.ceil(performance.now() - t0) };
+  }
+
+  private guestAgent(path: string): GuestAgent {
+    let a = this.agents.get(path);
+    if (!a || a.closed) {
+      a = new GuestAgent(path, { logger: this.ctx.log.child({ qga: path }) });
+      this.agents.set(path, a);
+    }
+    return a;
+  }
+
+  /**
+   * freeze: the guest agent freezes the guest's filesystems (they are clean and quiescent),
+   * then stop/seal/cont as for flush, then thaw. Thaw is sent on every path once freeze was
+   * sent, even when freeze failed or timed out (it may have frozen some filesystems).
+   */
+  private async frozenSeal(qga: string, qmp: string, vols: string[]): Promise<{ seals: Seal[]; pauseMs: number }> {
+    const agent = this.guestAgent(qga);
+    try {
+      const frozen = await agent.fsfreezeFreeze();
+      this.ctx.log.info({ qga, filesystems: frozen, volumes: vols }, 'guest filesystems frozen');
+      return await this.pausedSeal(qmp, vols);
+    } catch (err) {
+      throw new IslandError(codeOf(err), `freeze snapshot of ${vols.join(', ')}: ${(err as Error).message} (is qemu-guest-agent running in the guest? --consistency flush needs no agent)`, { cause: err, details: { qga, volumes: vols } });
+    } finally {
+      await this.thaw(agent);
+    }
+  }
+
+  private async thaw(agent: GuestAgent): Promise<void> {
+    for (let attempt = 1; attempt <= 3; attempt++) {
+      try {
+        await agent.fsfreezeThaw();
+        return;
+      } catch (err) {
+        this.ctx.log.error({ err, qga: agent.path, attempt }, 'thaw failed: guest filesystems may still be frozen');
+      }
+    }
+  }
+
+  private async resume(q: QmpSession): Promise<void> {
+    for (let attempt = 1; attempt <= 3; attempt++) {
+      try {
+        await q.cont({ timeoutMs: 5_000 });
+        return;
+      } catch (err) {
+        this.ctx.log.error({ err, qmp: q.path, attempt }, 'cont failed: the VM may still be paused');
+      }
+    }
+  }
+
+  async close(): Promise<void> {
+    for (const q of this.qmpSessions.values()) await q.close().catch(() => undefined);
+    for (const g of this.agents.values()) await g.close().catch(() => undefined);
+    await this.pool?.close();
+  }
+}

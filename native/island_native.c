@@ -24,6 +24,10 @@
  *       the data extents inside [start, end), clipped to it, as flat (offset, length)
  *       pairs, at most max of them (SEEK_DATA / SEEK_HOLE in a loop); next is the offset
  *       of the next data extent when max was reached, or -1 when the range is exhausted
+ *   lockExclusive(fd)                 -> Promise<boolean>
+ *       flock(LOCK_EX | LOCK_NB): true when this open file now holds the exclusive lock,
+ *       false when another open file holds it (EWOULDBLOCK). The kernel drops the lock when
+ *       the last descriptor of the open file closes, including when the process dies
  *
  * Offsets and lengths are JavaScript numbers holding integers in [0, 2^53 - 1]. Argument
  * errors throw a TypeError or RangeError at once. A failed syscall rejects the promise
@@ -45,6 +49,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -52,7 +57,7 @@
 
 /* Raised whenever an export, an argument or a result changes meaning; native.ts refuses
  * an addon built from other sources (a stale native/build) instead of misreading it. */
-#define ISLAND_NATIVE_ABI 1
+#define ISLAND_NATIVE_ABI 2
 
 /* The largest integer a JavaScript number holds exactly: offsets beyond it cannot cross. */
 #define MAX_SAFE_INTEGER 9007199254740991LL
@@ -62,7 +67,7 @@
  * so a badly fragmented file cannot hold a pool thread (shared with fs) for long. */
 #define MAX_EXTENTS_PER_CALL 65536
 
-typedef enum { OP_SEEK_DATA, OP_SEEK_HOLE, OP_PUNCH_HOLE, OP_DATA_EXTENTS } op_kind;
+typedef enum { OP_SEEK_DATA, OP_SEEK_HOLE, OP_PUNCH_HOLE, OP_DATA_EXTENTS, OP_FLOCK } op_kind;
 
 /* One call: its arguments, its results and the handles that tie it to its promise.
  * `execute` runs on a pool thread and touches only plain fields; `complete` runs on the
@@ -144,6 +149,17 @@ static void list_extents(job *j) {
   }
 }
 
+/* result 1: locked; 0: held by another open file. */
+static void lock_exclusive(job *j) {
+  int r;
+  do {
+    r = flock(j->fd, LOCK_EX | LOCK_NB);
+  } while (r < 0 && errno == EINTR);
+  if (r == 0) j->result = 1;
+  else if (errno == EWOULDBLOCK) j->result = 0;
+  else fail(j, "flock", errno);
+}
+
 static void execute(napi_env env, void *data) {
   (void)env;
   job *j = data;
@@ -159,6 +175,9 @@ static void execute(napi_env env, void *data) {
       break;
     case OP_DATA_EXTENTS:
       list_extents(j);
+      break;
+    case OP_FLOCK:
+      lock_exclusive(j);
       break;
   }
 }
@@ -200,6 +219,8 @@ static napi_value result_value(napi_env env, job *j) {
       return napi_create_int64(env, j->result, &v) == napi_ok ? v : NULL;
     case OP_PUNCH_HOLE:
       return napi_get_undefined(env, &v) == napi_ok ? v : NULL;
+    case OP_FLOCK:
+      return napi_get_boolean(env, j->result == 1, &v) == napi_ok ? v : NULL;
     case OP_DATA_EXTENTS:
       if (napi_create_object(env, &obj) != napi_ok) return NULL;
       /* One Float64Array rather than an array of numbers: a single allocation, no per-element
@@ -392,6 +413,17 @@ static napi_value js_data_extents(napi_env env, napi_callback_info info) {
   return start(env, j, "island.dataExtents");
 }
 
+static napi_value js_lock_exclusive(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  int fd;
+  if (!get_args(env, info, 1, argv)) return NULL;
+  if (!get_fd(env, argv[0], &fd)) return NULL;
+  job *j = new_job(env, OP_FLOCK);
+  if (j == NULL) return NULL;
+  j->fd = fd;
+  return start(env, j, "island.lockExclusive");
+}
+
 NAPI_MODULE_INIT() {
   napi_value abi, max;
   if (napi_create_int32(env, ISLAND_NATIVE_ABI, &abi) != napi_ok) return NULL;
@@ -403,6 +435,7 @@ NAPI_MODULE_INIT() {
     { "seekHole", NULL, js_seek_hole, NULL, NULL, NULL, napi_enumerable, NULL },
     { "punchHole", NULL, js_punch_hole, NULL, NULL, NULL, napi_enumerable, NULL },
     { "dataExtents", NULL, js_data_extents, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "lockExclusive", NULL, js_lock_exclusive, NULL, NULL, NULL, napi_enumerable, NULL },
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
   return exports;

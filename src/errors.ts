@@ -44,6 +44,7 @@ export const CODES = {
   SNAPSHOT_DAMAGED: { transient: false, errno: 'EIO', doc: 'the snapshot is marked damaged by fsck and cannot be a restore source' },
   PINNED: { transient: false, errno: 'EBUSY', doc: 'the snapshot is pinned by something live' },
   BUSY: { transient: false, errno: 'EBUSY', doc: 'the volume is attached, open, or has an operation in progress' },
+  DATA_DIR_LOCKED: { transient: false, errno: 'EBUSY', doc: 'another island daemon serves this data directory' },
   ATTACHED_ELSEWHERE: { transient: false, errno: 'EBUSY', doc: 'the volume is attached on another host' },
   FENCED: { transient: false, errno: 'EROFS', doc: 'a newer generation of the volume exists; this host may no longer commit' },
   WINDOW_EXPIRED: { transient: false, errno: 'EIO', doc: 'a writer outlived its commit window and must re-check or abort' },

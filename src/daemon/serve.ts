@@ -19,6 +19,7 @@ import { openStore } from '../store/open.js';
 import { startApi } from './api.js';
 import { Metrics } from './metrics.js';
 import { Service } from './service.js';
+import { LocalDirectories } from '../volume/directories.js';
 
 export interface Daemon {
   readonly service: Service;
@@ -32,48 +33,65 @@ export function makeLogger(c: Config): Logger {
 }
 
 export async function startDaemon(c: Config, log: Logger = makeLogger(c)): Promise<Daemon> {
-  const metrics = new Metrics();
-  const { store } = openStore(c.store, { onObserve: (o) => metrics.store(o) });
-  const repo = new Repository(store, { host: c.hostId, region: c.region });
-  const service = new Service(c, repo, log, (name, backend) => new Repository(openStore(backend, { onObserve: (o) => metrics.store(o) }).store, { host: c.hostId, region: name }));
-  await service.restore();
-  const mount = new FuseMount({
-    mountpoint: c.mount,
-    table: { names: () => service.fileNames(), get: (n) => service.fileVolume(n), readOnly: (n) => service.isReadOnly(n) },
-    spaceDir: c.dataDir,
-    onOp: (op, ms, bytes, error) => metrics.fuse(op, ms, bytes, error),
-    onError: (op, path, err) => log.warn({ op, path, code: codeOf(err), err }, 'request failed'),
-  });
-  service.openHandles = (n) => mount.openCount(n);
-  await mount.mount();
-  let api: Server;
+  // Start fully or not at all: each step that succeeded is undone, last first, when a later
+  // one fails, so a failed start leaves no mount, socket, port or lock behind.
+  const undo: (() => Promise<unknown>)[] = [];
+  const rollback = async (): Promise<void> => {
+    for (const f of undo.reverse()) await f().catch((err: unknown) => log.warn({ err }, 'cleanup after a failed start'));
+  };
   try {
-    api = await startApi(service, c.socket, log);
+    const lock = await new LocalDirectories(c.dataDir).lock();
+    undo.push(() => lock.release());
+    const metrics = new Metrics();
+    // The port is taken before anything is served: a port in use stops the start here.
+    const metricsServer = c.metricsPort === undefined ? undefined : await metrics.listen(c.metricsPort);
+    if (metricsServer) undo.push(() => new Promise((r) => metricsServer.close(r)));
+    const { store } = openStore(c.store, { onObserve: (o) => metrics.store(o) });
+    undo.push(() => store.close());
+    const repo = new Repository(store, { host: c.hostId, region: c.region });
+    const service = new Service(c, repo, log, (name, backend) => new Repository(openStore(backend, { onObserve: (o) => metrics.store(o) }).store, { host: c.hostId, region: name }));
+    undo.push(() => service.closeAll());
+    await service.restore();
+    const mount = new FuseMount({
+      mountpoint: c.mount,
+      table: { names: () => service.fileNames(), get: (n) => service.fileVolume(n), readOnly: (n) => service.isReadOnly(n) },
+      spaceDir: c.dataDir,
+      onOp: (op, ms, bytes, error) => metrics.fuse(op, ms, bytes, error),
+      onError: (op, path, err) => log.warn({ op, path, code: codeOf(err), err }, 'request failed'),
+    });
+    service.openHandles = (n) => mount.openCount(n);
+    await mount.mount();
+    undo.push(() => mount.unmount());
+    const api = await startApi(service, c.socket, log);
+    undo.push(async () => {
+      await new Promise((r) => api.close(r));
+      await rm(c.socket, { force: true });
+    });
+    log.info({ mount: c.mount, socket: c.socket, store: store.description, attached: service.attached.size, metricsPort: c.metricsPort }, 'serving');
+    let stopping: Promise<void> | undefined;
+    const stop = (force = false): Promise<void> => {
+      stopping ??= (async () => {
+        const open = [...service.attached.keys()].filter((n) => mount.openCount(n) > 0);
+        if (open.length && !force) {
+          stopping = undefined;
+          throw Object.assign(new Error(`volume files are open: ${open.join(', ')}`), { code: 'BUSY' });
+        }
+        await new Promise((r) => api.close(r));
+        metricsServer?.close();
+        await rm(c.socket, { force: true });
+        await service.closeAll();
+        await mount.unmount();
+        await store.close();
+        await lock.release();
+        log.info('stopped');
+      })();
+      return stopping;
+    };
+    return { service, mount, log, stop };
   } catch (err) {
-    await mount.unmount().catch(() => undefined);
+    await rollback();
     throw err;
   }
-  const metricsServer = c.metricsPort === undefined ? undefined : await metrics.listen(c.metricsPort);
-  log.info({ mount: c.mount, socket: c.socket, store: store.description, attached: service.attached.size, metricsPort: c.metricsPort }, 'serving');
-  let stopping: Promise<void> | undefined;
-  const stop = (force = false): Promise<void> => {
-    stopping ??= (async () => {
-      const open = [...service.attached.keys()].filter((n) => mount.openCount(n) > 0);
-      if (open.length && !force) {
-        stopping = undefined;
-        throw Object.assign(new Error(`volume files are open: ${open.join(', ')}`), { code: 'BUSY' });
-      }
-      await new Promise((r) => api.close(r));
-      metricsServer?.close();
-      await rm(c.socket, { force: true });
-      await service.closeAll();
-      await mount.unmount();
-      await store.close();
-      log.info('stopped');
-    })();
-    return stopping;
-  };
-  return { service, mount, log, stop };
 }
 
 /** Run until a signal: the first SIGINT/SIGTERM stops unless files are open; a second forces. */

@@ -8,14 +8,58 @@
  * builds a path itself. Moves are renames inside one file system, followed by an fsync of
  * both parent directories, so a crash leaves a directory in exactly one of the places.
  */
-import { mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
+import { IslandError } from '../errors.js';
+import { lockExclusive } from './native.js';
 
 export const VOLUMES_DIR = 'volumes';
 export const KEPT_DIR = 'kept';
+/** Locked (flock) by the daemon that serves the data directory; holds its pid, for messages. */
+export const LOCK_FILE = 'lock';
+
+/** The data directory's lock, held until release() (or until the process dies). */
+export interface DataDirLock {
+  release(): Promise<void>;
+}
 
 export class LocalDirectories {
   constructor(readonly dataDir: string) {}
+
+  /**
+   * Take the data directory for this process: one daemon serves a data directory, or two
+   * would recover, serve and snapshot the same volumes, each overwriting the other's
+   * writes. The lock is flock(2) on `<dataDir>/lock`: the kernel drops it when the holder
+   * dies, so no stale lock needs breaking after a crash. DATA_DIR_LOCKED names the holder.
+   */
+  async lock(): Promise<DataDirLock> {
+    await mkdir(this.dataDir, { recursive: true, mode: 0o700 });
+    const path = join(this.dataDir, LOCK_FILE);
+    const fh: FileHandle = await open(path, 'a+', 0o600);
+    let held = false;
+    try {
+      held = await lockExclusive(fh.fd);
+      if (!held) {
+        const holder = (await fh.readFile('utf8').catch(() => '')).trim();
+        throw new IslandError('DATA_DIR_LOCKED', `data directory ${this.dataDir} is in use by another island daemon${holder ? ` (pid ${holder.slice(0, 20)})` : ''}; stop it first, or give this one its own data directory`, {
+          details: { dataDir: this.dataDir, holder: holder.slice(0, 20) || null },
+        });
+      }
+      await fh.truncate(0);
+      await fh.write(`${process.pid}\n`, 0);
+    } catch (err) {
+      await fh.close();
+      throw err;
+    }
+    let closed = false;
+    return {
+      release: async () => {
+        if (closed) return;
+        closed = true;
+        await fh.close();
+      },
+    };
+  }
 
   /** The directory of a volume attached (served) here. */
   live(name: string): string {

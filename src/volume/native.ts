@@ -30,7 +30,7 @@ import { Semaphore } from '../store/limit.js';
 export const NATIVE_ADDON_PATH = fileURLToPath(new URL('../../native/build/Release/island_native.node', import.meta.url));
 
 /** The addon contract this module speaks (ISLAND_NATIVE_ABI in native/island_native.c). */
-const NATIVE_ABI = 1;
+const NATIVE_ABI = 2;
 
 const MISSING_MESSAGE = 'island native addon not built: run scripts/build-native.sh (needs g++, make, python3)';
 
@@ -64,6 +64,8 @@ interface Addon {
   punchHole(fd: number, offset: number, length: number): Promise<void>;
   /** extents: flat (offset, length) pairs; next: -1 when the range is exhausted. */
   dataExtents(fd: number, start: number, end: number, max: number): Promise<{ extents: Float64Array; next: number }>;
+  /** flock(LOCK_EX | LOCK_NB): false when another open file holds the lock. */
+  lockExclusive(fd: number): Promise<boolean>;
 }
 
 let loaded: { addon: Addon } | { error: IslandError } | undefined;
@@ -214,6 +216,17 @@ export async function dataExtents(fd: number, start: number, end: number, maxExt
   const extents: Array<[number, number]> = [];
   for (let i = 0; i + 1 < r.extents.length; i += 2) extents.push([r.extents[i] ?? 0, r.extents[i + 1] ?? 0]);
   return { extents, next: r.next < 0 ? null : r.next };
+}
+
+/**
+ * Take the exclusive advisory lock of an open file (flock LOCK_EX | LOCK_NB), without
+ * waiting: true when this open file now holds it, false when another one does. The kernel
+ * releases it when the file's last descriptor closes, also when the process is killed, so a
+ * lock never outlives its holder.
+ */
+export async function lockExclusive(fd: number): Promise<boolean> {
+  checkFd(fd);
+  return call('lockExclusive', { fd }, (a) => a.lockExclusive(fd));
 }
 
 export interface EachDataExtentOptions {

@@ -15,7 +15,7 @@ import { treeFetcher } from '../snapshot/restore.js';
 import { Volume } from '../volume/engine.js';
 import { LAST_SNAPSHOT_FILE } from '../volume/setup.js';
 import { type Attached, type AttachRequest, type DaemonContext } from './context.js';
-import { LazyFetcher, writeDurable, type Fills } from './fills.js';
+import { LazyFetcher, parseFillRate, writeDurable, type Fills } from './fills.js';
 import type { SnapshotJobs } from './snapshot-jobs.js';
 import { checkRestorable, checkUndamaged } from './sources.js';
 
@@ -65,6 +65,8 @@ export class Attachments {
   async attach(rec: VolumeRecord, req: AttachRequest = {}): Promise<void> {
     const { ctx, fills } = this;
     const repo = ctx.repo;
+    // Everything the request says is checked before anything changes.
+    parseFillRate(req.fillRate);
     await this.exclusive(rec.name, async () => {
       if (ctx.attached.has(rec.name)) throw new IslandError('BUSY', `volume ${rec.name} is already attached on this host`, { details: { volume: rec.name } });
       const att = await acquireGeneration(repo, rec.name, { force: req.force ?? false });

@@ -11,6 +11,9 @@ import { IslandError, codeOf } from '../errors.js';
 import { parseVolumeName } from '../format/names.js';
 import type { Manifest, VolumeRecord } from '../format/records.js';
 import { acquireGeneration, releaseGeneration } from '../repo/attach.js';
+import { checkHolds } from '../repo/fencing.js';
+import { untilAvailable } from '../util/backoff.js';
+import { sleep } from '../util/sleep.js';
 import { treeFetcher } from '../snapshot/restore.js';
 import { Volume } from '../volume/engine.js';
 import { LAST_SNAPSHOT_FILE } from '../volume/setup.js';
@@ -18,6 +21,11 @@ import { type Attached, type AttachRequest, type DaemonContext } from './context
 import { LazyFetcher, parseFillRate, writeDurable, type Fills } from './fills.js';
 import type { SnapshotJobs } from './snapshot-jobs.js';
 import { checkRestorable, checkUndamaged } from './sources.js';
+
+/** How long a restart waits for the store to confirm reopened volumes before serving. */
+const CONFIRM_WAIT_MS = 10_000;
+
+const UNCONFIRMED = 'reopened after a restart: read-only until the store confirms that no other host took the volume meanwhile';
 
 export class Attachments {
   /** Names with an attach or detach in progress: a second one is refused. */
@@ -31,6 +39,7 @@ export class Attachments {
 
   /** Reopen the volumes that were attached here when the daemon last stopped or crashed. */
   async reopenAll(): Promise<void> {
+    const confirmations: Promise<void>[] = [];
     for (const name of await this.ctx.dirs.listLive()) {
       const vlog = this.ctx.log.child({ volume: name });
       try {
@@ -41,8 +50,9 @@ export class Attachments {
         // The parent is read from the store when the next snapshot needs it: a volume
         // comes back (and is served) even while the store is unreachable.
         const parentId = await readLastSnapshot(this.ctx.dirs.live(name));
-        const a: Attached = { volume, generation: volume.generation, qmp: undefined, qga: undefined, parent: null, parentId: parentId || undefined, job: undefined };
+        const a: Attached = { volume, generation: volume.generation, access: { mode: 'read-only', why: UNCONFIRMED }, qmp: undefined, qga: undefined, parent: null, parentId: parentId || undefined, job: undefined };
         this.ctx.attached.set(name, a);
+        confirmations.push(this.confirm(name, a));
         if (baseId) await this.fills.resume(name, a, baseId);
         vlog.info({ length: volume.length, recovery: volume.recovery }, 'volume reattached');
       } catch (err) {
@@ -50,6 +60,54 @@ export class Attachments {
         vlog.error({ err, code: codeOf(err) }, 'volume cannot be opened; not served');
       }
     }
+    // Serve once every volume's first confirmation answered, or after CONFIRM_WAIT_MS
+    // (a store that is down keeps those volumes read-only; the mount is not held for it).
+    const wait = new AbortController();
+    await Promise.race([Promise.all(confirmations), sleep(CONFIRM_WAIT_MS, wait.signal, { resolveOnAbort: true })]);
+    wait.abort();
+  }
+
+  /**
+   * Confirm that this host still holds a reopened volume's generation (resolves after the
+   * first try; an unreachable store is waited out in the background):
+   * until the store says so the volume is read-only (another host may have taken it with
+   * --force while this daemon was down); an unreachable store is waited out; a newer
+   * generation fences the volume for good.
+   */
+  private confirm(name: string, a: Attached): Promise<void> {
+    const controller = new AbortController();
+    a.confirming = controller;
+    const log = this.ctx.log.child({ volume: name, generation: a.generation });
+    let firstTry: () => void = () => undefined;
+    const settled = new Promise<void>((r) => (firstTry = r));
+    untilAvailable(() => checkHolds(this.ctx.repo, name, a.generation, { signal: controller.signal }), {
+      signal: controller.signal,
+      onWait: (err, delay) => {
+        a.access = { mode: 'read-only', why: `the store cannot be reached (${codeOf(err)}) to confirm that this host still holds generation ${a.generation}; read-only until it answers` };
+        log.warn({ err, retryInMs: delay }, 'volume stays read-only: the store cannot confirm this host still holds it');
+        firstTry();
+      },
+    })
+      .then(
+        () => {
+          if (a.access.mode === 'read-only') a.access = { mode: 'read-write', why: null };
+          log.info('the store confirms this host holds the volume: read-write');
+        },
+        (err: unknown) => {
+          if (!controller.signal.aborted) this.fence(name, a, err);
+        },
+      )
+      .finally(firstTry);
+    // The mount appears once the first try has answered: with a reachable store, a volume
+    // is read-write (or fenced) before QEMU can open it again.
+    return settled;
+  }
+
+  /** Another host holds the volume (or its generation cannot be confirmed): never writable again here. */
+  fence(name: string, a: Attached, err: unknown): void {
+    const message = err instanceof Error ? err.message : String(err);
+    a.access = { mode: 'fenced', why: `${codeOf(err)}: ${message}; detach it here to set its local copy aside (kept under ${this.ctx.dirs.fencedRoot()})` };
+    this.ctx.log.error({ volume: name, err, code: codeOf(err) }, 'volume fenced: it is read-only on this host for good');
   }
 
   private async exclusive<T>(name: string, fn: () => Promise<T>): Promise<T> {
@@ -128,7 +186,7 @@ export class Attachments {
       }
       const lastId = await readLastSnapshot(dir);
       const parent = lastId ? await this.snapshots.parentById(rec.name, lastId, volume) : null;
-      const a: Attached = { volume, generation: att.generation, qmp: req.qmp, qga: req.qga, parent, job: undefined };
+      const a: Attached = { volume, generation: att.generation, access: { mode: 'read-write', why: null }, qmp: req.qmp, qga: req.qga, parent, job: undefined };
       ctx.attached.set(rec.name, a);
       if (fillFrom) await fills.resume(rec.name, a, fillFrom, req);
       vlog.info({ generation: att.generation }, 'attached');
@@ -147,6 +205,8 @@ export class Attachments {
       if (!a) throw new IslandError('NOT_FOUND', `volume ${vname} is not attached on this host`, { details: { volume: vname } });
       const open = ctx.openHandles(vname);
       if (open > 0 && !req.force) throw new IslandError('BUSY', `${vname}.qcow2 is open (${open} handle${open > 1 ? 's' : ''}); close it or detach with --force`, { details: { volume: vname, open } });
+      a.confirming?.abort();
+      if (a.access.mode === 'fenced') return this.setAside(vname, a);
       // The final snapshot: the volume's last state goes to the store before the host
       // lets go of it (its manifest is written before the detach record).
       const last = await this.snapshots.one(vname, 'crash');
@@ -165,9 +225,24 @@ export class Attachments {
     });
   }
 
+  /**
+   * Detach a fenced volume: no final snapshot (this host may not commit), no detach record
+   * (the generation is another host's now). Its local copy may hold writes that no snapshot
+   * has: it is moved aside, never dropped, for the operator to inspect or recover.
+   */
+  private async setAside(name: string, a: Attached): Promise<string> {
+    this.ctx.attached.delete(name);
+    await this.fills.stop(a);
+    await a.volume.close();
+    const dir = await this.ctx.dirs.setAside(name, a.generation);
+    this.ctx.log.warn({ volume: name, generation: a.generation, dir }, 'fenced volume detached: its local copy is kept aside, not uploaded');
+    return name;
+  }
+
   /** Stop fills and close every attached volume cleanly (the daemon stops). */
   async closeAll(): Promise<void> {
     for (const [name, a] of this.ctx.attached) {
+      a.confirming?.abort();
       await this.fills.stop(a);
       await a.volume.close().catch((err: unknown) => this.ctx.log.error({ volume: name, err }, 'volume close failed'));
     }

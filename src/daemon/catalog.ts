@@ -70,7 +70,7 @@ export class Catalog {
     };
     if (a) {
       const s = a.volume.stats();
-      v.local = { file: mountFile(this.ctx.config, rec.name), length: a.volume.length, openHandles: this.ctx.openHandles(rec.name), dirtyClusters: s.dirtyClusters, recovery: a.volume.recovery, fill: a.fill ? fillView(a.fill) : null };
+      v.local = { file: mountFile(this.ctx.config, rec.name), length: a.volume.length, openHandles: this.ctx.openHandles(rec.name), dirtyClusters: s.dirtyClusters, recovery: a.volume.recovery, fill: a.fill ? fillView(a.fill) : null, access: { ...a.access } };
     }
     return v;
   }

@@ -72,8 +72,23 @@ export interface SnapshotJob {
   promise: Promise<Manifest>;
 }
 
+/**
+ * Whether a volume attached here may be written. A volume this daemon attached is
+ * read-write; one reopened after a restart is read-only until the store confirms this host
+ * still holds its generation (a forced attach elsewhere may have taken it meanwhile), and
+ * fenced for good once the store shows another host took it.
+ */
+export interface Access {
+  mode: 'read-write' | 'read-only' | 'fenced';
+  /** Why it is not read-write (null when it is). */
+  why: string | null;
+}
+
 export interface Attached {
   volume: Volume;
+  access: Access;
+  /** Stops the lease confirmation of a reopened volume (detach, shutdown). */
+  confirming?: AbortController;
   generation: number;
   qmp: string | undefined;
   qga: string | undefined;
@@ -98,7 +113,7 @@ export interface VolumeView {
   generation: number;
   source: VolumeRecord['source'];
   /** Present when attached on this host. */
-  local?: { file: string; length: number; openHandles: number; dirtyClusters: number; recovery: Volume['recovery']; fill: FillView | null };
+  local?: { file: string; length: number; openHandles: number; dirtyClusters: number; recovery: Volume['recovery']; fill: FillView | null; access: Access };
 }
 
 export interface SnapshotView {

@@ -6,12 +6,12 @@
  */
 import { readFile, open, rename } from 'node:fs/promises';
 import { join } from 'node:path';
-import { IslandError, codeOf, isTransient } from '../errors.js';
+import { IslandError, codeOf } from '../errors.js';
 import type { Manifest } from '../format/records.js';
 import { findSnapshot } from '../repo/snapshots.js';
 import { fillVolume, type FillProgress } from '../snapshot/fill.js';
 import { treeFetcher } from '../snapshot/restore.js';
-import { sleep } from '../util/sleep.js';
+import { untilAvailable } from '../util/backoff.js';
 import type { PresentFetcher } from '../volume/engine.js';
 import { parseSize } from '../format/names.js';
 import { PIN_TTL_MS, type AttachRequest, type Attached, type DaemonContext, type FillJob } from './context.js';
@@ -94,20 +94,17 @@ export class Fills {
     const log = this.ctx.log.child({ volume: name, base: baseId });
     job.promise = (async () => {
       const t0 = performance.now();
-      let p: FillProgress;
       // The store may be down (the fill waits for it); anything else ends the fill.
-      for (let delay = 1000; ; delay = Math.min(60_000, delay * 2)) {
-        try {
-          const base = await this.baseOf(name, baseId);
-          p = await fillVolume(this.ctx.repo, base, a.volume, { signal: controller.signal, rateBytesPerSec: rate, log, onProgress: (x) => (job.progress = x) });
-          break;
-        } catch (err) {
-          if (controller.signal.aborted || !isTransient(err)) throw err;
-          job.progress = { ...job.progress, waiting: true };
-          log.warn({ err, retryInMs: delay }, 'background fill: the store is unreachable; waiting');
-          await sleep(delay, controller.signal);
-        }
-      }
+      const p = await untilAvailable(
+        async () => fillVolume(this.ctx.repo, await this.baseOf(name, baseId), a.volume, { signal: controller.signal, rateBytesPerSec: rate, log, onProgress: (x) => (job.progress = x) }),
+        {
+          signal: controller.signal,
+          onWait: (err, delay) => {
+            job.progress = { ...job.progress, waiting: true };
+            log.warn({ err, retryInMs: delay }, 'background fill: the store is unreachable; waiting');
+          },
+        },
+      );
       job.progress = p;
       if (p.failedClusters > 0) {
         job.state = 'incomplete';

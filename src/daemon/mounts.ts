@@ -33,7 +33,10 @@ export class MountTable {
     return this.ctx.attached.get(name)?.volume ?? this.snapshots.get(name)?.image;
   }
 
+  /** Mounted snapshots, and attached volumes not (or no longer) confirmed writable. */
   isReadOnly(name: string): boolean {
+    const a = this.ctx.attached.get(name);
+    if (a) return a.access.mode !== 'read-write';
     return this.snapshots.has(name);
   }
 

@@ -23,7 +23,7 @@ import { LocalDirectories } from '../volume/directories.js';
 import type { FuseVolume } from '../fuse/adapter.js';
 import { Attachments } from './attachments.js';
 import { Catalog } from './catalog.js';
-import { WINDOW_MS, fillView, type AttachRequest, type Attached, type DaemonContext, type FillView, type SnapshotView, type VolumeView } from './context.js';
+import { WINDOW_MS, fillView, type Access, type AttachRequest, type Attached, type DaemonContext, type FillView, type SnapshotView, type VolumeView } from './context.js';
 import { Copies, type CopyOutcome, type CopyView, type RegionOpener } from './copies.js';
 import { Fills } from './fills.js';
 import { History, type GcView } from './history.js';
@@ -31,7 +31,7 @@ import { MountTable } from './mounts.js';
 import { SnapshotJobs } from './snapshot-jobs.js';
 
 export { PIN_TTL_MS, WINDOW_MS, snapshotView, fillView } from './context.js';
-export type { AttachRequest, Attached, FillJob, FillView, SnapshotJob, SnapshotView, VolumeView } from './context.js';
+export type { Access, AttachRequest, Attached, FillJob, FillView, SnapshotJob, SnapshotView, VolumeView } from './context.js';
 export type { GcView } from './history.js';
 
 export interface StatusView {
@@ -49,6 +49,7 @@ export interface StatusView {
     lastSnapshot: string | null;
     snapshot: { done: number; total: number; seconds: number } | null;
     fill: FillView | null;
+    access: Access;
   }[];
 }
 
@@ -77,7 +78,11 @@ export class Service {
     this.catalog = new Catalog(this.ctx);
     this.fills = new Fills(this.ctx);
     this.history = new History(this.ctx, this.copies);
-    this.snapshots = new SnapshotJobs(this.ctx, (source: Manifest) => this.history.releaseClonePin(source.id));
+    this.snapshots = new SnapshotJobs(
+      this.ctx,
+      (source: Manifest) => this.history.releaseClonePin(source.id),
+      (name, a, err) => this.attachments.fence(name, a, err),
+    );
     this.attachments = new Attachments(this.ctx, this.fills, this.snapshots);
     this.mounts = new MountTable(this.ctx);
   }
@@ -131,6 +136,7 @@ export class Service {
         lastSnapshot: a.parent?.id ?? null,
         snapshot: a.job ? { done: a.job.done, total: a.job.total, seconds: (Date.now() - a.job.started) / 1000 } : null,
         fill: a.fill ? fillView(a.fill) : null,
+        access: { ...a.access },
       })),
     };
   }

@@ -9,6 +9,7 @@ import { IslandError, codeOf } from '../errors.js';
 import { parseVolumeName } from '../format/names.js';
 import type { Manifest } from '../format/records.js';
 import { findSnapshot } from '../repo/snapshots.js';
+import { checkHolds } from '../repo/fencing.js';
 import { takeSnapshot } from '../snapshot/create.js';
 import { EncodePool } from '../snapshot/pool.js';
 import { GuestAgent } from '../qmp/guest-agent.js';
@@ -30,6 +31,8 @@ export class SnapshotJobs {
   constructor(
     private readonly ctx: DaemonContext,
     private readonly onFirstOwnSnapshot: (source: Manifest) => Promise<void>,
+    /** Told when the store shows another host took a volume: it is fenced here. */
+    private readonly onFenced: (name: string, a: Attached, err: unknown) => void,
   ) {}
 
   private encodePool(): EncodePool {
@@ -113,6 +116,14 @@ export class SnapshotJobs {
   }
 
   private async run(name: string, a: Attached, job: SnapshotJob, consistency: Consistency, seal: Seal | undefined, pauseMs: number | undefined): Promise<Manifest> {
+    // Fencing before anything is uploaded (the commit checks again at its commit point).
+    if (a.access.mode === 'fenced') throw new IslandError('FENCED', `volume ${name} is fenced on this host: ${a.access.why ?? ''}`, { details: { volume: name } });
+    try {
+      await checkHolds(this.ctx.repo, name, a.generation);
+    } catch (err) {
+      if (codeOf(err) === 'FENCED') this.onFenced(name, a, err);
+      throw err;
+    }
     if (a.parentId !== undefined) {
       a.parent = await this.parentById(name, a.parentId, a.volume);
       a.parentId = undefined;

@@ -225,6 +225,8 @@ export class FuseMount {
         const vol = h ? this.opts.table.get(h.name) : undefined;
         if (!h || !vol) return cb(ERR.EBADF);
         if (!h.writable) return cb(ERR.EBADF);
+        // A volume can turn read-only under an open handle (fenced by another host).
+        if (this.opts.table.readOnly?.(h.name)) return cb(ERR.EROFS);
         const done = timed('write', (n) => n, cb);
         this.mtimes.set(h.name, new Date());
         vol.write(buf.subarray(0, len), pos).then(done, (err: unknown) => this.fail('write', path, err, done));

@@ -24,6 +24,7 @@ import { encodeBlob } from '../format/blob.js';
 import { hex } from '../format/location.js';
 import { keys } from './keys.js';
 import type { Repository } from './repository.js';
+import { checkHolds } from './fencing.js';
 
 /** A cluster already hashed and framed (by a worker thread). */
 export interface EncodedCluster {
@@ -183,13 +184,7 @@ export async function commitSnapshot(repo: Repository, req: CommitRequest): Prom
     // 4. fencing: this host must still hold its generation (two hosts that raced for one
     //    generation both read their own record back only if the store served a stale
     //    read; the record's final value names one of them) and no newer one may exist.
-    const holder = await repo.getGeneration(req.volume, req.generation, { signal });
-    if (holder?.host !== repo.host) {
-      throw new IslandError('FENCED', `generation ${req.generation} of ${req.volume} is held by ${holder?.host ?? 'nobody'}, not ${repo.host}`, { details: { volume: req.volume, generation: req.generation } });
-    }
-    if (await repo.getGeneration(req.volume, req.generation + 1, { signal })) {
-      throw new IslandError('FENCED', `volume ${req.volume} has a newer generation than ${req.generation}: this host may no longer commit`, { details: { volume: req.volume, generation: req.generation } });
-    }
+    await checkHolds(repo, req.volume, req.generation, { signal });
     // 3. window: re-check the parent and renew the pin if W passed since the check.
     if (parent && repo.now() - pinnedAt > req.windowMs) {
       await checkParent();

@@ -15,6 +15,8 @@ import { lockExclusive } from './native.js';
 
 export const VOLUMES_DIR = 'volumes';
 export const KEPT_DIR = 'kept';
+/** Local copies of volumes fenced by another host's forced attach: kept for the operator. */
+export const FENCED_DIR = 'fenced';
 /** Locked (flock) by the daemon that serves the data directory; holds its pid, for messages. */
 export const LOCK_FILE = 'lock';
 
@@ -95,6 +97,22 @@ export class LocalDirectories {
   async reclaim(name: string): Promise<void> {
     await mkdir(join(this.dataDir, VOLUMES_DIR), { recursive: true });
     await moveDurably(this.kept(name), this.live(name));
+  }
+
+  fencedRoot(): string {
+    return join(this.dataDir, FENCED_DIR);
+  }
+
+  /**
+   * Move a fenced volume's live directory to fenced/<name>.g<generation>.<time>: its writes
+   * may be in no snapshot, so it is never dropped, and a later attach here never mistakes
+   * it for a kept copy. Returns the new path.
+   */
+  async setAside(name: string, generation: number): Promise<string> {
+    await mkdir(this.fencedRoot(), { recursive: true });
+    const to = join(this.fencedRoot(), `${name}.g${generation}.${new Date().toISOString().replace(/[:.]/g, '-')}`);
+    await moveDurably(this.live(name), to);
+    return to;
   }
 
   async dropLive(name: string): Promise<void> {

@@ -14,6 +14,8 @@
  *   GC grace     gcGraceSeconds ISLAND_GC_GRACE     86400: a day, far above the commit window
  *                                                   (1 h), request deadlines and any listing lag
  *                                                   seen; 0 is allowed (tests, single writer)
+ *   commit window commitWindowSeconds ISLAND_COMMIT_WINDOW 3600: W, the longest a snapshot upload
+ *                                                   relies on a parent it checked (docs/protocols.md)
  *   regions      regions      (file only)           {} : the embedded store is region "default"
  *
  * A region in the file: "regions": {"swift-a": {"type": "s3", "endpoint": "http://...",
@@ -29,6 +31,8 @@ import { isAbsolute, join } from 'node:path';
 import { IslandError } from './errors.js';
 import { parseHostId, parseRegionName } from './format/names.js';
 import type { BackendConfig } from './store/open.js';
+import { DEFAULT_DEADLINE_MS } from './store/retry.js';
+import { isCrashPoint } from './util/crash.js';
 
 export interface Config {
   dataDir: string;
@@ -43,8 +47,37 @@ export interface Config {
   store: BackendConfig;
   /** Every region the file declares, by name (copy targets). */
   regions: Record<string, BackendConfig>;
-  /** GC acts on a tombstone, and deletes an unreferenced pack, only after this long. */
+  /** GC acts on a tombstone, and deletes an unreferenced pack, only after this long (G). */
   gcGraceMs: number;
+  /** W: a snapshot upload commits within this long of checking its parent, or re-checks. */
+  commitWindowMs: number;
+  /**
+   * Switches for tests only (ISLAND_TEST_SWITCHES=1, environment only): a grace period that
+   * breaks G > W + D + L (e.g. 0), and crash points. Never set in production.
+   */
+  testSwitches: boolean;
+  /** Test switch: the named crash point at which the daemon kills itself (ISLAND_CRASH_AT). */
+  crashAt: string | undefined;
+}
+
+/**
+ * D and L of G > W + D + L (docs/protocols.md): a store call's deadline, retries included,
+ * and the listing lag island allows for. Swift's listings lag without bound in theory;
+ * 10 minutes is far above what replication shows in practice, and G's default of a day
+ * leaves most of the day as margin.
+ */
+export const REQUEST_DEADLINE_MS = DEFAULT_DEADLINE_MS;
+export const LISTING_LAG_MS = 10 * 60 * 1000;
+
+/** Check G > W + D + L, the rule GC's safety rests on (test switches may break it on purpose). */
+export function checkGraceWindow(gcGraceMs: number, commitWindowMs: number, testSwitches: boolean): void {
+  const needed = commitWindowMs + REQUEST_DEADLINE_MS + LISTING_LAG_MS;
+  if (gcGraceMs > needed || testSwitches) return;
+  throw new IslandError(
+    'INVALID_CONFIG',
+    `the GC grace period (${gcGraceMs / 1000} s) must exceed the commit window (${commitWindowMs / 1000} s) + the store deadline (${REQUEST_DEADLINE_MS / 1000} s) + the listing lag allowed for (${LISTING_LAG_MS / 1000} s) = ${needed / 1000} s, or GC could delete what an upload in progress relies on`,
+    { details: { gcGraceMs, commitWindowMs, needed } },
+  );
 }
 
 const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace'] as const;
@@ -121,6 +154,14 @@ export async function loadConfig(env: NodeJS.ProcessEnv = process.env): Promise<
   const storeDir = path(pick('storeDir', 'ISLAND_STORE_DIR') ?? join(dataDir, 'store'), 'storeDir (ISLAND_STORE_DIR)');
   if (!LEVELS.includes(level as Config['logLevel'])) throw new IslandError('INVALID_CONFIG', `logLevel must be one of ${LEVELS.join(', ')}`);
   const regions = regionsOf(file.regions);
+  const testSwitches = env.ISLAND_TEST_SWITCHES === '1';
+  const gcGraceMs = seconds(pick('gcGraceSeconds', 'ISLAND_GC_GRACE') ?? 86_400, 'gcGraceSeconds (ISLAND_GC_GRACE)') * 1000;
+  const commitWindowMs = seconds(pick('commitWindowSeconds', 'ISLAND_COMMIT_WINDOW') ?? 3600, 'commitWindowSeconds (ISLAND_COMMIT_WINDOW)') * 1000;
+  if (commitWindowMs < 1000) throw new IslandError('INVALID_CONFIG', 'commitWindowSeconds (ISLAND_COMMIT_WINDOW) must be at least 1');
+  checkGraceWindow(gcGraceMs, commitWindowMs, testSwitches);
+  const crashAt = env.ISLAND_CRASH_AT || undefined;
+  if (crashAt !== undefined && !testSwitches) throw new IslandError('INVALID_CONFIG', 'ISLAND_CRASH_AT is a test switch: it needs ISLAND_TEST_SWITCHES=1');
+  if (crashAt !== undefined && !isCrashPoint(crashAt)) throw new IslandError('INVALID_CONFIG', `ISLAND_CRASH_AT: no crash point ${JSON.stringify(crashAt.slice(0, 60))} (see src/util/crash.ts)`);
   return {
     dataDir,
     mount: path(pick('mount', 'ISLAND_MOUNT') ?? '/run/island/mnt', 'mount (ISLAND_MOUNT)'),
@@ -132,7 +173,10 @@ export async function loadConfig(env: NodeJS.ProcessEnv = process.env): Promise<
     region,
     store: regions[region] ?? { type: 'fs', dir: storeDir },
     regions,
-    gcGraceMs: seconds(pick('gcGraceSeconds', 'ISLAND_GC_GRACE') ?? 86_400, 'gcGraceSeconds (ISLAND_GC_GRACE)') * 1000,
+    gcGraceMs,
+    commitWindowMs,
+    testSwitches,
+    crashAt,
   };
 }
 

@@ -21,6 +21,7 @@ import { type Attached, type AttachRequest, type DaemonContext } from './context
 import { LazyFetcher, parseFillRate, writeDurable, type Fills } from './fills.js';
 import type { SnapshotJobs } from './snapshot-jobs.js';
 import { checkRestorable, checkUndamaged } from './sources.js';
+import { crashPoint } from '../util/crash.js';
 
 /** How long a restart waits for the store to confirm reopened volumes before serving. */
 const CONFIRM_WAIT_MS = 10_000;
@@ -128,6 +129,7 @@ export class Attachments {
     await this.exclusive(rec.name, async () => {
       if (ctx.attached.has(rec.name)) throw new IslandError('BUSY', `volume ${rec.name} is already attached on this host`, { details: { volume: rec.name } });
       const att = await acquireGeneration(repo, rec.name, { force: req.force ?? false });
+      crashPoint('attach.claimed');
       if (att.tookOverFrom) ctx.log.warn({ volume: rec.name, from: att.tookOverFrom }, 'forced attach: the previous host must be fenced');
       const dir = ctx.dirs.live(rec.name);
       const kept = ctx.dirs.kept(rec.name);
@@ -178,6 +180,7 @@ export class Attachments {
           fetcher: treeFetcher(repo, base),
           logger: vlog,
         });
+        crashPoint('attach.local-created');
         await this.recordParent(dir, base);
         fillFrom = base.id;
         vlog.info({ base: base.id, imageLength: base.imageLength }, 'attached from snapshot: clusters are fetched on first touch');
@@ -186,6 +189,7 @@ export class Attachments {
       }
       const lastId = await readLastSnapshot(dir);
       const parent = lastId ? await this.snapshots.parentById(rec.name, lastId, volume) : null;
+      crashPoint('attach.recorded');
       const a: Attached = { volume, generation: att.generation, access: { mode: 'read-write', why: null }, qmp: req.qmp, qga: req.qga, parent, job: undefined };
       ctx.attached.set(rec.name, a);
       if (fillFrom) await fills.resume(rec.name, a, fillFrom, req);
@@ -211,12 +215,14 @@ export class Attachments {
       // lets go of it (its manifest is written before the detach record).
       const last = await this.snapshots.one(vname, 'crash');
       ctx.log.info({ volume: vname, snapshot: last.id }, 'final snapshot before detach');
+      crashPoint('detach.final-snapshot');
       ctx.attached.delete(vname);
       const base = a.volume.baseSnapshot;
       await this.fills.stop(a);
       await a.volume.close();
       if (req.keepLocal) await ctx.dirs.keep(vname);
       else await ctx.dirs.dropLive(vname);
+      crashPoint('detach.local-released');
       await releaseGeneration(ctx.repo, vname, a.generation);
       // The final snapshot holds everything the base gave: this host's pins on it can go.
       if (base) await this.fills.releasePins(base);

@@ -13,8 +13,6 @@ import type { FillProgress } from '../snapshot/fill.js';
 import type { LocalDirectories } from '../volume/directories.js';
 import type { Volume } from '../volume/engine.js';
 
-/** Upload window W: a snapshot commits within it or re-checks (docs/protocols.md). */
-export const WINDOW_MS = 60 * 60 * 1000;
 /** A clone pin lasts until the clone's first snapshot commits (or the clone is deleted). */
 export const CLONE_PIN_MS = 100 * 365 * 24 * 3600 * 1000;
 /** An attach pin protects a restore base this long (renewal comes with the background fill). */

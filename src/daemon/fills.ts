@@ -15,6 +15,7 @@ import { untilAvailable } from '../util/backoff.js';
 import type { PresentFetcher } from '../volume/engine.js';
 import { parseSize } from '../format/names.js';
 import { PIN_TTL_MS, type AttachRequest, type Attached, type DaemonContext, type FillJob } from './context.js';
+import { crashPoint } from '../util/crash.js';
 
 /** Written when a restored volume holds every cluster of its base: it no longer needs the store. */
 const FILLED_FILE = 'filled';
@@ -106,6 +107,7 @@ export class Fills {
         },
       );
       job.progress = p;
+      crashPoint('fill.fetched');
       if (p.failedClusters > 0) {
         job.state = 'incomplete';
         log.error({ failedClusters: p.failedClusters }, 'background fill finished with clusters that cannot be restored (see island fsck); the base stays pinned');

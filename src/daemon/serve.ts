@@ -20,6 +20,7 @@ import { startApi } from './api.js';
 import { Metrics } from './metrics.js';
 import { Service } from './service.js';
 import { LocalDirectories } from '../volume/directories.js';
+import { armCrashPoint } from '../util/crash.js';
 
 export interface Daemon {
   readonly service: Service;
@@ -35,6 +36,7 @@ export function makeLogger(c: Config): Logger {
 export async function startDaemon(c: Config, log: Logger = makeLogger(c)): Promise<Daemon> {
   // Start fully or not at all: each step that succeeded is undone, last first, when a later
   // one fails, so a failed start leaves no mount, socket, port or lock behind.
+  armCrashPoint(c.crashAt);
   const undo: (() => Promise<unknown>)[] = [];
   const rollback = async (): Promise<void> => {
     for (const f of undo.reverse()) await f().catch((err: unknown) => log.warn({ err }, 'cleanup after a failed start'));

@@ -23,14 +23,14 @@ import { LocalDirectories } from '../volume/directories.js';
 import type { FuseVolume } from '../fuse/adapter.js';
 import { Attachments } from './attachments.js';
 import { Catalog } from './catalog.js';
-import { WINDOW_MS, fillView, type Access, type AttachRequest, type Attached, type DaemonContext, type FillView, type SnapshotView, type VolumeView } from './context.js';
+import { fillView, type Access, type AttachRequest, type Attached, type DaemonContext, type FillView, type SnapshotView, type VolumeView } from './context.js';
 import { Copies, type CopyOutcome, type CopyView, type RegionOpener } from './copies.js';
 import { Fills } from './fills.js';
 import { History, type GcView } from './history.js';
 import { MountTable } from './mounts.js';
 import { SnapshotJobs } from './snapshot-jobs.js';
 
-export { PIN_TTL_MS, WINDOW_MS, snapshotView, fillView } from './context.js';
+export { PIN_TTL_MS, snapshotView, fillView } from './context.js';
 export type { Access, AttachRequest, Attached, FillJob, FillView, SnapshotJob, SnapshotView, VolumeView } from './context.js';
 export type { GcView } from './history.js';
 
@@ -74,7 +74,7 @@ export class Service {
     openRegion: RegionOpener = (name, backend) => new Repository(openStore(backend).store, { host: config.hostId, region: name }),
   ) {
     this.ctx = { config, repo, log, attached: this.attached, dirs: new LocalDirectories(config.dataDir), openHandles: (n) => this.openHandles(n) };
-    this.copies = new Copies(config, repo, openRegion, WINDOW_MS, log);
+    this.copies = new Copies(config, repo, openRegion, config.commitWindowMs, log);
     this.catalog = new Catalog(this.ctx);
     this.fills = new Fills(this.ctx);
     this.history = new History(this.ctx, this.copies);

@@ -16,7 +16,7 @@ import { GuestAgent } from '../qmp/guest-agent.js';
 import { QmpSession } from '../qmp/session.js';
 import type { Seal, Volume } from '../volume/engine.js';
 import { writeDurable } from './fills.js';
-import { WINDOW_MS, snapshotView, type Attached, type DaemonContext, type SnapshotJob, type SnapshotView } from './context.js';
+import { snapshotView, type Attached, type DaemonContext, type SnapshotJob, type SnapshotView } from './context.js';
 import { LAST_SNAPSHOT_FILE } from '../volume/setup.js';
 import { join } from 'node:path';
 
@@ -137,7 +137,7 @@ export class SnapshotJobs {
       consistency,
       seal,
       pauseMs: pauseMs ?? null,
-      windowMs: WINDOW_MS,
+      windowMs: this.ctx.config.commitWindowMs,
       onProgress: (done, total) => {
         job.done = done;
         job.total = total;

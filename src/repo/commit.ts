@@ -25,6 +25,7 @@ import { hex } from '../format/location.js';
 import { keys } from './keys.js';
 import type { Repository } from './repository.js';
 import { checkHolds } from './fencing.js';
+import { crashPoint } from '../util/crash.js';
 
 /** A cluster already hashed and framed (by a worker thread). */
 export interface EncodedCluster {
@@ -179,6 +180,7 @@ export async function commitSnapshot(repo: Repository, req: CommitRequest): Prom
     const built = await buildTree(parentTree, shape, entries(), reader, meta, { signal });
     const dataPacks = await data.flush();
     const metaPacks = await meta.flush();
+    crashPoint('snapshot.packs-uploaded');
     await checkpointing;
 
     // 4. fencing: this host must still hold its generation (two hosts that raced for one
@@ -214,6 +216,7 @@ export async function commitSnapshot(repo: Repository, req: CommitRequest): Prom
       packs: [...dataPacks, ...metaPacks].sort(Buffer.compare),
     };
     await repo.putManifest(manifest, { signal });
+    crashPoint('snapshot.manifest-written');
     await repo.putLink(manifest, { signal });
     // Checkpoints stay: GC removes them once older than G. Deleting them here would open a
     // window where a GC that listed manifests before this commit and checkpoints after

@@ -43,6 +43,7 @@ import { PinSet } from './pins.js';
 import type { Repository } from './repository.js';
 import { highestGeneration, resolveHead } from './snapshots.js';
 import { copyPack, treePacks, type TreePack } from './tree-packs.js';
+import { crashPoint } from '../util/crash.js';
 
 /** Packs read, verified and written at once (16 MiB each: 2 x 64 MiB in memory at most). */
 export const COPY_CONCURRENCY = 4;
@@ -164,6 +165,7 @@ export async function copySnapshot(src: Repository, dst: Repository, req: CopyRe
     const settled = await Promise.allSettled(lanes);
     const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
     if (failed) throw failed.reason;
+    crashPoint('copy.packs-copied');
 
     // 7. catalog record.
     progress.phase = 'commit';

@@ -39,6 +39,7 @@ import { manifestTree } from './commit.js';
 import { keys, parseManifestKey, parsePackKey } from './keys.js';
 import { PackUsage } from './pack-usage.js';
 import type { Repository } from './repository.js';
+import { crashPoint } from '../util/crash.js';
 
 /** Partly dead packs listed in a report, most reclaimable first (the count and the total cover all). */
 export const GC_TOP_PACKS = 20;
@@ -260,6 +261,7 @@ export async function collectGarbage(repo: Repository, opts: GcOptions): Promise
     if (signal?.aborted) throw new IslandError('ABORTED', `GC stopped after deleting ${i} of ${doomed.length} packs; the next run deletes the rest`, { cause: signal.reason });
     const part = doomed.slice(i, i + batch);
     await repo.store.deleteMany(part, { signal });
+    crashPoint('gc.swept-batch');
     progress('sweep', i + part.length, doomed.length);
   }
   // 5. manifests, then tombstones, of released snapshots
@@ -267,6 +269,7 @@ export async function collectGarbage(repo: Repository, opts: GcOptions): Promise
     await repo.store.delete(keys.manifest(r.volume, r.id), { signal });
     report.manifestsDeleted++;
   }
+  if (releasedManifests.length) crashPoint('gc.manifests-removed');
   for (const r of releasedManifests) {
     await repo.store.delete(keys.tombstone(r.id), { signal });
     report.tombstonesDeleted++;

@@ -15,6 +15,7 @@ import { keys, parseManifestKey } from './keys.js';
 import type { Repository } from './repository.js';
 import { applyRetention, describeReasons, type KeepReason, type RetentionPolicy } from './retention.js';
 import { deleteSnapshot, pinHolder } from './snapshots.js';
+import { crashPoint } from '../util/crash.js';
 
 export interface PruneOptions extends OpOptions {
   dryRun?: boolean;
@@ -68,6 +69,7 @@ export async function pruneSnapshots(repo: Repository, volume: string, policy: R
     }
     try {
       await deleteSnapshot(repo, volume, d.id, { ...opts, reason: `pruned (${describePolicy(policy)})` });
+      crashPoint('prune.tombstoned');
       report.deleted.push(entry);
     } catch (err) {
       const e = asIslandError(err);

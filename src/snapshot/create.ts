@@ -17,6 +17,7 @@ import { commitSnapshot, type ClusterChange } from '../repo/commit.js';
 import type { Repository } from '../repo/repository.js';
 import type { Seal } from '../volume/engine.js';
 import type { EncodePool } from './pool.js';
+import { crashPoint } from '../util/crash.js';
 
 /** What snapshotting needs of a volume (the engine's Volume). */
 export interface SnapshotSource {
@@ -61,6 +62,7 @@ export function qcow2Facts(head: Buffer): { facts: Qcow2Facts | null; warnings: 
 export async function takeSnapshot(repo: Repository, pool: EncodePool, o: SnapshotOptions): Promise<Manifest> {
   const seal = o.seal ?? (await o.volume.seal());
   try {
+    crashPoint('snapshot.sealed');
     // The header as of the seal when cluster 0 changed in this epoch, else as it is now
     // (then it did not change since the previous seal).
     let head: Buffer;
@@ -106,7 +108,9 @@ export async function takeSnapshot(repo: Repository, pool: EncodePool, o: Snapsh
       windowMs: o.windowMs,
       signal: o.signal,
     });
+    crashPoint('snapshot.committed');
     await seal.complete();
+    crashPoint('snapshot.completed');
     return m;
   } catch (err) {
     if (seal.status === 'open') await seal.abandon().catch(() => undefined);

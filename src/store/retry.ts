@@ -25,6 +25,9 @@ export interface RetryOptions {
   onRetry?: (info: { op: string; key: string; attempt: number; delayMs: number; error: IslandError }) => void;
 }
 
+/** D: the overall deadline of one store call, retries included (docs/protocols.md). */
+export const DEFAULT_DEADLINE_MS = 120_000;
+
 export class RetryStore extends ForwardingStore {
   private readonly attempts: number;
   private readonly base: number;
@@ -38,7 +41,7 @@ export class RetryStore extends ForwardingStore {
     this.attempts = Math.max(1, opts.attempts ?? 8);
     this.base = opts.baseDelayMs ?? 50;
     this.max = opts.maxDelayMs ?? 5_000;
-    this.deadline = opts.deadlineMs ?? 120_000;
+    this.deadline = opts.deadlineMs ?? DEFAULT_DEADLINE_MS;
     this.random = opts.random ?? Math.random;
     this.onRetry = opts.onRetry;
   }

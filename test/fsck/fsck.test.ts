@@ -58,7 +58,7 @@ if ('skip' in got) {
   t.test('fsck finds each injected damage, names the snapshots, repairs what it can', async (t) => {
     const bucket = uniqueBucket('fsck');
     const h = await makeHost(t, 'fsck-host');
-    h.env = { ISLAND_GC_GRACE: '0' };
+    h.env = { ISLAND_GC_GRACE: '0', ISLAND_TEST_SWITCHES: '1' };
     await useS3(h, swift, bucket);
     await serve(h);
     const store = new S3Store({ ...swift, bucket });

@@ -48,7 +48,7 @@ interface Setup {
 async function setup(t: Tap, swift: SwiftInfo, tag: string): Promise<Setup> {
   const bucket = uniqueBucket(tag);
   const h = await makeHost(t, `${tag}-host`);
-  h.env = { ISLAND_GC_GRACE: '0' };
+  h.env = { ISLAND_GC_GRACE: '0', ISLAND_TEST_SWITCHES: '1' };
   await useS3(h, swift, bucket);
   await serve(h);
   const store = new S3Store({ ...swift, bucket });

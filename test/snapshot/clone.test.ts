@@ -22,7 +22,7 @@ if ('skip' in got) {
   t.test('volume create --from: instant, incremental, and independent of its source once snapshotted', async (t) => {
     const bucket = uniqueBucket('clone');
     const h = await makeHost(t, 'clone-host');
-    h.env = { ISLAND_GC_GRACE: '0' };
+    h.env = { ISLAND_GC_GRACE: '0', ISLAND_TEST_SWITCHES: '1' };
     await useS3(h, swift, bucket);
     await serve(h);
     const store = new S3Store({ ...swift, bucket });

@@ -108,7 +108,7 @@ if ('skip' in got) {
     const bucket = uniqueBucket('midupload');
     const h = await makeHost(t, 'midupload-host');
     await useS3(h, { ...swift, endpoint: `http://127.0.0.1:${relay.port}` }, bucket);
-    h.env = { ISLAND_GC_GRACE: '0' };
+    h.env = { ISLAND_GC_GRACE: '0', ISLAND_TEST_SWITCHES: '1' };
     await serve(h);
     const store = new S3Store({ ...swift, bucket });
     t.teardown(() => store.close());

@@ -58,6 +58,8 @@ export interface Config {
   testSwitches: boolean;
   /** Test switch: the named crash point at which the daemon kills itself (ISLAND_CRASH_AT). */
   crashAt: string | undefined;
+  /** Test switch: random transient store failures, per call (ISLAND_STORE_FAULT_RATE, 0 = off). */
+  storeFaultRate: number;
 }
 
 /**
@@ -162,6 +164,9 @@ export async function loadConfig(env: NodeJS.ProcessEnv = process.env): Promise<
   const crashAt = env.ISLAND_CRASH_AT || undefined;
   if (crashAt !== undefined && !testSwitches) throw new IslandError('INVALID_CONFIG', 'ISLAND_CRASH_AT is a test switch: it needs ISLAND_TEST_SWITCHES=1');
   if (crashAt !== undefined && !isCrashPoint(crashAt)) throw new IslandError('INVALID_CONFIG', `ISLAND_CRASH_AT: no crash point ${JSON.stringify(crashAt.slice(0, 60))} (see src/util/crash.ts)`);
+  const storeFaultRate = Number(env.ISLAND_STORE_FAULT_RATE ?? 0);
+  if (!(storeFaultRate >= 0 && storeFaultRate < 1)) throw new IslandError('INVALID_CONFIG', `ISLAND_STORE_FAULT_RATE must be a probability in [0, 1), got ${JSON.stringify(env.ISLAND_STORE_FAULT_RATE)}`);
+  if (storeFaultRate > 0 && !testSwitches) throw new IslandError('INVALID_CONFIG', 'ISLAND_STORE_FAULT_RATE is a test switch: it needs ISLAND_TEST_SWITCHES=1');
   return {
     dataDir,
     mount: path(pick('mount', 'ISLAND_MOUNT') ?? '/run/island/mnt', 'mount (ISLAND_MOUNT)'),
@@ -177,6 +182,7 @@ export async function loadConfig(env: NodeJS.ProcessEnv = process.env): Promise<
     commitWindowMs,
     testSwitches,
     crashAt,
+    storeFaultRate,
   };
 }
 

@@ -16,6 +16,8 @@ import { codeOf } from '../errors.js';
 import { FuseMount } from '../fuse/adapter.js';
 import { Repository } from '../repo/repository.js';
 import { openStore } from '../store/open.js';
+import { ChaosStore } from '../store/chaos.js';
+import type { ObjectStore } from '../store/types.js';
 import { startApi } from './api.js';
 import { Metrics } from './metrics.js';
 import { Service } from './service.js';
@@ -48,7 +50,8 @@ export async function startDaemon(c: Config, log: Logger = makeLogger(c)): Promi
     // The port is taken before anything is served: a port in use stops the start here.
     const metricsServer = c.metricsPort === undefined ? undefined : await metrics.listen(c.metricsPort);
     if (metricsServer) undo.push(() => new Promise((r) => metricsServer.close(r)));
-    const { store } = openStore(c.store, { onObserve: (o) => metrics.store(o) });
+    const chaos = c.storeFaultRate > 0 ? [(s: ObjectStore) => new ChaosStore(s, c.storeFaultRate, process.pid)] : [];
+    const { store } = openStore(c.store, { onObserve: (o) => metrics.store(o), wrap: chaos });
     undo.push(() => store.close());
     const repo = new Repository(store, { host: c.hostId, region: c.region });
     const service = new Service(c, repo, log, (name, backend) => new Repository(openStore(backend, { onObserve: (o) => metrics.store(o) }).store, { host: c.hostId, region: name }));

@@ -53,11 +53,13 @@ export class Attachments {
         const parentId = await readLastSnapshot(this.ctx.dirs.live(name));
         const a: Attached = { volume, generation: volume.generation, access: { mode: 'read-only', why: UNCONFIRMED }, qmp: undefined, qga: undefined, parent: null, parentId: parentId || undefined, job: undefined };
         this.ctx.attached.set(name, a);
+        this.ctx.unopened.delete(name);
         confirmations.push(this.confirm(name, a));
         if (baseId) await this.fills.resume(name, a, baseId);
         vlog.info({ length: volume.length, recovery: volume.recovery }, 'volume reattached');
       } catch (err) {
-        // One damaged volume must not take the others down.
+        // One damaged volume must not take the others down; status says why it is not served.
+        this.ctx.unopened.set(name, { code: codeOf(err), why: err instanceof Error ? err.message : String(err) });
         vlog.error({ err, code: codeOf(err) }, 'volume cannot be opened; not served');
       }
     }
@@ -192,6 +194,7 @@ export class Attachments {
       crashPoint('attach.recorded');
       const a: Attached = { volume, generation: att.generation, access: { mode: 'read-write', why: null }, qmp: req.qmp, qga: req.qga, parent, job: undefined };
       ctx.attached.set(rec.name, a);
+      ctx.unopened.delete(rec.name);
       if (fillFrom) await fills.resume(rec.name, a, fillFrom, req);
       vlog.info({ generation: att.generation }, 'attached');
     });

@@ -25,6 +25,8 @@ export interface DaemonContext {
   /** Volumes attached (served) on this host, by name. */
   readonly attached: Map<string, Attached>;
   readonly dirs: LocalDirectories;
+  /** Volumes with a local directory that could not be opened, and why (shown in status). */
+  readonly unopened: Map<string, { code: string; why: string }>;
   /** Open handles on a file of the mount (wired to the FUSE mount by the composition root). */
   openHandles(name: string): number;
 }

@@ -38,6 +38,8 @@ export interface StatusView {
   host: string;
   mount: string;
   attached: number;
+  /** Local volumes that could not be opened at start, and why: not served until settled. */
+  unopened: { name: string; code: string; why: string }[];
   gc: GcView | null;
   copies: CopyView[];
   volumes: {
@@ -73,7 +75,7 @@ export class Service {
     readonly log: Logger,
     openRegion: RegionOpener = (name, backend) => new Repository(openStore(backend).store, { host: config.hostId, region: name }),
   ) {
-    this.ctx = { config, repo, log, attached: this.attached, dirs: new LocalDirectories(config.dataDir), openHandles: (n) => this.openHandles(n) };
+    this.ctx = { config, repo, log, attached: this.attached, unopened: new Map(), dirs: new LocalDirectories(config.dataDir), openHandles: (n) => this.openHandles(n) };
     this.copies = new Copies(config, repo, openRegion, config.commitWindowMs, log);
     this.catalog = new Catalog(this.ctx);
     this.fills = new Fills(this.ctx);
@@ -125,6 +127,7 @@ export class Service {
       host: this.config.hostId,
       mount: this.config.mount,
       attached: this.attached.size,
+      unopened: [...this.ctx.unopened].map(([name, u]) => ({ name, ...u })),
       gc: this.history.gcStatus(),
       copies: this.copies.views(),
       volumes: [...this.attached].map(([name, a]) => ({

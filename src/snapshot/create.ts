@@ -106,7 +106,7 @@ export async function takeSnapshot(repo: Repository, pool: EncodePool, o: Snapsh
       windowMs: o.windowMs,
       signal: o.signal,
     });
-    await seal.complete();
+    await seal.complete(m.id);
     return m;
   } catch (err) {
     if (seal.status === 'open') await seal.abandon().catch(() => undefined);

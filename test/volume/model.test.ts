@@ -22,6 +22,7 @@ import t, { type Test } from 'tap';
 import { Volume, type Seal } from '../../src/volume/engine.js';
 import { MemFs } from '../../src/volume/memfs.js';
 import { Rng } from '../../src/util/random.js';
+import { ulid } from '../../src/format/ulid.js';
 
 interface Config {
   clusterSize: number;
@@ -382,7 +383,7 @@ async function run(t: Test, seed: number): Promise<void> {
       op = 'complete';
       if (m.seal !== null) {
         for (const c of unuploaded()) await checkSealRead(c);
-        await m.seal.handle.complete();
+        await m.seal.handle.complete(ulid());
         m.seal.image.copy(m.completed);
         m.completedLen = m.seal.len;
         m.seal = null;

@@ -428,8 +428,9 @@ t.test('bitmap pages damaged on disk', async (t) => {
   await v.close();
   // One copy of a page torn: the other copy is used.
   const w0 = await Volume.open('/vols/v', { fs, flushIntervalMs: 0 });
-  await w0.close(); // wrote page 0 of the new epoch's file once more: both slots hold copies
-  for (const f of ['dirty.0', 'dirty.1']) fs.poke(`/vols/v/${f}`, slotOffset(0, 0) + 1000, Buffer.alloc(512, 0x77));
+  await w0.close(); // wrote page 0 of the new epoch's file once more, to slot 0 (its first write filled both)
+  // Slot 1 holds the older copy in both files (a torn write only ever hits an unsynced copy).
+  for (const f of ['dirty.0', 'dirty.1']) fs.poke(`/vols/v/${f}`, slotOffset(0, 1) + 1000, Buffer.alloc(512, 0x77));
   const w1 = await Volume.open('/vols/v', { fs, flushIntervalMs: 0 });
   t.ok(w1.recovery.repairedPages >= 1, `${w1.recovery.repairedPages} pages read from their other copy`);
   t.equal(w1.recovery.unreadablePages, 0);
@@ -451,7 +452,7 @@ t.test('an unreadable present page refuses the open (a refetch could overwrite g
   await v.read(Buffer.alloc(10), 0);
   await v.close();
   fs.poke('/vols/p/present', slotOffset(0, 0), Buffer.alloc(8192, 0x33));
-  await t.rejects(Volume.open('/vols/p', { fs, fetcher, flushIntervalMs: 0 }), { code: 'FORMAT_CORRUPT', message: /present: bitmap page 0 is unreadable/ });
+  await t.rejects(Volume.open('/vols/p', { fs, fetcher, flushIntervalMs: 0 }), { code: 'LOCAL_STATE_DAMAGED', message: /present: present bitmap page 0 is unreadable.*island fsck --local/ });
 });
 
 t.test('restored volume: supplied base content fills only what is still missing', async (t) => {

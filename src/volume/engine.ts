@@ -19,8 +19,12 @@
  * Epochs. seal() drains the writes in flight and swaps the dirty set for an empty one in O(1),
  * then (with writes flowing again) fdatasyncs the image so the sealed content is durable; the
  * Seal handle lists the sealed clusters and reads each one as it was at the seal.
- * complete() ends the epoch, abandon() merges it back into the dirty set; so does a side log
+ * complete(id) ends the epoch and records snapshot `id` as the committed snapshot in the
+ * same state record write; abandon() merges it back into the dirty set; so does a side log
  * past its budget, close, and a crash (recovery merges every epoch not completed).
+ *
+ * The state record is the one owner of what is known of the local copy: the committed
+ * snapshot (committedSnapshot; markAllDirty forgets it) and the filled mark (markFilled).
  */
 import { EventEmitter } from 'node:events';
 import { IslandError } from '../errors.js';

@@ -37,7 +37,7 @@
  *  5. the state record (version 2) is rewritten with epoch N, completed epoch N - 1 (older
  *     pages are now redundant), a new intent epoch (older intent pages are ignored), the
  *     synced page counts and the clean mark cleared, before any write is accepted. Then the
- *     side files of version 1 are removed: from here on only the record is read.
+ *     side files of a version 1 directory are removed; a version 2 directory never reads them.
  */
 import { dirname, join } from 'node:path';
 import { codeOf, IslandError } from '../errors.js';
@@ -359,9 +359,9 @@ async function open(fs: LocalFs, dir: string, opts: VolumeOptions): Promise<Volu
   };
   await writeState(fs, dir, state);
   // Version 1 side files: read once above; the record holds what they said from now on.
-  const stale = [LAST_SNAPSHOT_FILE, FILLED_FILE];
-  if (migratedFrom !== null || (await fs.exists(join(dir, stale[0]!))) || (await fs.exists(join(dir, stale[1]!)))) {
-    for (const f of stale) await fs.unlink(join(dir, f));
+  // (A version 2 directory never reads them, whoever writes them.)
+  if (migratedFrom !== null) {
+    for (const f of [LAST_SNAPSHOT_FILE, FILLED_FILE]) await fs.unlink(join(dir, f));
     await fs.syncDir(dir);
   }
   const recovery: RecoveryInfo = { clean: old.clean, rescannedRegions, dirtyClusters: dirty.count(), repairedPages: t.repairedPages, unreadablePages: t.unreadablePages, damaged: t.damaged, migratedFrom };

@@ -177,16 +177,7 @@ export class PagedBitmap {
   /** Number of set bits. */
   count(): number {
     let n = 0;
-    for (const page of this.pages) {
-      if (page === undefined) continue;
-      for (let i = 0; i < page.length; i++) {
-        let v = page[i] ?? 0;
-        while (v !== 0) {
-          v &= v - 1;
-          n++;
-        }
-      }
-    }
+    for (let p = 0; p < this.pages.length; p++) n += this.countPage(p);
     return n;
   }
 

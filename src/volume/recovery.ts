@@ -11,7 +11,8 @@
  *  - the intent file missing or an intent page unreadable after an unclean stop: every region
  *    it covers is rescanned (after a clean stop the intent bitmap is not needed);
  *  - the present file missing or a present page unreadable: LOCAL_STATE_DAMAGED (a lost
- *    present bit would let a fetch overwrite guest data with base content).
+ *    present bit would let a fetch overwrite guest data with base content); so is a corrupt
+ *    state record or a missing image (setup.ts).
  * A missing file is never an empty bitmap: every file exists from the create on.
  */
 import { join } from 'node:path';

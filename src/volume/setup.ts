@@ -48,7 +48,7 @@ import { PagedBitmap } from './bitmap.js';
 import { BitmapFile } from './bitmap-file.js';
 import { nodeFs, type LocalFile, type LocalFs } from './files.js';
 import { PRESENT_FILE, PresentMap } from './present.js';
-import { FILLED_FILE, IMAGE_FILE, LAST_SNAPSHOT_FILE, readTracking, readV1SideFiles, rescanRegion, type VolumeLogger } from './recovery.js';
+import { FILLED_FILE, IMAGE_FILE, LAST_SNAPSHOT_FILE, localStateDamaged, readTracking, readV1SideFiles, rescanRegion, type VolumeLogger } from './recovery.js';
 import { SIDE_LOG_FILE, SideLog } from './sidelog.js';
 import { MAX_IMAGE_LENGTH, MAX_REGION_SIZE, STATE_FILE, STATE_TMP_FILE, STATE_VERSION_1, readStateRecord, writeState, type SyncedPages, type VolumeState } from './state.js';
 import { ChangeTracker, DIRTY_FILES, INTENT_FILE } from './tracking.js';
@@ -282,12 +282,24 @@ async function create(fs: LocalFs, dir: string, opts: VolumeCreateOptions): Prom
   };
 }
 
+/** The state record; NOT_FOUND without one (no volume yet), LOCAL_STATE_DAMAGED for a corrupt one. */
 async function readRecord(fs: LocalFs, dir: string): Promise<Awaited<ReturnType<typeof readStateRecord>>> {
   try {
     return await readStateRecord(fs, dir);
   } catch (err) {
+    if (codeOf(err) === 'FORMAT_CORRUPT') throw localStateDamaged(dir, STATE_FILE, `the state record is corrupt (${(err as Error).message})`, err);
     if (codeOf(err) !== 'NOT_FOUND') throw err;
     throw new IslandError('NOT_FOUND', `${dir} holds no volume state (nothing, or a create that did not finish): create the volume again`, { cause: err, details: { dir } });
+  }
+}
+
+/** The image of a volume that has a state record: a missing one is damage. */
+async function openImage(fs: LocalFs, dir: string): Promise<LocalFile> {
+  try {
+    return await fs.open(join(dir, IMAGE_FILE), 'r+');
+  } catch (err) {
+    if (codeOf(err) === 'NOT_FOUND') throw localStateDamaged(dir, IMAGE_FILE, 'the image is missing', err);
+    throw err;
   }
 }
 
@@ -304,7 +316,7 @@ async function open(fs: LocalFs, dir: string, opts: VolumeOptions): Promise<Volu
     log?.warn({ dir, why }, 'migrating local state from version 1: the last committed snapshot is unknown, every cluster counts as changed (the next snapshot uploads everything)');
   }
   const C = old.clusterSize;
-  const image = await fs.open(join(dir, IMAGE_FILE), 'r+');
+  const image = await openImage(fs, dir);
   const imageLength = await image.size();
   if (imageLength > MAX_IMAGE_LENGTH) throw new IslandError('TOO_LARGE', `${dir}: image of ${imageLength} bytes exceeds ${MAX_IMAGE_LENGTH}`);
 

@@ -70,6 +70,20 @@ t.test('garbage over the first slot of a present page is damage, not a torn firs
   t.same(b, guest, 'fsynced guest data is served, not refetched base content');
 });
 
+t.test('a corrupt state record or a missing image: LOCAL_STATE_DAMAGED, and hasVolumeState still says a volume is here', async (t) => {
+  const fs = new MemFs();
+  await cleanlyStopped(fs);
+  await fs.unlink(`${DIR}/image.qcow2`);
+  await fs.syncDir(DIR);
+  await t.rejects(Volume.open(DIR, { fs, ...noTimer }), { code: 'LOCAL_STATE_DAMAGED', message: /image\.qcow2: the image is missing/ });
+  const g = new MemFs();
+  await cleanlyStopped(g);
+  g.poke(`${DIR}/state`, 40, Buffer.from([0xff]));
+  t.equal(await hasVolumeState(DIR, g), true, 'damaged, not absent');
+  await t.rejects(Volume.open(DIR, { fs: g, ...noTimer }), { code: 'LOCAL_STATE_DAMAGED', message: /state: the state record is corrupt.*checksum/ });
+  await t.rejects(Volume.create(DIR, { name: 'v', virtualSize: 64 * MiB, generation: 2, fs: g, ...noTimer }), { code: 'ALREADY_EXISTS' }, 'create never overwrites a damaged volume');
+});
+
 t.test('garbage over both slots of a present page refuses the open', async (t) => {
   const fs = new MemFs();
   const { fetcher } = await restoredWithGuestData(fs);

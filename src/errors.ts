@@ -55,6 +55,7 @@ export const CODES = {
   TOO_LARGE: { transient: false, errno: 'EFBIG', doc: 'a size or offset is beyond what island supports' },
   NATIVE_MISSING: { transient: false, errno: 'EIO', doc: 'the native addon is not built; run the install step' },
   LOCAL_IO: { transient: false, errno: 'EIO', doc: 'a local disk operation failed' },
+  LOCAL_STATE_DAMAGED: { transient: false, errno: 'EIO', doc: 'a local copy cannot prove which clusters are local; run `island fsck --local` or restore the volume again' },
   // control plane
   QMP_ERROR: { transient: false, errno: 'EIO', doc: 'QEMU returned an error or broke the QMP protocol' },
   QMP_TIMEOUT: { transient: true, errno: 'ETIMEDOUT', doc: 'QEMU did not answer within the bound' },

@@ -5,8 +5,6 @@
  * state: a kept local copy when it is current, a restore from the newest snapshot (or the
  * snapshot the volume was created from) otherwise, or a new image.
  */
-import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import { IslandError, codeOf } from '../errors.js';
 import { parseVolumeName } from '../format/names.js';
 import type { Manifest, VolumeRecord } from '../format/records.js';
@@ -15,10 +13,9 @@ import { checkHolds } from '../repo/fencing.js';
 import { untilAvailable } from '../util/backoff.js';
 import { sleep } from '../util/sleep.js';
 import { treeFetcher } from '../snapshot/restore.js';
-import { Volume } from '../volume/engine.js';
-import { LAST_SNAPSHOT_FILE } from '../volume/setup.js';
+import { Volume, hasVolumeState } from '../volume/engine.js';
 import { type Attached, type AttachRequest, type DaemonContext } from './context.js';
-import { LazyFetcher, parseFillRate, writeDurable, type Fills } from './fills.js';
+import { LazyFetcher, parseFillRate, type Fills } from './fills.js';
 import type { SnapshotJobs } from './snapshot-jobs.js';
 import { checkRestorable, checkUndamaged } from './sources.js';
 import { crashPoint } from '../util/crash.js';
@@ -44,13 +41,19 @@ export class Attachments {
     for (const name of await this.ctx.dirs.listLive()) {
       const vlog = this.ctx.log.child({ volume: name });
       try {
+        if (!(await hasVolumeState(this.ctx.dirs.live(name)))) {
+          // An attach that died before its local state was complete: nothing was served
+          // from it; the next attach starts it over.
+          vlog.warn('local directory without a state record (an attach was interrupted); not served until attached again');
+          continue;
+        }
         const lazy = new LazyFetcher();
         const volume = await Volume.open(this.ctx.dirs.live(name), { logger: vlog, fetcher: lazy });
         const baseId = volume.baseSnapshot;
         if (baseId) this.fills.resolveBase(lazy, name, baseId);
         // The parent is read from the store when the next snapshot needs it: a volume
         // comes back (and is served) even while the store is unreachable.
-        const parentId = await readLastSnapshot(this.ctx.dirs.live(name));
+        const parentId = volume.committedSnapshot;
         const a: Attached = { volume, generation: volume.generation, access: { mode: 'read-only', why: UNCONFIRMED }, qmp: undefined, qga: undefined, parent: null, parentId: parentId || undefined, job: undefined };
         this.ctx.attached.set(name, a);
         this.ctx.unopened.delete(name);
@@ -124,84 +127,98 @@ export class Attachments {
   }
 
   async attach(rec: VolumeRecord, req: AttachRequest = {}): Promise<void> {
-    const { ctx, fills } = this;
-    const repo = ctx.repo;
+    const { ctx } = this;
     // Everything the request says is checked before anything changes.
     parseFillRate(req.fillRate);
     await this.exclusive(rec.name, async () => {
       if (ctx.attached.has(rec.name)) throw new IslandError('BUSY', `volume ${rec.name} is already attached on this host`, { details: { volume: rec.name } });
-      const att = await acquireGeneration(repo, rec.name, { force: req.force ?? false });
+      const att = await acquireGeneration(ctx.repo, rec.name, { force: req.force ?? false });
       crashPoint('attach.claimed');
       if (att.tookOverFrom) ctx.log.warn({ volume: rec.name, from: att.tookOverFrom }, 'forced attach: the previous host must be fenced');
-      const dir = ctx.dirs.live(rec.name);
-      const kept = ctx.dirs.kept(rec.name);
-      let volume: Volume;
-      const vlog = ctx.log.child({ volume: rec.name });
-      let base = att.base;
-      if (base && !(await holdsLocally([dir, kept], base.id))) {
-        // Refused before anything local changes; the generation just taken is handed back.
-        await checkUndamaged(repo, base).catch(async (err: unknown) => {
-          await releaseGeneration(repo, rec.name, att.generation).catch(() => undefined);
-          throw err;
-        });
+      try {
+        await this.attachAs(rec, req, att.generation, att.base);
+      } catch (err) {
+        // Nothing was served under the generation just taken: hand it back, so a later
+        // attach (here or elsewhere) is not blocked by it.
+        if (!ctx.attached.has(rec.name)) await releaseGeneration(ctx.repo, rec.name, att.generation).catch(() => undefined);
+        throw err;
       }
-      if (!base && rec.source) {
-        // A volume created from another volume's snapshot, with no snapshot of its own yet.
-        base = (await repo.getManifest(rec.source.volume, rec.source.id)) ?? null;
-        if (!base) throw new IslandError('NOT_FOUND', `the snapshot ${rec.source.id} that ${rec.name} was created from is gone`, { details: { volume: rec.name, snapshot: rec.source.id } });
-        await checkRestorable(repo, base);
-      }
-      let fillFrom: string | undefined;
-      if (await ctx.dirs.hasKept(rec.name)) {
-        const last = await readLastSnapshot(kept);
-        if (base && last !== base.id && base.volume === rec.name) {
-          // Something newer exists than what this copy holds: restore from it instead.
-          vlog.warn({ kept: last || null, latest: base.id }, 'the kept local copy is older than the latest snapshot; dropping it');
-          await ctx.dirs.dropKept(rec.name);
-        } else {
-          await ctx.dirs.reclaim(rec.name);
-        }
-      }
-      if (await ctx.dirs.hasLive(rec.name)) {
-        const lazy = new LazyFetcher();
-        volume = await Volume.open(dir, { logger: vlog, generation: att.generation, fetcher: lazy });
-        const baseId = volume.baseSnapshot;
-        if (baseId) {
-          fills.resolveBase(lazy, rec.name, baseId);
-          fillFrom = baseId;
-        }
-      } else if (base) {
-        await fills.pinBase(base);
-        volume = await Volume.create(dir, {
-          name: rec.name,
-          virtualSize: rec.virtualSize,
-          clusterSize: base.clusterSize,
-          generation: att.generation,
-          baseSnapshot: base.id,
-          baseLength: base.imageLength,
-          fetcher: treeFetcher(repo, base),
-          logger: vlog,
-        });
-        crashPoint('attach.local-created');
-        await this.recordParent(dir, base);
-        fillFrom = base.id;
-        vlog.info({ base: base.id, imageLength: base.imageLength }, 'attached from snapshot: clusters are fetched on first touch');
-      } else {
-        volume = await Volume.create(dir, { name: rec.name, virtualSize: rec.virtualSize, clusterSize: rec.clusterSize, generation: att.generation, logger: vlog });
-      }
-      const lastId = await readLastSnapshot(dir);
-      const parent = lastId ? await this.snapshots.parentById(rec.name, lastId, volume) : null;
-      crashPoint('attach.recorded');
-      const a: Attached = { volume, generation: att.generation, access: { mode: 'read-write', why: null }, qmp: req.qmp, qga: req.qga, parent, job: undefined };
-      ctx.attached.set(rec.name, a);
-      ctx.unopened.delete(rec.name);
-      if (fillFrom) await fills.resume(rec.name, a, fillFrom, req);
-      vlog.info({ generation: att.generation }, 'attached');
     });
   }
 
-  private async recordParent(dir: string, m: Manifest): Promise<void> {
-    await writeDurable(join(dir, LAST_SNAPSHOT_FILE), m.id + '\n');
+  /** Steps of attach after the generation is won: local state, parent, fill. */
+  private async attachAs(rec: VolumeRecord, req: AttachRequest, generation: number, latest: Manifest | null): Promise<void> {
+    const { ctx, fills } = this;
+    const repo = ctx.repo;
+    const name = rec.name;
+    const dir = ctx.dirs.live(name);
+    const vlog = ctx.log.child({ volume: name });
+    let base = latest;
+    if (!base && rec.source) {
+      // A volume created from another volume's snapshot, with no snapshot of its own yet.
+      base = (await repo.getManifest(rec.source.volume, rec.source.id)) ?? null;
+      if (!base) throw new IslandError('NOT_FOUND', `the snapshot ${rec.source.id} that ${name} was created from is gone`, { details: { volume: name, snapshot: rec.source.id } });
+      await checkRestorable(repo, base);
+    }
+    // A local copy: the one kept at the last detach here comes back first. A directory
+    // without a state record is an attach that died before its local state was complete:
+    // create starts it over (nothing was ever served from it).
+    let fromKept = false;
+    if (!(await ctx.dirs.hasLive(name)) && (await ctx.dirs.hasKept(name))) {
+      await ctx.dirs.reclaim(name);
+      fromKept = true;
+    }
+    let volume: Volume | undefined;
+    let fillFrom: string | undefined;
+    if (await hasVolumeState(dir)) {
+      const lazy = new LazyFetcher();
+      volume = await Volume.open(dir, { logger: vlog, generation, fetcher: lazy });
+      if (base && base.volume === name && volume.committedSnapshot !== base.id) {
+        // A newer snapshot exists than this copy holds: restore from it instead. A kept
+        // copy holds exactly its final snapshot and goes; any other copy is set aside.
+        const held = volume.committedSnapshot;
+        await volume.close();
+        volume = undefined;
+        if (fromKept) {
+          vlog.warn({ local: held, latest: base.id }, 'the kept local copy is older than the latest snapshot; dropping it');
+          await ctx.dirs.dropLive(name);
+        } else {
+          const aside = await ctx.dirs.setAside(name, generation);
+          vlog.warn({ local: held, latest: base.id, aside }, 'the local copy is older than the latest snapshot; set aside, restoring the latest');
+        }
+      } else if (volume.baseSnapshot) {
+        fills.resolveBase(lazy, name, volume.baseSnapshot);
+        fillFrom = volume.baseSnapshot;
+      }
+    }
+    if (!volume && base) {
+      await checkUndamaged(repo, base);
+      await fills.pinBase(base);
+      // The base is the committed snapshot from the start: one state record says both.
+      volume = await Volume.create(dir, {
+        name,
+        virtualSize: rec.virtualSize,
+        clusterSize: base.clusterSize,
+        generation,
+        baseSnapshot: base.id,
+        baseLength: base.imageLength,
+        fetcher: treeFetcher(repo, base),
+        logger: vlog,
+      });
+      crashPoint('attach.local-created');
+      fillFrom = base.id;
+      vlog.info({ base: base.id, imageLength: base.imageLength }, 'attached from snapshot: clusters are fetched on first touch');
+    } else if (!volume) {
+      volume = await Volume.create(dir, { name, virtualSize: rec.virtualSize, clusterSize: rec.clusterSize, generation, logger: vlog });
+    }
+    const committed = volume.committedSnapshot;
+    const parent = committed ? await this.snapshots.parentById(name, committed, volume) : null;
+    crashPoint('attach.recorded');
+    const a: Attached = { volume, generation, access: { mode: 'read-write', why: null }, qmp: req.qmp, qga: req.qga, parent, job: undefined };
+    ctx.attached.set(name, a);
+    ctx.unopened.delete(name);
+    if (fillFrom) await fills.resume(name, a, fillFrom, req);
+    vlog.info({ generation }, 'attached');
   }
 
   async detach(name: string, req: { force?: boolean; keepLocal?: boolean } = {}): Promise<string> {
@@ -256,18 +273,4 @@ export class Attachments {
       await a.volume.close().catch((err: unknown) => this.ctx.log.error({ volume: name, err }, 'volume close failed'));
     }
   }
-}
-
-/** The snapshot a local directory's change tracking is relative to ('' when none is recorded). */
-async function readLastSnapshot(dir: string): Promise<string> {
-  return readFile(join(dir, LAST_SNAPSHOT_FILE), 'utf8').then(
-    (x) => x.trim(),
-    () => '',
-  );
-}
-
-/** Whether one of these local copies already holds snapshot `id` (its last snapshot). */
-async function holdsLocally(dirs: string[], id: string): Promise<boolean> {
-  for (const d of dirs) if ((await readLastSnapshot(d)) === id) return true;
-  return false;
 }

@@ -4,8 +4,6 @@
  * its own backoff, records completion in the volume's local directory, and then releases
  * this host's pins on the base (the volume no longer reads from it).
  */
-import { readFile, open, rename } from 'node:fs/promises';
-import { join } from 'node:path';
 import { IslandError, codeOf } from '../errors.js';
 import type { Manifest } from '../format/records.js';
 import { findSnapshot } from '../repo/snapshots.js';
@@ -16,9 +14,6 @@ import type { PresentFetcher } from '../volume/engine.js';
 import { parseSize } from '../format/names.js';
 import { PIN_TTL_MS, type AttachRequest, type Attached, type DaemonContext, type FillJob } from './context.js';
 import { crashPoint } from '../util/crash.js';
-
-/** Written when a restored volume holds every cluster of its base: it no longer needs the store. */
-const FILLED_FILE = 'filled';
 
 const NO_PROGRESS: FillProgress = { totalClusters: 0, doneClusters: 0, bytesFetched: 0, failedClusters: 0, waiting: false };
 
@@ -67,11 +62,7 @@ export class Fills {
 
   /** Resume the fill of a volume restored from `base` unless it already completed. */
   async resume(name: string, a: Attached, baseId: string, req: AttachRequest = {}): Promise<void> {
-    const done = await readFile(join(this.ctx.dirs.live(name), FILLED_FILE), 'utf8').then(
-      (x) => x.trim(),
-      () => '',
-    );
-    if (done === baseId) {
+    if (a.volume.filled) {
       a.fill = { base: baseId, state: 'done', progress: { ...NO_PROGRESS }, controller: new AbortController(), promise: Promise.resolve() };
       return;
     }
@@ -113,7 +104,8 @@ export class Fills {
         log.error({ failedClusters: p.failedClusters }, 'background fill finished with clusters that cannot be restored (see island fsck); the base stays pinned');
         return;
       }
-      await writeDurable(join(this.ctx.dirs.live(name), FILLED_FILE), baseId + '\n');
+      // Durable in the volume's state record: a restart does not fill again.
+      await a.volume.markFilled();
       job.state = 'done';
       await this.releasePins(baseId);
       log.info({ clusters: p.totalClusters, bytes: p.bytesFetched, seconds: Math.round(performance.now() - t0) / 1000 }, 'background fill done: the volume no longer needs the store to be read');
@@ -145,17 +137,4 @@ export class Fills {
     const repo = this.ctx.repo;
     for (const p of await repo.listPins(snapshot)) if (p.host === repo.host && p.holder === 'attach') await repo.deletePin(p);
   }
-}
-
-/** Write a small file atomically and durably (temp file, fsync, rename). */
-export async function writeDurable(path: string, text: string): Promise<void> {
-  const tmp = `${path}.tmp`;
-  const fh = await open(tmp, 'w', 0o600);
-  try {
-    await fh.writeFile(text);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  await rename(tmp, path);
 }

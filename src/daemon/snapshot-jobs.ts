@@ -15,10 +15,7 @@ import { EncodePool } from '../snapshot/pool.js';
 import { GuestAgent } from '../qmp/guest-agent.js';
 import { QmpSession } from '../qmp/session.js';
 import type { Seal, Volume } from '../volume/engine.js';
-import { writeDurable } from './fills.js';
 import { snapshotView, type Attached, type DaemonContext, type SnapshotJob, type SnapshotView } from './context.js';
-import { LAST_SNAPSHOT_FILE } from '../volume/setup.js';
-import { join } from 'node:path';
 
 export type Consistency = Manifest['consistency'];
 
@@ -144,7 +141,6 @@ export class SnapshotJobs {
       },
     });
     a.parent = m;
-    await writeDurable(join(this.ctx.dirs.live(name), LAST_SNAPSHOT_FILE), m.id + '\n');
     // The first own snapshot of a clone holds what it needs of its source: unpin it.
     if (from) await this.onFirstOwnSnapshot(from);
     this.ctx.log.info({ volume: name, snapshot: m.id, stats: m.stats, warnings: m.warnings }, 'snapshot committed');

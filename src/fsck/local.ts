@@ -1,8 +1,9 @@
 /**
  * fsck --local: the local copies on this host (attached volumes, kept ones).
  *
- *  1. Each volume directory's image and the snapshot its change tracking counts from (the
- *     last snapshot it committed, or the snapshot it was restored from) are found.
+ *  1. Each volume directory's image and the snapshot its change tracking counts from (its
+ *     committed snapshot, in the state record) are found. Without one, every cluster counts
+ *     as changed and there is nothing to compare.
  *  2. Every cluster that snapshot holds as a blob, and that is present locally, is read
  *     from the local image and hashed; clusters whose hash differs are candidates.
  *  3. Then the state record and every bitmap page are read and checked (both copies). A
@@ -12,7 +13,7 @@
  * Reading the image before the bitmaps is what makes this safe next to a serving daemon:
  * a write reaches the image only after its intent bit is durable.
  */
-import { open, readFile, readdir, type FileHandle } from 'node:fs/promises';
+import { open, readdir, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { codeOf, isTransient } from '../errors.js';
 import { blobId } from '../format/blob.js';
@@ -20,7 +21,7 @@ import type { Manifest } from '../format/records.js';
 import { iterate } from '../format/tree.js';
 import { manifestTree } from '../repo/commit.js';
 import type { Repository } from '../repo/repository.js';
-import { IMAGE_FILE, LAST_SNAPSHOT_FILE, inspectVolume, type LocalInspection } from '../volume/setup.js';
+import { IMAGE_FILE, inspectVolume, type LocalInspection } from '../volume/setup.js';
 import type { Findings } from './findings.js';
 
 export interface LocalSummary {
@@ -50,10 +51,9 @@ export async function checkLocal(repo: Repository, roots: readonly string[], man
 }
 
 async function checkOne(repo: Repository, dir: string, where: string, manifests: ReadonlyMap<string, Manifest>, findings: Findings, out: LocalSummary, signal?: AbortSignal): Promise<void> {
-  const last = (await readFile(join(dir, LAST_SNAPSHOT_FILE), 'utf8').catch(() => '')).trim();
   // 1-2: hash the clusters the reference snapshot holds, before reading any bitmap.
   const first = await inspectVolume(dir);
-  const refId = last || first.state.baseSnapshot;
+  const refId = first.committedSnapshot;
   const ref = refId ? manifests.get(refId) : undefined;
   const candidates: { cluster: number; id: string }[] = [];
   if (ref && ref.clusterSize === first.state.clusterSize) {
@@ -70,8 +70,9 @@ async function checkOne(repo: Repository, dir: string, where: string, manifests:
   }
   // 3: the tracking state as it is now covers every change made before the reads above.
   const now = await inspectVolume(dir);
-  if (now.presentUnreadable) findings.add('checksum-mismatch', `${where}/present`, `local copy ${dir}: a present bitmap page is unreadable in both copies: ${now.presentUnreadable.message}`, 'none by fsck: the daemon refuses to serve it; restore the volume from its last snapshot');
-  if (now.unreadablePages > 0) findings.add('checksum-mismatch', `${where}/bitmaps`, `local copy ${dir}: ${now.unreadablePages} change-tracking page(s) unreadable in both copies (their clusters count as changed: the next snapshot uploads more, nothing is missed)`, 'none needed: the next open rewrites them');
+  if (now.presentUnreadable) findings.add('checksum-mismatch', `${where}/present`, `local copy ${dir}: ${now.presentUnreadable.message}`, 'none by fsck: the daemon refuses to serve it (LOCAL_STATE_DAMAGED); restore the volume from its last snapshot');
+  const tracking = now.damaged.filter((f) => f !== 'present');
+  if (now.unreadablePages > 0 || tracking.length > 0) findings.add('checksum-mismatch', `${where}/bitmaps`, `local copy ${dir}: change tracking damaged (${[...tracking, `${now.unreadablePages} page(s) unreadable in both copies`].join(', ')}); the clusters they covered count as changed: the next snapshot uploads more, nothing is missed`, 'none needed: the next open rewrites them');
   for (const c of candidates) {
     if (now.mayHaveChanged(c.cluster)) {
       out.clustersChangedSince++;

@@ -109,7 +109,8 @@ export async function takeSnapshot(repo: Repository, pool: EncodePool, o: Snapsh
       signal: o.signal,
     });
     crashPoint('snapshot.committed');
-    await seal.complete();
+    // One state record write: the sealed epoch is complete and `m` is the committed snapshot.
+    await seal.complete(m.id);
     crashPoint('snapshot.completed');
     return m;
   } catch (err) {

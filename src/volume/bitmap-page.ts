@@ -31,7 +31,7 @@
  * kind or index, bad checksum, generation 0) is bad. Reading a page:
  *   - some slot valid: the valid slot with the higher generation wins;
  *   - both blank, or one blank and one bad: the page was never durably written (a torn first
- *     write): it is empty;
+ *     write: a first write fills both slots before its sync, bitmap-file.ts): it is empty;
  *   - both bad: FORMAT_CORRUPT naming the file, the page and both slot offsets.
  */
 import { crc32 } from 'node:zlib';

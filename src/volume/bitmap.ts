@@ -43,10 +43,34 @@ export class PagedBitmap {
     return true;
   }
 
-  /** Set bits [from, to); returns how many were clear. */
+  /** Set bits [from, to); returns how many were clear. Whole pages are filled at once. */
   setRange(from: number, to: number): number {
     let n = 0;
-    for (let i = from; i < to; i++) if (this.set(i)) n++;
+    for (let i = from; i < to; ) {
+      const p = Math.floor(i / BITS_PER_PAGE);
+      if (i === p * BITS_PER_PAGE && to - i >= BITS_PER_PAGE) {
+        n += BITS_PER_PAGE - this.countPage(p);
+        this.fillPage(p);
+        i += BITS_PER_PAGE;
+        continue;
+      }
+      if (this.set(i)) n++;
+      i++;
+    }
+    return n;
+  }
+
+  private countPage(p: number): number {
+    const page = this.pages[p];
+    let n = 0;
+    if (page === undefined) return 0;
+    for (let i = 0; i < page.length; i++) {
+      let v = page[i] ?? 0;
+      while (v !== 0) {
+        v &= v - 1;
+        n++;
+      }
+    }
     return n;
   }
 
@@ -153,16 +177,7 @@ export class PagedBitmap {
   /** Number of set bits. */
   count(): number {
     let n = 0;
-    for (const page of this.pages) {
-      if (page === undefined) continue;
-      for (let i = 0; i < page.length; i++) {
-        let v = page[i] ?? 0;
-        while (v !== 0) {
-          v &= v - 1;
-          n++;
-        }
-      }
-    }
+    for (let p = 0; p < this.pages.length; p++) n += this.countPage(p);
     return n;
   }
 

@@ -19,8 +19,12 @@
  * Epochs. seal() drains the writes in flight and swaps the dirty set for an empty one in O(1),
  * then (with writes flowing again) fdatasyncs the image so the sealed content is durable; the
  * Seal handle lists the sealed clusters and reads each one as it was at the seal.
- * complete() ends the epoch, abandon() merges it back into the dirty set; so does a side log
+ * complete(id) ends the epoch and records snapshot `id` as the committed snapshot in the
+ * same state record write; abandon() merges it back into the dirty set; so does a side log
  * past its budget, close, and a crash (recovery merges every epoch not completed).
+ *
+ * The state record is the one owner of what is known of the local copy: the committed
+ * snapshot (committedSnapshot; markAllDirty forgets it) and the filled mark (markFilled).
  */
 import { EventEmitter } from 'node:events';
 import { IslandError } from '../errors.js';
@@ -28,60 +32,26 @@ import { Coalescer, Gate, Mutex } from './concurrency.js';
 import type { LocalFile, LocalFs } from './files.js';
 import type { PresentMap } from './present.js';
 import { Seal, SealKeeper, type SealOps, type SealState } from './seal.js';
-import { createParts, openParts, DEFAULT_FLUSH_INTERVAL_MS, DEFAULT_SIDE_LOG_BUDGET, type PresentFetcher, type RecoveryInfo, type VolumeCreateOptions, type VolumeLogger, type VolumeOptions, type VolumeParts } from './setup.js';
+import { createParts, openParts, syncedPagesOf, DEFAULT_FLUSH_INTERVAL_MS, DEFAULT_SIDE_LOG_BUDGET, type RecoveryInfo, type VolumeCreateOptions, type VolumeLogger, type VolumeOptions, type VolumeParts } from './setup.js';
 import { MAX_IMAGE_LENGTH, writeState, type VolumeState } from './state.js';
+import { LazyRestore, type LazyHost } from './lazy.js';
+import { volumeStats, type Counters, type VolumeStats } from './stats.js';
+import { parseSnapshotId } from '../format/names.js';
 import type { ChangeTracker } from './tracking.js';
 
 export { Seal } from './seal.js';
+export type { VolumeStats } from './stats.js';
 export type { SealStatus } from './seal.js';
-export { DEFAULT_FLUSH_INTERVAL_MS, DEFAULT_REGION_SIZE, DEFAULT_SIDE_LOG_BUDGET, IMAGE_FILE } from './setup.js';
+export { DEFAULT_FLUSH_INTERVAL_MS, DEFAULT_REGION_SIZE, DEFAULT_SIDE_LOG_BUDGET, IMAGE_FILE, hasVolumeState, inspectVolume, localStateDamaged } from './setup.js';
+export type { LocalInspection } from './setup.js';
 export type { PresentFetcher, RecoveryInfo, VolumeCreateOptions, VolumeLogger, VolumeOptions } from './setup.js';
 
-/** Read-ahead of a sequential reader of missing clusters: first window, largest window. */
-export const READ_AHEAD_MIN_BYTES = 512 * 1024;
-export const READ_AHEAD_MAX_BYTES = 4 * 1024 * 1024;
-/** How far from the last read's end a read may start and still count as sequential. */
-const READ_AHEAD_SLACK_BYTES = 1024 * 1024;
-
-export interface VolumeStats {
-  reads: number;
-  writes: number;
-  bytesRead: number;
-  bytesWritten: number;
-  /** Whole zero clusters written as holes. */
-  zeroClusters: number;
-  /** fsync() calls (QEMU's flushes). */
-  fsyncs: number;
-  /** fdatasync calls by file; `total` is their sum. State record writes are counted apart. */
-  fdatasyncs: { image: number; intent: number; dirty: number; present: number; total: number };
-  /** State record replacements (each: fsync of the file and of the directory). */
-  stateWrites: number;
-  pageWrites: { intent: number; dirty: number; present: number };
-  /** New intent epochs begun (the intent bitmap cleared). */
-  intentEpochs: number;
-  seals: number;
-  sealsCompleted: number;
-  sealsAbandoned: number;
-  sideLogCopies: number;
-  sideLogBytes: number;
-  /** readSealed calls that saw a write race their image read and re-read the side log copy. */
-  readSealedRetries: number;
-  fetches: number;
-  fetchedClusters: number;
-  /** Clusters dirty in the current epoch. */
-  dirtyClusters: number;
-  /** Clusters of the open seal (0 without one). */
-  sealedClusters: number;
-}
+export { READ_AHEAD_MAX_BYTES, READ_AHEAD_MIN_BYTES } from './lazy.js';
 
 export interface SealAbandonedEvent {
   epoch: number;
   reason: string;
 }
-
-type Counters = Omit<VolumeStats, 'fdatasyncs' | 'pageWrites' | 'intentEpochs' | 'sideLogCopies' | 'sideLogBytes' | 'readSealedRetries' | 'dirtyClusters' | 'sealedClusters'> & {
-  imageSyncs: number;
-};
 
 function invalid(message: string, details: Record<string, unknown> = {}): IslandError {
   return new IslandError('INVALID_ARGUMENT', message, { details });
@@ -100,6 +70,8 @@ export class Volume extends EventEmitter {
   readonly regionSize: number;
   readonly baseSnapshot: string | null;
   readonly generation: number;
+  private committed: string | null;
+  private isFilled: boolean;
   /** What open() found and did. */
   readonly recovery: RecoveryInfo;
 
@@ -107,7 +79,6 @@ export class Volume extends EventEmitter {
   private readonly image: LocalFile;
   private readonly tracker: ChangeTracker;
   private readonly present: PresentMap | null;
-  private readonly fetcher: PresentFetcher | undefined;
   private readonly logger: VolumeLogger | undefined;
   /** Logical length: grows when a write past the end starts. */
   private len: number;
@@ -117,9 +88,7 @@ export class Volume extends EventEmitter {
   private readonly stateMutex = new Mutex();
   private stateSequence: number;
   private readonly seals: SealKeeper;
-  private readonly fetching = new Map<number, Promise<void>>();
-  /** Sequential reads of missing clusters: where the last one started and ended, and how far ahead is requested. */
-  private readonly seq = { start: -1, end: -Infinity, aheadTo: -1, window: 0 };
+  private readonly lazy: LazyRestore | null;
   private readonly abort = new AbortController();
   private readonly zeroCluster: Buffer;
   private readonly flusher = new Coalescer(() => this.flushNow());
@@ -153,16 +122,18 @@ export class Volume extends EventEmitter {
     this.regionSize = p.state.regionSize;
     this.baseSnapshot = p.state.baseSnapshot;
     this.generation = p.state.generation;
+    this.committed = p.state.committedSnapshot;
+    this.isFilled = p.state.filled;
     this.stateSequence = p.state.sequence;
     this.recovery = p.recovery;
     this.image = p.image;
     this.tracker = p.tracker;
     this.present = p.present;
-    this.fetcher = p.options.fetcher;
     this.logger = p.options.logger;
     this.len = p.imageLength;
     this.physLen = p.imageLength;
     this.zeroCluster = Buffer.alloc(this.clusterSize);
+    this.lazy = p.present === null ? null : new LazyRestore(p.present, p.options.fetcher, this.abort.signal, this.lazyHost());
     this.seals = new SealKeeper(p.sideLog, this.clusterSize, p.options.sideLogBudget ?? DEFAULT_SIDE_LOG_BUDGET, {
       readImageInGate: (buf, len, pos) => this.image.read(buf, 0, len, pos),
       readImage: (buf, len, pos) => this.gated(() => this.image.read(buf, 0, len, pos)),
@@ -173,7 +144,7 @@ export class Volume extends EventEmitter {
     this.sealOps = {
       readSealed: (s, c) => this.seals.readSealed(s, c),
       markUploaded: (s, c) => this.seals.markUploaded(s, c),
-      complete: (s) => this.complete(s),
+      complete: (s, id) => this.complete(s, id),
       abandon: async (s, reason) => {
         s.checkOpen();
         this.abandonSeal(s, reason);
@@ -187,6 +158,19 @@ export class Volume extends EventEmitter {
       }, every);
       this.timer.unref();
     }
+  }
+
+  private lazyHost(): LazyHost {
+    return {
+      name: this.name,
+      clusterSize: this.clusterSize,
+      gate: this.gate,
+      image: this.image,
+      zeroCluster: this.zeroCluster,
+      counters: this.c,
+      length: () => this.len,
+      checkOpen: () => this.checkOpen(),
+    };
   }
 
   /** Create a new volume's local state in `dir` and open it. */
@@ -215,7 +199,7 @@ export class Volume extends EventEmitter {
     const C = this.clusterSize;
     if (this.present !== null && offset < this.present.baseLength) {
       const c1 = Math.floor((offset + want - 1) / C);
-      this.readAhead(offset, offset + want, c1);
+      this.lazy?.readAhead(offset, offset + want, c1);
       await this.ensurePresent(Math.floor(offset / C), c1);
     }
     return this.gated(async () => {
@@ -320,13 +304,13 @@ export class Volume extends EventEmitter {
       if (present !== null && offset < present.baseLength) {
         const edges = c0 === c1 ? [c0] : [c0, c1];
         for (const c of edges) if (partial(c) && !present.isPresent(c)) await this.ensurePresent(c, c);
-        for (let c = c0; c <= c1; c++) await this.fetching.get(c)?.catch(() => undefined);
+        for (let c = c0; c <= c1; c++) await this.lazy?.fetching.get(c)?.catch(() => undefined);
       }
       if (!this.gate.tryEnter()) await this.gate.enter();
       if (present === null || offset >= present.baseLength) return;
       // Synchronously inside the gate: once marked present, no fetch of these clusters starts.
       let ready = true;
-      for (let c = c0; c <= c1 && ready; c++) ready = !this.fetching.has(c) && (present.isPresent(c) || !partial(c));
+      for (let c = c0; c <= c1 && ready; c++) ready = !this.lazy?.fetching.has(c) && (present.isPresent(c) || !partial(c));
       if (ready) {
         for (let c = c0; c <= c1; c++) present.mark(c);
         return;
@@ -373,11 +357,11 @@ export class Volume extends EventEmitter {
     if (end > pos) await this.image.write(buf, pos - offset, end - pos, pos);
   }
 
-  // ---------- lazy restore ----------
+  // ---------- lazy restore (lazy.ts) ----------
 
   /** Clusters below this still come from the base snapshot until present (0: not restored). */
   get baseClusters(): number {
-    return this.present === null ? 0 : Math.ceil(this.present.baseLength / this.clusterSize);
+    return this.lazy?.baseClusters ?? 0;
   }
 
   /**
@@ -386,119 +370,20 @@ export class Volume extends EventEmitter {
    */
   async prefetch(c0: number, c1: number): Promise<void> {
     this.checkOpen();
-    const last = Math.min(c1, this.baseClusters - 1);
-    if (c0 > last) return;
-    await this.ensurePresent(c0, last);
-  }
-
-
-  /**
-   * A reader going through missing clusters in order gets the clusters after its read
-   * fetched before it asks: the window starts at READ_AHEAD_MIN_BYTES and doubles per
-   * sequential read up to READ_AHEAD_MAX_BYTES; a new window is requested once the reader
-   * is half way into the last one, so the fetches stay large (the fetcher reads adjacent
-   * blobs with one ranged GET). Reads out of order reset it. The read never waits for it.
-   */
-  private readAhead(start: number, end: number, c1: number): void {
-    const s = this.seq;
-    const C = this.clusterSize;
-    // Parallel requests of one sequential stream arrive slightly out of order: allow a slack.
-    const sequential = start > s.start && Math.abs(start - s.end) <= READ_AHEAD_SLACK_BYTES;
-    s.start = start;
-    s.end = Math.max(end, sequential ? s.end : 0);
-    if (!sequential) {
-      s.window = 0;
-      s.aheadTo = c1;
-      return;
-    }
-    s.window = Math.min(READ_AHEAD_MAX_BYTES, Math.max(READ_AHEAD_MIN_BYTES, s.window * 2));
-    const clusters = Math.max(1, Math.floor(s.window / C));
-    if (s.aheadTo - c1 > clusters / 2) return;
-    const from = Math.max(c1, s.aheadTo) + 1;
-    const to = Math.min(c1 + clusters, this.baseClusters - 1);
-    if (from > to) return;
-    s.aheadTo = to;
-    // A failed read-ahead costs nothing: the read that needs the cluster fetches it again.
-    this.ensurePresent(from, to).catch(() => undefined);
-  }
-
-  /** Make clusters [c0, c1] local, fetching missing runs (single flight per cluster). */
-  private async ensurePresent(c0: number, c1: number): Promise<void> {
-    const present = this.present;
-    if (present === null) return;
-    const waits: Array<Promise<void>> = [];
-    let runStart = -1;
-    const endRun = (c: number): void => {
-      if (runStart >= 0) waits.push(this.fetchRun(runStart, c - runStart));
-      runStart = -1;
-    };
-    for (let c = c0; c <= c1; c++) {
-      const inflight = this.fetching.get(c);
-      if (inflight !== undefined) {
-        endRun(c);
-        waits.push(inflight);
-      } else if (present.isPresent(c)) {
-        endRun(c);
-      } else if (runStart < 0) {
-        runStart = c;
-      }
-    }
-    endRun(c1 + 1);
-    if (waits.length > 0) await Promise.all(waits);
+    await this.lazy?.prefetch(c0, c1);
   }
 
   /**
    * Store base content the caller read and verified itself: cluster `c` from `data`, only
-   * while it is still missing. A cluster being fetched is waited for; one that is present
-   * (written by the guest, fetched) is left alone. The background fill uses this for blobs
-   * that lie together in a pack but apart in the volume (one ranged GET for all of them).
+   * while it is still missing (lazy.ts). The background fill uses this.
    */
   async supply(c: number, data: Buffer): Promise<void> {
     this.checkOpen();
-    if (this.present === null || c >= this.baseClusters) return;
-    const inflight = this.fetching.get(c);
-    if (inflight !== undefined) return inflight;
-    if (this.present.isPresent(c)) return;
-    return this.fetchRun(c, 1, data);
+    await this.lazy?.supply(c, data);
   }
 
-  private fetchRun(first: number, count: number, supplied?: Buffer): Promise<void> {
-    const C = this.clusterSize;
-    const run = (async () => {
-      const fetcher = this.fetcher;
-      if (fetcher === undefined && supplied === undefined) {
-        throw new IslandError('LOCAL_IO', `cluster ${first} of volume ${this.name} is not local and no fetcher is configured`, { details: { volume: this.name, cluster: first } });
-      }
-      this.c.fetches++;
-      const data = supplied ?? (await fetcher!.fetch(first, count, this.abort.signal));
-      if (data.length > count * C) throw new IslandError('INTERNAL', `fetcher returned ${data.length} bytes for ${count} clusters`);
-      if (!this.gate.tryEnter()) await this.gate.enter();
-      try {
-        this.checkOpen();
-        const present = this.present as PresentMap;
-        for (let i = 0; i < count; i++) {
-          const c = first + i;
-          if (present.isPresent(c)) continue; // written (or truncated away) meanwhile
-          const from = c * C;
-          const part = data.subarray(Math.min(i * C, data.length), Math.min((i + 1) * C, data.length));
-          const n = Math.max(0, Math.min(part.length, this.len - from));
-          if (n > 0) {
-            const zero = part.compare(this.zeroCluster, 0, n, 0, n) === 0;
-            if (!zero || !(await this.image.punchHole(from, n))) await this.image.write(part, 0, n, from);
-          }
-          present.mark(c);
-          present.written(c);
-          this.c.fetchedClusters++;
-        }
-      } finally {
-        this.gate.leave();
-      }
-    })();
-    const tracked: Promise<void> = run.finally(() => {
-      for (let i = 0; i < count; i++) if (this.fetching.get(first + i) === tracked) this.fetching.delete(first + i);
-    });
-    for (let i = 0; i < count; i++) this.fetching.set(first + i, tracked);
-    return tracked;
+  private ensurePresent(c0: number, c1: number): Promise<void> {
+    return this.lazy?.ensurePresent(c0, c1) ?? Promise.resolve();
   }
 
   // ---------- epochs ----------
@@ -532,10 +417,16 @@ export class Volume extends EventEmitter {
     return new Seal(s, this.sealOps, this.clusterSize);
   }
 
-  private async complete(s: SealState): Promise<void> {
+  /**
+   * The sealed epoch is in snapshot `id`: one state record write carries both the completed
+   * epoch and the committed snapshot id, so a crash leaves the old pair or the new one.
+   */
+  private async complete(s: SealState, id: string): Promise<void> {
+    const committed = parseSnapshotId(id, 'committed snapshot id');
     s.checkOpen();
     if (!this.seals.end(s, 'completed')) return;
     this.tracker.completeSealed();
+    this.committed = committed;
     this.c.sealsCompleted++;
     await this.saveState();
   }
@@ -594,8 +485,11 @@ export class Volume extends EventEmitter {
         intentEpoch,
         baseLength: this.present?.baseLength ?? 0,
         baseSnapshot: this.baseSnapshot,
+        committedSnapshot: this.committed,
+        filled: this.isFilled,
         clean,
         sequence: ++this.stateSequence,
+        syncedPages: syncedPagesOf(this.tracker, this.present),
       };
       await writeState(this.fs, this.dir, s);
       this.c.stateWrites++;
@@ -620,7 +514,7 @@ export class Volume extends EventEmitter {
       this.closed = true;
     });
     this.abort.abort(new IslandError('ABORTED', `volume ${this.name} is closing`));
-    await Promise.allSettled([...this.fetching.values()]);
+    await Promise.allSettled([...(this.lazy?.fetching.values() ?? [])]);
     if (this.seals.sealed !== null) this.abandonSeal(this.seals.sealed, 'the volume was closed');
     await this.flusher.idle();
     let clean = true;
@@ -640,21 +534,55 @@ export class Volume extends EventEmitter {
     }
   }
 
-  /** Clusters dirty in the current epoch, ascending. */
+  // ---------- what the state record keeps for the daemon ----------
+
   /**
-   * Mark every cluster of the image dirty, durably: the next snapshot uploads the whole
-   * image (used when the snapshot the change tracking was relative to is gone).
+   * The snapshot whose content the change tracking is relative to: the last snapshot this
+   * copy completed (Seal.complete), or the one it was created equal to. Null: none is known,
+   * and every cluster counts as changed (the next snapshot must upload everything).
+   */
+  get committedSnapshot(): string | null {
+    return this.committed;
+  }
+
+  /** Every cluster of the base snapshot is local (markFilled was called); false without a base. */
+  get filled(): boolean {
+    return this.isFilled;
+  }
+
+  /** Record durably, in the state record, that every cluster of the base snapshot is local. */
+  async markFilled(): Promise<void> {
+    this.checkOpen();
+    if (this.present === null) throw invalid(`volume ${this.name} was not restored from a snapshot: nothing to fill`, { volume: this.name });
+    if (this.isFilled) return;
+    this.isFilled = true;
+    try {
+      await this.saveState();
+    } catch (err) {
+      this.isFilled = false;
+      throw err;
+    }
+  }
+
+  /**
+   * Forget the committed snapshot (it is gone, or unknown) and mark every cluster of the
+   * image dirty, durably: the next snapshot uploads the whole image. The bits are durable
+   * before the state record says "no committed snapshot", so a crash in between leaves more
+   * dirty bits with the old id (an over-approximation), never fewer.
    */
   async markAllDirty(): Promise<void> {
     this.checkOpen();
     const n = Math.ceil(this.len / this.clusterSize);
     if (n > 0) {
       await this.tracker.ensureIntent(0, this.len);
-      this.tracker.markDirty(0, n - 1);
+      this.tracker.current.setRange(0, n);
     }
     await this.tracker.persist();
+    this.committed = null;
+    await this.saveState();
   }
 
+  /** Clusters dirty in the current epoch, ascending. */
   dirtyClusters(): Generator<number> {
     return this.tracker.current.bits();
   }
@@ -670,21 +598,7 @@ export class Volume extends EventEmitter {
   }
 
   stats(): VolumeStats {
-    const t = this.tracker.counters;
-    const pages = this.tracker.pageWrites();
-    const presentSyncs = this.present?.syncs ?? 0;
-    const { imageSyncs, ...rest } = this.c;
-    return {
-      ...rest,
-      fdatasyncs: { image: imageSyncs, intent: t.intentSyncs, dirty: t.dirtySyncs, present: presentSyncs, total: imageSyncs + t.intentSyncs + t.dirtySyncs + presentSyncs },
-      pageWrites: { intent: pages.intent, dirty: pages.dirty, present: this.present?.pageWrites ?? 0 },
-      intentEpochs: t.intentEpochs,
-      sideLogCopies: this.seals.copies,
-      sideLogBytes: this.seals.sideLogBytes,
-      readSealedRetries: this.seals.readRetries,
-      dirtyClusters: this.tracker.current.count(),
-      sealedClusters: this.seals.sealed?.clusterCount() ?? 0,
-    };
+    return volumeStats(this.c, this.tracker, this.present, this.seals);
   }
 
   /** Run a local I/O through the write gate (so exclusive sections and close wait for it). */

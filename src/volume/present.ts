@@ -90,6 +90,11 @@ export class PresentMap {
     return this.bits.count();
   }
 
+  /** Synced page count of the file, for the state record. */
+  get syncedPages(): number {
+    return this.file.syncedPages;
+  }
+
   get pageWrites(): number {
     return this.file.pageWrites;
   }

@@ -74,7 +74,7 @@ export class SealState {
 export interface SealOps {
   readSealed(s: SealState, cluster: number): Promise<Buffer>;
   markUploaded(s: SealState, cluster: number): void;
-  complete(s: SealState): Promise<void>;
+  complete(s: SealState, committedSnapshot: string): Promise<void>;
   abandon(s: SealState, reason: string): Promise<void>;
 }
 
@@ -132,9 +132,13 @@ export class Seal {
     this.ops.markUploaded(this.s, cluster);
   }
 
-  /** The snapshot is committed: its changes leave the dirty set for good. */
-  complete(): Promise<void> {
-    return this.ops.complete(this.s);
+  /**
+   * Snapshot `committedSnapshot` (its id) holds the sealed epoch and is committed: its
+   * changes leave the dirty set for good, and the volume's committed snapshot becomes that
+   * id, in one state record write (a crash leaves both old or both new).
+   */
+  complete(committedSnapshot: string): Promise<void> {
+    return this.ops.complete(this.s, committedSnapshot);
   }
 
   /** Give up: the sealed clusters become dirty again in the current epoch (nothing is forgotten). */

@@ -7,6 +7,7 @@ import {
   BITS_PER_PAGE,
   PAGE_KIND_DIRTY,
   PAGE_KIND_INTENT,
+  PAGE_KIND_PRESENT,
   PG_CRC,
   PG_GENERATION,
   PG_INDEX,
@@ -111,7 +112,7 @@ t.test('both copies bad: FORMAT_CORRUPT naming the file, the page and the slots'
 t.test('BitmapFile alternates slots and never overwrites the last synced copy', async (t) => {
   const fs = new MemFs();
   await fs.mkdir('/v');
-  const f = await BitmapFile.open(fs, '/v/dirty.0', PAGE_KIND_DIRTY);
+  const f = await BitmapFile.open(fs, '/v/dirty.0', PAGE_KIND_DIRTY, 'create');
   const bits = new PagedBitmap();
   bits.set(5);
   bits.set(BITS_PER_PAGE + 1); // page 1
@@ -119,7 +120,10 @@ t.test('BitmapFile alternates slots and never overwrites the last synced copy', 
     { index: 0, stamp: 1, payload: bits.page(0) ?? null },
     { index: 1, stamp: 1, payload: bits.page(1) ?? null },
   ]);
+  const first = fs.contents('/v/dirty.0');
+  for (const slot of [0, 1]) t.match(decodeSlot(first, slotOffset(0, slot), PAGE_KIND_DIRTY, 0), { state: 'valid', generation: 1, stamp: 1 }, `a first write fills slot ${slot} too`);
   await f.datasync();
+  t.equal(f.syncedPages, 2, 'two pages synced');
   bits.set(6);
   await f.writePages([{ index: 0, stamp: 2, payload: bits.page(0) ?? null }]);
   // Not synced: a second write of page 0 must go over the unsynced copy, not the synced one.
@@ -128,15 +132,16 @@ t.test('BitmapFile alternates slots and never overwrites the last synced copy', 
   const raw = fs.contents('/v/dirty.0');
   const slot0 = decodeSlot(raw, slotOffset(0, 0), PAGE_KIND_DIRTY, 0);
   const slot1 = decodeSlot(raw, slotOffset(0, 1), PAGE_KIND_DIRTY, 0);
-  t.match(slot0, { state: 'valid', generation: 1, stamp: 1 }, 'the synced copy is intact');
-  t.match(slot1, { state: 'valid', generation: 3, stamp: 2 });
+  t.match(slot0, { state: 'valid', generation: 3, stamp: 2 });
+  t.match(slot1, { state: 'valid', generation: 1, stamp: 1 }, 'the synced copy is intact');
   await f.datasync();
   await f.writePages([{ index: 0, stamp: 3, payload: null }]);
-  const after = decodeSlot(fs.contents('/v/dirty.0'), slotOffset(0, 0), PAGE_KIND_DIRTY, 0);
+  const after = decodeSlot(fs.contents('/v/dirty.0'), slotOffset(0, 1), PAGE_KIND_DIRTY, 0);
   t.match(after, { state: 'valid', generation: 4, stamp: 3 }, 'after a sync the older slot is written');
+  await f.datasync();
 
   // Reload: newest copies, and a torn slot falls back to the other.
-  fs.poke('/v/dirty.0', slotOffset(0, 0) + 2048, Buffer.alloc(512, 1));
+  fs.poke('/v/dirty.0', slotOffset(0, 1) + 2048, Buffer.alloc(512, 1));
   const g = await BitmapFile.open(fs, '/v/dirty.0', PAGE_KIND_DIRTY);
   const loaded = await g.load(100);
   t.equal(loaded.pages.length, 2);
@@ -152,6 +157,46 @@ t.test('BitmapFile alternates slots and never overwrites the last synced copy', 
   t.equal(broken.unreadable.length, 1);
   t.equal(broken.unreadable[0]?.index, 1);
   t.match(broken.unreadable[0]?.error.message, /page 1 is unreadable/);
+  await t.rejects(BitmapFile.open(fs, '/v/dirty.1', PAGE_KIND_DIRTY), { code: 'NOT_FOUND' }, 'a bitmap file that must exist is not created');
+});
+
+t.test('a synced page never reads as empty: garbage in one slot, a truncated file', async (t) => {
+  const fs = new MemFs();
+  await fs.mkdir('/v');
+  const f = await BitmapFile.open(fs, '/v/present', PAGE_KIND_PRESENT, 'create');
+  const bits = new PagedBitmap();
+  bits.set(3);
+  await f.writePages([{ index: 0, stamp: 0, payload: bits.page(0) ?? null }]);
+  await f.datasync();
+  // Garbage over the first slot (version 1 read that as a torn first write: an empty page).
+  fs.poke('/v/present', slotOffset(0, 0), Buffer.alloc(BITMAP_PAGE_SIZE, 0x41));
+  const g = await BitmapFile.open(fs, '/v/present', PAGE_KIND_PRESENT);
+  const loaded = await g.load(100);
+  t.equal(loaded.pages[0]?.content?.payload[0], 0b1000, 'the second copy is read');
+  t.equal(loaded.repaired.length, 1);
+  // A file cut shorter than the state record says it was: the lost pages are unreadable.
+  const h = await BitmapFile.open(fs, '/v/present', PAGE_KIND_PRESENT);
+  await (await fs.open('/v/present', 'r+')).truncate(0);
+  const cut = await h.load(100, 1);
+  t.equal(cut.pages.length, 0);
+  t.equal(cut.unreadable.length, 1);
+  t.match(cut.unreadable[0]?.error, { code: 'FORMAT_CORRUPT', message: /page 0 is missing/ });
+});
+
+t.test('settle gives a single copy its second slot', async (t) => {
+  const fs = new MemFs();
+  await fs.mkdir('/v');
+  // A version 1 first write: slot 0 only.
+  const buf = encodePage(PAGE_KIND_INTENT, 0, 1, 5, new Uint8Array([1]), Buffer.alloc(BITMAP_PAGE_SIZE));
+  const w = await fs.open('/v/intent', 'create');
+  await w.write(buf, 0, buf.length, 0);
+  await w.datasync();
+  const f = await BitmapFile.open(fs, '/v/intent', PAGE_KIND_INTENT);
+  await f.load(100);
+  await f.settle();
+  t.equal(f.syncedPages, 1);
+  const raw = fs.contents('/v/intent');
+  t.match(decodeSlot(raw, slotOffset(0, 1), PAGE_KIND_INTENT, 0), { state: 'valid', generation: 1, stamp: 5 });
 });
 
 t.test('PagedBitmap against a Set', async (t) => {

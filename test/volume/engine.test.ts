@@ -13,6 +13,7 @@ import { Rng } from '../../src/util/random.js';
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const C = 64 * KiB;
+const SNAP = '01HZY5J8X3M6QK2V9T4N7RBCDF';
 
 async function tempDir(t: Test): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'island-engine-'));
@@ -103,7 +104,7 @@ t.test('truncate both ways: content, size and dirty clusters', async (t) => {
   t.teardown(() => v.close());
   await v.write(pattern(10 * C, 2), 10 * C);
   const s = await v.seal();
-  await s.complete();
+  await s.complete(SNAP);
   t.same([...v.dirtyClusters()], []);
   await v.truncate(15 * C + 100);
   t.equal(v.length, 15 * C + 100);
@@ -125,7 +126,7 @@ t.test('whole zero clusters stay sparse and are still dirty', { skip: nativeAvai
   await v.fsync();
   const full = (await stat(path)).blocks * 512;
   const s = await v.seal();
-  await s.complete();
+  await s.complete(SNAP);
   // Zeros over data: clusters 17-20 (plus partial zeros at both ends, written as data).
   await v.write(Buffer.alloc(4 * C + 200), 17 * C - 100);
   await v.fsync();
@@ -213,7 +214,7 @@ t.test('a zero cluster persists its dirty bit before punching the hole', async (
   const v = await memVolume(fs);
   t.teardown(() => v.close());
   await v.write(pattern(4 * C, 4), 8 * C);
-  await (await v.seal()).complete(); // clusters 8-11 clean again
+  await (await v.seal()).complete(SNAP); // clusters 8-11 clean again
   await v.write(Buffer.alloc(1, 1), 8 * C); // the region's intent bit is durable
   const log: string[] = [];
   fs.onOp = (op) => log.push(`${op.op} ${op.path.replace('/vols/v/', '')}`);
@@ -228,7 +229,7 @@ t.test('seal: O(1) swap, reads as of the seal despite overwrites, one seal at a 
   const fs = new MemFs({ rng: new Rng(9), maxYields: 3 });
   const v = await memVolume(fs);
   t.teardown(() => v.close());
-  await (await v.seal()).complete(); // forget the header clusters
+  await (await v.seal()).complete(SNAP); // forget the header clusters
   const old = pattern(6 * C, 5);
   await v.write(old, 10 * C);
   const seal = await v.seal();
@@ -259,7 +260,7 @@ t.test('seal: O(1) swap, reads as of the seal despite overwrites, one seal at a 
   await t.rejects(seal.readSealed(10), { code: 'INVALID_ARGUMENT' });
   await t.rejects(seal.readSealed(3), { code: 'INVALID_ARGUMENT' }, 'not a sealed cluster');
   t.same([...v.dirtyClusters()], [10, 11, 12, 13, 14, 15], 'the overwrites are dirty in the new epoch');
-  await seal.complete();
+  await seal.complete(SNAP);
   t.equal(seal.status, 'completed');
   t.equal(v.stats().sideLogBytes, 0);
   const again = await v.seal();
@@ -297,7 +298,7 @@ t.test('readSealed notices a write that raced its image read (sequence counter) 
   await v.close();
   const w = await Volume.open('/vols/v', { fs, flushIntervalMs: 0 });
   t.teardown(() => w.close());
-  await (await w.seal()).complete();
+  await (await w.seal()).complete(SNAP);
   const old = pattern(C, 13);
   await w.write(old, 7 * C);
   const seal = await w.seal();
@@ -317,7 +318,7 @@ t.test('past the side log budget the seal is abandoned, never the guest write', 
   const fs = new MemFs();
   const v = await memVolume(fs, { sideLogBudget: 2 * C });
   t.teardown(() => v.close());
-  await (await v.seal()).complete();
+  await (await v.seal()).complete(SNAP);
   await v.write(pattern(4 * C, 6), 0);
   const seal = await v.seal();
   const events: SealAbandonedEvent[] = [];
@@ -330,7 +331,7 @@ t.test('past the side log budget the seal is abandoned, never the guest write', 
   t.match(seal.abandonReason, /budget/);
   t.equal(events.length, 1);
   await t.rejects(seal.readSealed(3), { code: 'ABORTED' });
-  await t.rejects(seal.complete(), { code: 'ABORTED' });
+  await t.rejects(seal.complete(SNAP), { code: 'ABORTED' });
   t.same([...v.dirtyClusters()], [0, 1, 2, 3], 'nothing forgotten');
   const b = Buffer.alloc(10);
   await v.read(b, 2 * C);
@@ -341,7 +342,7 @@ t.test('past the side log budget the seal is abandoned, never the guest write', 
 t.test('after a crash: dirty = saved dirty ∪ allocated clusters of intent regions; sealed epochs come back', async (t) => {
   const fs = new MemFs();
   let v = await memVolume(fs, { regionSize: MiB });
-  await (await v.seal()).complete();
+  await (await v.seal()).complete(SNAP);
   await v.write(pattern(C, 7), 2 * MiB + 3 * C); // region 2, dirty bit only in memory
   await v.write(pattern(C, 8), 5 * MiB); // region 5
   await v.fsync();
@@ -373,7 +374,7 @@ t.test('after a crash: dirty = saved dirty ∪ allocated clusters of intent regi
 t.test('a new intent epoch keeps the old intent bits visible until the state record moves on', async (t) => {
   const fs = new MemFs();
   const v = await memVolume(fs, { regionSize: MiB });
-  await (await v.seal()).complete();
+  await (await v.seal()).complete(SNAP);
   await v.write(pattern(C, 11), 2 * MiB); // region 2: intent bit durable, dirty bit in memory only
   await v.fsync();
   fs.onOp = (op) => {
@@ -395,7 +396,7 @@ t.test('dirty pages of the sealed epoch are persisted before those of the curren
   // merged back must be durable in the sealed epoch's file before that file is overwritten.
   const fs = new MemFs();
   const v = await memVolume(fs, { regionSize: MiB });
-  await (await v.seal()).complete();
+  await (await v.seal()).complete(SNAP);
   const x = 40;
   const y = 140; // same bitmap page as x, another intent region
   await v.write(pattern(C, 12), x * C);
@@ -422,13 +423,14 @@ t.test('dirty pages of the sealed epoch are persisted before those of the curren
 t.test('bitmap pages damaged on disk', async (t) => {
   const fs = new MemFs();
   const v = await memVolume(fs);
-  await (await v.seal()).complete();
+  await (await v.seal()).complete(SNAP);
   await v.write(Buffer.alloc(10, 1), 3 * C);
   await v.close();
   // One copy of a page torn: the other copy is used.
   const w0 = await Volume.open('/vols/v', { fs, flushIntervalMs: 0 });
-  await w0.close(); // wrote page 0 of the new epoch's file once more: both slots hold copies
-  for (const f of ['dirty.0', 'dirty.1']) fs.poke(`/vols/v/${f}`, slotOffset(0, 0) + 1000, Buffer.alloc(512, 0x77));
+  await w0.close(); // wrote page 0 of the new epoch's file once more, to slot 0 (its first write filled both)
+  // Slot 1 holds the older copy in both files (a torn write only ever hits an unsynced copy).
+  for (const f of ['dirty.0', 'dirty.1']) fs.poke(`/vols/v/${f}`, slotOffset(0, 1) + 1000, Buffer.alloc(512, 0x77));
   const w1 = await Volume.open('/vols/v', { fs, flushIntervalMs: 0 });
   t.ok(w1.recovery.repairedPages >= 1, `${w1.recovery.repairedPages} pages read from their other copy`);
   t.equal(w1.recovery.unreadablePages, 0);
@@ -450,7 +452,7 @@ t.test('an unreadable present page refuses the open (a refetch could overwrite g
   await v.read(Buffer.alloc(10), 0);
   await v.close();
   fs.poke('/vols/p/present', slotOffset(0, 0), Buffer.alloc(8192, 0x33));
-  await t.rejects(Volume.open('/vols/p', { fs, fetcher, flushIntervalMs: 0 }), { code: 'FORMAT_CORRUPT', message: /present: bitmap page 0 is unreadable/ });
+  await t.rejects(Volume.open('/vols/p', { fs, fetcher, flushIntervalMs: 0 }), { code: 'LOCAL_STATE_DAMAGED', message: /present: present bitmap page 0 is unreadable.*island fsck --local/ });
 });
 
 t.test('restored volume: supplied base content fills only what is still missing', async (t) => {

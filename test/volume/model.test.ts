@@ -11,6 +11,10 @@
  * overwrites it, and at each seal the sealed set must cover every change since the last
  * completed seal.
  *
+ * A crash inside complete must leave the committed snapshot id and the completed epoch of
+ * the state record both old or both new; after every recovery the volume's committed id is
+ * the id of the last completed seal the model knows of.
+ *
  * Crashes come between operations, in the middle of several concurrent ones (writes, a new
  * intent epoch, fsync, abandon-and-seal, truncate: the power is cut at a random disk
  * operation, so also between a page write and its sync), and during recovery itself. The
@@ -21,7 +25,9 @@
 import t, { type Test } from 'tap';
 import { Volume, type Seal } from '../../src/volume/engine.js';
 import { MemFs } from '../../src/volume/memfs.js';
+import { readState } from '../../src/volume/state.js';
 import { Rng } from '../../src/util/random.js';
+import { ulid } from '../../src/format/ulid.js';
 
 interface Config {
   clusterSize: number;
@@ -56,6 +62,8 @@ class Model {
   completed: Buffer;
   completedLen = 0;
   seal: { handle: Seal; image: Buffer; len: number } | null = null;
+  /** The snapshot id of the last completed seal (null before the first). */
+  committed: string | null = null;
 
   constructor(readonly cfg: Config) {
     this.cur = Buffer.alloc(cfg.maxLen);
@@ -297,6 +305,7 @@ async function run(t: Test, seed: number): Promise<void> {
       break;
     }
     if (v.recovery.clean) fail('recovery after a crash claims a clean shutdown');
+    if (v.committedSnapshot !== m.committed) fail(`committed snapshot ${v.committedSnapshot} after recovery, ${m.committed} completed`);
     counts['rescanned regions'] = (counts['rescanned regions'] ?? 0) + v.recovery.rescannedRegions;
     await afterRecovery(false);
   };
@@ -382,10 +391,39 @@ async function run(t: Test, seed: number): Promise<void> {
       op = 'complete';
       if (m.seal !== null) {
         for (const c of unuploaded()) await checkSealRead(c);
-        await m.seal.handle.complete();
-        m.seal.image.copy(m.completed);
-        m.completedLen = m.seal.len;
-        m.seal = null;
+        const id = ulid();
+        if (rng.chance(0.3)) {
+          // The power fails inside complete: the state record holds the old committed id with
+          // the old completed epoch, or the new id with the sealed epoch, never a mix.
+          op = 'crash inside complete';
+          const before = await readState(fs, DIR);
+          const at = 1 + rng.int(8);
+          const crashRng = new Rng(rng.u32());
+          let seen = 0;
+          fs.onOp = () => {
+            if (++seen === at) fs.crash(crashRng);
+          };
+          await m.seal.handle.complete(id).catch(() => undefined);
+          fs.onOp = undefined;
+          if (seen < at) fs.crash(crashRng);
+          const after = await readState(fs, DIR);
+          if (after.committedSnapshot === id) {
+            if (after.completedEpoch !== m.seal.handle.epoch) fail(`committed ${id} with completed epoch ${after.completedEpoch}, sealed epoch ${m.seal.handle.epoch}`);
+            m.seal.image.copy(m.completed);
+            m.completedLen = m.seal.len;
+            m.committed = id;
+            counts['complete survived the crash'] = (counts['complete survived the crash'] ?? 0) + 1;
+          } else if (after.committedSnapshot !== before.committedSnapshot || after.completedEpoch !== before.completedEpoch) {
+            fail(`after a crash inside complete: committed ${after.committedSnapshot} at completed epoch ${after.completedEpoch}, before ${before.committedSnapshot} at ${before.completedEpoch}`);
+          }
+          await recover();
+        } else {
+          await m.seal.handle.complete(id);
+          m.seal.image.copy(m.completed);
+          m.completedLen = m.seal.len;
+          m.committed = id;
+          m.seal = null;
+        }
       }
     } else if (r < 86) {
       op = 'abandon';
@@ -410,6 +448,7 @@ async function run(t: Test, seed: number): Promise<void> {
       retire(v);
       v = await Volume.open(DIR, opts);
       if (!v.recovery.clean || v.recovery.rescannedRegions !== 0) fail('a clean close was not recognised');
+      if (v.committedSnapshot !== m.committed) fail(`committed snapshot ${v.committedSnapshot} after a clean close, ${m.committed} completed`);
       await afterRecovery(true);
     }
     counts[op] = (counts[op] ?? 0) + 1;

@@ -1,0 +1,172 @@
+/**
+ * Lazy restore: the clusters of a volume restored from a snapshot that are not local yet are
+ * fetched from the base snapshot when a read, a partial write, a sealed read or the
+ * background fill needs them (single flight per cluster), with read-ahead for sequential
+ * readers. Fetched content is written inside the engine's write gate and only where the
+ * cluster is still missing, so a guest write is never overwritten (present.ts has the
+ * ordering of present bits).
+ */
+import { IslandError } from '../errors.js';
+import type { Gate } from './concurrency.js';
+import type { LocalFile } from './files.js';
+import type { PresentMap } from './present.js';
+import type { PresentFetcher } from './setup.js';
+
+/** Read-ahead of a sequential reader of missing clusters: first window, largest window. */
+export const READ_AHEAD_MIN_BYTES = 512 * 1024;
+export const READ_AHEAD_MAX_BYTES = 4 * 1024 * 1024;
+/** How far from the last read's end a read may start and still count as sequential. */
+const READ_AHEAD_SLACK_BYTES = 1024 * 1024;
+
+/** What lazy restore needs from the engine. */
+export interface LazyHost {
+  readonly name: string;
+  readonly clusterSize: number;
+  readonly gate: Gate;
+  readonly image: LocalFile;
+  readonly zeroCluster: Buffer;
+  readonly counters: { fetches: number; fetchedClusters: number };
+  /** The image's logical length now. */
+  length(): number;
+  /** Throw when the volume is closed. */
+  checkOpen(): void;
+}
+
+export class LazyRestore {
+  /** Fetches in flight, by cluster. */
+  readonly fetching = new Map<number, Promise<void>>();
+  /** Sequential reads of missing clusters: where the last one started and ended, and how far ahead is requested. */
+  private readonly seq = { start: -1, end: -Infinity, aheadTo: -1, window: 0 };
+
+  constructor(
+    readonly present: PresentMap,
+    private readonly fetcher: PresentFetcher | undefined,
+    private readonly signal: AbortSignal,
+    private readonly h: LazyHost,
+  ) {}
+
+  /** Clusters below this still come from the base snapshot until present (0: not restored). */
+  get baseClusters(): number {
+    return Math.ceil(this.present.baseLength / this.h.clusterSize);
+  }
+
+  /**
+   * Make clusters [c0, c1] local without a guest read (the background fill). Clusters
+   * already present or being fetched are skipped or waited for; nothing is overwritten.
+   */
+  async prefetch(c0: number, c1: number): Promise<void> {
+    this.h.checkOpen();
+    const last = Math.min(c1, this.baseClusters - 1);
+    if (c0 > last) return;
+    await this.ensurePresent(c0, last);
+  }
+
+
+  /**
+   * A reader going through missing clusters in order gets the clusters after its read
+   * fetched before it asks: the window starts at READ_AHEAD_MIN_BYTES and doubles per
+   * sequential read up to READ_AHEAD_MAX_BYTES; a new window is requested once the reader
+   * is half way into the last one, so the fetches stay large (the fetcher reads adjacent
+   * blobs with one ranged GET). Reads out of order reset it. The read never waits for it.
+   */
+  readAhead(start: number, end: number, c1: number): void {
+    const s = this.seq;
+    const C = this.h.clusterSize;
+    // Parallel requests of one sequential stream arrive slightly out of order: allow a slack.
+    const sequential = start > s.start && Math.abs(start - s.end) <= READ_AHEAD_SLACK_BYTES;
+    s.start = start;
+    s.end = Math.max(end, sequential ? s.end : 0);
+    if (!sequential) {
+      s.window = 0;
+      s.aheadTo = c1;
+      return;
+    }
+    s.window = Math.min(READ_AHEAD_MAX_BYTES, Math.max(READ_AHEAD_MIN_BYTES, s.window * 2));
+    const clusters = Math.max(1, Math.floor(s.window / C));
+    if (s.aheadTo - c1 > clusters / 2) return;
+    const from = Math.max(c1, s.aheadTo) + 1;
+    const to = Math.min(c1 + clusters, this.baseClusters - 1);
+    if (from > to) return;
+    s.aheadTo = to;
+    // A failed read-ahead costs nothing: the read that needs the cluster fetches it again.
+    this.ensurePresent(from, to).catch(() => undefined);
+  }
+
+  /** Make clusters [c0, c1] local, fetching missing runs (single flight per cluster). */
+  async ensurePresent(c0: number, c1: number): Promise<void> {
+    const present = this.present;
+    const waits: Array<Promise<void>> = [];
+    let runStart = -1;
+    const endRun = (c: number): void => {
+      if (runStart >= 0) waits.push(this.fetchRun(runStart, c - runStart));
+      runStart = -1;
+    };
+    for (let c = c0; c <= c1; c++) {
+      const inflight = this.fetching.get(c);
+      if (inflight !== undefined) {
+        endRun(c);
+        waits.push(inflight);
+      } else if (present.isPresent(c)) {
+        endRun(c);
+      } else if (runStart < 0) {
+        runStart = c;
+      }
+    }
+    endRun(c1 + 1);
+    if (waits.length > 0) await Promise.all(waits);
+  }
+
+  /**
+   * Store base content the caller read and verified itself: cluster `c` from `data`, only
+   * while it is still missing. A cluster being fetched is waited for; one that is present
+   * (written by the guest, fetched) is left alone. The background fill uses this for blobs
+   * that lie together in a pack but apart in the volume (one ranged GET for all of them).
+   */
+  async supply(c: number, data: Buffer): Promise<void> {
+    this.h.checkOpen();
+    if (c >= this.baseClusters) return;
+    const inflight = this.fetching.get(c);
+    if (inflight !== undefined) return inflight;
+    if (this.present.isPresent(c)) return;
+    return this.fetchRun(c, 1, data);
+  }
+
+  private fetchRun(first: number, count: number, supplied?: Buffer): Promise<void> {
+    const C = this.h.clusterSize;
+    const run = (async () => {
+      const fetcher = this.fetcher;
+      if (fetcher === undefined && supplied === undefined) {
+        throw new IslandError('LOCAL_IO', `cluster ${first} of volume ${this.h.name} is not local and no fetcher is configured`, { details: { volume: this.h.name, cluster: first } });
+      }
+      this.h.counters.fetches++;
+      const data = supplied ?? (await fetcher!.fetch(first, count, this.signal));
+      if (data.length > count * C) throw new IslandError('INTERNAL', `fetcher returned ${data.length} bytes for ${count} clusters`);
+      if (!this.h.gate.tryEnter()) await this.h.gate.enter();
+      try {
+        this.h.checkOpen();
+        const present = this.present;
+        for (let i = 0; i < count; i++) {
+          const c = first + i;
+          if (present.isPresent(c)) continue; // written (or truncated away) meanwhile
+          const from = c * C;
+          const part = data.subarray(Math.min(i * C, data.length), Math.min((i + 1) * C, data.length));
+          const n = Math.max(0, Math.min(part.length, this.h.length() - from));
+          if (n > 0) {
+            const zero = part.compare(this.h.zeroCluster, 0, n, 0, n) === 0;
+            if (!zero || !(await this.h.image.punchHole(from, n))) await this.h.image.write(part, 0, n, from);
+          }
+          present.mark(c);
+          present.written(c);
+          this.h.counters.fetchedClusters++;
+        }
+      } finally {
+        this.h.gate.leave();
+      }
+    })();
+    const tracked: Promise<void> = run.finally(() => {
+      for (let i = 0; i < count; i++) if (this.fetching.get(first + i) === tracked) this.fetching.delete(first + i);
+    });
+    for (let i = 0; i < count; i++) this.fetching.set(first + i, tracked);
+    return tracked;
+  }
+}

@@ -1,0 +1,58 @@
+/** The counters a volume engine keeps, and the stats() view of them. */
+import type { PresentMap } from './present.js';
+import type { SealKeeper } from './seal.js';
+import type { ChangeTracker } from './tracking.js';
+
+export interface VolumeStats {
+  reads: number;
+  writes: number;
+  bytesRead: number;
+  bytesWritten: number;
+  /** Whole zero clusters written as holes. */
+  zeroClusters: number;
+  /** fsync() calls (QEMU's flushes). */
+  fsyncs: number;
+  /** fdatasync calls by file; `total` is their sum. State record writes are counted apart. */
+  fdatasyncs: { image: number; intent: number; dirty: number; present: number; total: number };
+  /** State record replacements (each: fsync of the file and of the directory). */
+  stateWrites: number;
+  pageWrites: { intent: number; dirty: number; present: number };
+  /** New intent epochs begun (the intent bitmap cleared). */
+  intentEpochs: number;
+  seals: number;
+  sealsCompleted: number;
+  sealsAbandoned: number;
+  sideLogCopies: number;
+  sideLogBytes: number;
+  /** readSealed calls that saw a write race their image read and re-read the side log copy. */
+  readSealedRetries: number;
+  fetches: number;
+  fetchedClusters: number;
+  /** Clusters dirty in the current epoch. */
+  dirtyClusters: number;
+  /** Clusters of the open seal (0 without one). */
+  sealedClusters: number;
+}
+
+/** What the engine counts itself; the rest of VolumeStats comes from its parts. */
+export type Counters = Omit<VolumeStats, 'fdatasyncs' | 'pageWrites' | 'intentEpochs' | 'sideLogCopies' | 'sideLogBytes' | 'readSealedRetries' | 'dirtyClusters' | 'sealedClusters'> & {
+  imageSyncs: number;
+};
+
+export function volumeStats(c: Counters, tracker: ChangeTracker, present: PresentMap | null, seals: SealKeeper): VolumeStats {
+  const t = tracker.counters;
+  const pages = tracker.pageWrites();
+  const presentSyncs = present?.syncs ?? 0;
+  const { imageSyncs, ...rest } = c;
+  return {
+    ...rest,
+    fdatasyncs: { image: imageSyncs, intent: t.intentSyncs, dirty: t.dirtySyncs, present: presentSyncs, total: imageSyncs + t.intentSyncs + t.dirtySyncs + presentSyncs },
+    pageWrites: { intent: pages.intent, dirty: pages.dirty, present: present?.pageWrites ?? 0 },
+    intentEpochs: t.intentEpochs,
+    sideLogCopies: seals.copies,
+    sideLogBytes: seals.sideLogBytes,
+    readSealedRetries: seals.readRetries,
+    dirtyClusters: tracker.current.count(),
+    sealedClusters: seals.sealed?.clusterCount() ?? 0,
+  };
+}

@@ -19,6 +19,8 @@ import { mkdir, mkdtemp, open, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs, promisify } from 'node:util';
+import { call } from '../src/cli/client.js';
+import { codeOf } from '../src/errors.js';
 import { Rng } from '../src/util/random.js';
 
 const run = promisify(execFile);
@@ -102,15 +104,21 @@ export async function torture(o: TortureOptions): Promise<TortureReport> {
       return { code: typeof e.code === 'number' ? e.code : -1, out: `${e.stdout ?? ''}${e.stderr ?? ''}` };
     }
   };
-  /** A CLI call that must succeed; transient store failures surfacing through it are retried. */
-  const must = async (h: Host, ...args: string[]): Promise<string> => {
+  /** A control API call (what the CLI sends), without a process start per call. */
+  const api = (h: Host, method: string, path: string, body?: unknown): Promise<unknown> => call(h.socket, method, path, body);
+  /** An API call that must succeed; transient store failures surfacing through it are retried. */
+  const must = async (h: Host, method: string, path: string, body?: unknown): Promise<unknown> => {
     for (let i = 0; ; i++) {
-      const r = await cli(h, ...args);
-      if (r.code === 0) return r.out;
-      if (i >= 5 || !/FAULT_INJECTED|STORE_UNAVAILABLE|BUSY/.test(r.out)) throw new Error(`torture: island ${args.join(' ')} on ${h.id} failed (${r.code}): ${r.out}`);
-      await new Promise((r) => setTimeout(r, 200 * (i + 1)));
+      try {
+        return await api(h, method, path, body);
+      } catch (err) {
+        if (i >= 5 || !/FAULT_INJECTED|STORE_UNAVAILABLE|STORE_TIMEOUT|BUSY/.test(`${codeOf(err)} ${(err as Error).message}`)) throw new Error(`torture: ${method} ${path} on ${h.id} failed: ${codeOf(err)}: ${(err as Error).message}`);
+        await new Promise((r) => setTimeout(r, 200 * (i + 1)));
+      }
     }
   };
+  const status = async (h: Host): Promise<{ volumes: { name: string; access?: { mode: string } }[] }> => (await must(h, 'GET', '/v1/status')) as { volumes: { name: string; access?: { mode: string } }[] };
+  const vol = `/v1/volumes/${VOLUME}`;
   const serve = async (h: Host): Promise<void> => {
     const out = openSync(h.log, 'a');
     const child = spawn(process.execPath, [MAIN, 'serve'], { env: env(h), stdio: ['ignore', out, out] });
@@ -132,6 +140,8 @@ export async function torture(o: TortureOptions): Promise<TortureReport> {
     }
     h.child = undefined;
     if (await mounted(h.mount)) await run('umount', ['-l', h.mount]).catch(() => undefined);
+    // A killed daemon leaves its socket file: the next start must not be taken as up by it.
+    await rm(h.socket, { force: true });
   };
   /** SIGKILL h after `ms`, while `work` runs; then restart it. */
   const killDuring = async (h: Host, ms: number, work: () => Promise<unknown>): Promise<void> => {
@@ -144,18 +154,12 @@ export async function torture(o: TortureOptions): Promise<TortureReport> {
     report.kills++;
     await serve(h);
   };
-  const attachedOn = async (h: Host): Promise<boolean> => {
-    const st = JSON.parse(await must(h, 'status', '--json')) as { volumes: { name: string; access?: { mode: string } }[] };
-    return st.volumes.some((v) => v.name === VOLUME);
-  };
+  const attachedOn = async (h: Host): Promise<boolean> => (await status(h)).volumes.some((v) => v.name === VOLUME);
   const file = (h: Host): string => join(h.mount, `${VOLUME}.qcow2`);
 
   /** Check every modelled cluster; settle uncertain ones to what was read. */
   const verify = async (h: Host, where: string): Promise<void> => {
-    await waitFor(`${h.id} to make ${VOLUME} writable`, async () => {
-      const st = JSON.parse(await must(h, 'status', '--json')) as { volumes: { name: string; access?: { mode: string } }[] };
-      return st.volumes.find((v) => v.name === VOLUME)?.access?.mode === 'read-write';
-    });
+    await waitFor(`${h.id} to make ${VOLUME} writable`, async () => (await status(h)).volumes.find((v) => v.name === VOLUME)?.access?.mode === 'read-write');
     const fh = await open(file(h), 'r');
     try {
       const buf = Buffer.alloc(CLUSTER);
@@ -203,8 +207,8 @@ export async function torture(o: TortureOptions): Promise<TortureReport> {
     await mkdir(root, { recursive: true });
     for (const h of hosts) await serve(h);
     let cur = hosts[0] as Host;
-    await must(cur, 'volume', 'create', VOLUME, '--size', '64M');
-    await must(cur, 'attach', VOLUME);
+    await must(cur, 'POST', '/v1/volumes', { name: VOLUME, size: '64M' });
+    await must(cur, 'POST', `${vol}/attach`, {});
     while (report.kills < o.kills) {
       report.rounds++;
       const other = cur === hosts[0] ? (hosts[1] as Host) : (hosts[0] as Host);
@@ -215,30 +219,30 @@ export async function torture(o: TortureOptions): Promise<TortureReport> {
       } else if (action < 8) {
         // Some writes, then a snapshot killed at a random moment.
         await writeBurst(cur, 2 + rng.int(8)).catch(() => undefined);
-        await killDuring(cur, rng.int(400), () => cli(cur, 'snapshot', 'create', VOLUME));
+        await killDuring(cur, rng.int(400), () => api(cur, 'POST', '/v1/snapshots', { volumes: [VOLUME] }));
         report.snapshots++;
       } else {
         // A detach killed at a random moment; restarted, the volume is detached or still here.
         await writeBurst(cur, 2 + rng.int(8)).catch(() => undefined);
-        await killDuring(cur, rng.int(600), () => cli(cur, 'detach', VOLUME));
-        if (!(await attachedOn(cur))) await must(cur, 'attach', VOLUME);
+        await killDuring(cur, rng.int(600), () => api(cur, 'POST', `${vol}/detach`, {}));
+        if (!(await attachedOn(cur))) await must(cur, 'POST', `${vol}/attach`, {});
       }
       await verify(cur, `round ${report.rounds} on ${cur.id} after a kill`);
       if (report.rounds % 5 === 0) {
         // Move the volume: final snapshot, fresh restore on the other host, check all.
-        await must(cur, 'detach', VOLUME);
-        await must(other, 'attach', VOLUME);
+        await must(cur, 'POST', `${vol}/detach`, {});
+        await must(other, 'POST', `${vol}/attach`, {});
         report.moves++;
         cur = other;
         await verify(cur, `round ${report.rounds} after moving to ${cur.id}`);
       }
       if (report.rounds % 10 === 0) say(`torture: round ${report.rounds}, ${report.kills} kills, ${report.bytesVerified} bytes verified, ${report.bytesLost} lost`);
     }
-    await must(cur, 'detach', VOLUME);
+    await must(cur, 'POST', `${vol}/detach`, {});
     const other = cur === hosts[0] ? (hosts[1] as Host) : (hosts[0] as Host);
-    await must(other, 'attach', VOLUME);
+    await must(other, 'POST', `${vol}/attach`, {});
     await verify(other, 'final restore on the other host');
-    await must(other, 'detach', VOLUME);
+    await must(other, 'POST', `${vol}/detach`, {});
     report.fsckExit = (await cli(other, 'fsck')).code;
   } finally {
     for (const h of hosts) await stop(h, 'SIGTERM').catch(() => undefined);
@@ -250,6 +254,8 @@ export async function torture(o: TortureOptions): Promise<TortureReport> {
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: { seed: { type: 'string' }, kills: { type: 'string', default: '100' }, 'fault-rate': { type: 'string', default: '0.02' }, dir: { type: 'string' } } });
   const seed = values.seed === undefined ? (Date.now() % 2 ** 31) : Number(values.seed);
+  // A directory given is the run's own: whatever an earlier run left there goes first.
+  if (values.dir) await rm(values.dir, { recursive: true, force: true });
   const r = await torture({ seed, kills: Number(values.kills), faultRate: Number(values['fault-rate']), dir: values.dir });
   for (const l of r.losses.slice(0, 20)) process.stdout.write(`lost: ${l}\n`);
   process.stdout.write(`torture: seed ${r.seed}: ${r.kills} kills in ${r.rounds} rounds (${r.snapshots} snapshots tried, ${r.moves} moves between hosts), ${r.bytesVerified} bytes verified, ${r.bytesLost} bytes lost, fsck exit ${r.fsckExit}\n`);

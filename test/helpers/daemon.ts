@@ -119,6 +119,8 @@ export async function kill(h: Host, signal: NodeJS.Signals): Promise<void> {
   }
   h.child = undefined;
   if (await mounted(h.mount)) await run('umount', ['-l', h.mount]).catch(() => undefined);
+  // A killed daemon leaves its socket file: the next serve() must not take it for a live one.
+  await rm(socket(h), { force: true });
 }
 
 export async function log(h: Host): Promise<string> {

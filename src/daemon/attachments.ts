@@ -112,7 +112,7 @@ export class Attachments {
   /** Another host holds the volume (or its generation cannot be confirmed): never writable again here. */
   fence(name: string, a: Attached, err: unknown): void {
     const message = err instanceof Error ? err.message : String(err);
-    a.access = { mode: 'fenced', why: `${codeOf(err)}: ${message}; detach it here to set its local copy aside (kept under ${this.ctx.dirs.fencedRoot()})` };
+    a.access = { mode: 'fenced', why: `${codeOf(err)}: ${message}; detach it here to set its local copy aside (kept under ${this.ctx.dirs.asideRoot()})` };
     this.ctx.log.error({ volume: name, err, code: codeOf(err) }, 'volume fenced: it is read-only on this host for good');
   }
 
@@ -163,6 +163,13 @@ export class Attachments {
     // A local copy: the one kept at the last detach here comes back first. A directory
     // without a state record is an attach that died before its local state was complete:
     // create starts it over (nothing was ever served from it).
+    if (req.discardLocal && (await ctx.dirs.hasLive(name))) {
+      // The operator's way out of a local copy that cannot be opened: restore from the
+      // store instead, keeping the old copy aside (never deleted).
+      const aside = await ctx.dirs.setAside(name, 'damaged', generation);
+      ctx.unopened.delete(name);
+      vlog.warn({ aside }, 'local copy set aside on request (--discard-local); restoring from the store');
+    }
     let fromKept = false;
     if (!(await ctx.dirs.hasLive(name)) && (await ctx.dirs.hasKept(name))) {
       await ctx.dirs.reclaim(name);
@@ -183,7 +190,7 @@ export class Attachments {
           vlog.warn({ local: held, latest: base.id }, 'the kept local copy is older than the latest snapshot; dropping it');
           await ctx.dirs.dropLive(name);
         } else {
-          const aside = await ctx.dirs.setAside(name, generation);
+          const aside = await ctx.dirs.setAside(name, 'stale', generation);
           vlog.warn({ local: held, latest: base.id, aside }, 'the local copy is older than the latest snapshot; set aside, restoring the latest');
         }
       } else if (volume.baseSnapshot) {
@@ -260,7 +267,7 @@ export class Attachments {
     this.ctx.attached.delete(name);
     await this.fills.stop(a);
     await a.volume.close();
-    const dir = await this.ctx.dirs.setAside(name, a.generation);
+    const dir = await this.ctx.dirs.setAside(name, 'fenced', a.generation);
     this.ctx.log.warn({ volume: name, generation: a.generation, dir }, 'fenced volume detached: its local copy is kept aside, not uploaded');
     return name;
   }

@@ -39,6 +39,8 @@ export interface AttachRequest {
   fill?: boolean;
   /** Cap on the fill's fetched bytes per second (default: none). */
   fillRate?: string | number;
+  /** Set this host's local copy aside (kept, not deleted) and restore from the store. */
+  discardLocal?: boolean;
 }
 
 /** A restored volume's background fill. */

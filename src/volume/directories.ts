@@ -15,8 +15,15 @@ import { lockExclusive } from './native.js';
 
 export const VOLUMES_DIR = 'volumes';
 export const KEPT_DIR = 'kept';
-/** Local copies of volumes fenced by another host's forced attach: kept for the operator. */
-export const FENCED_DIR = 'fenced';
+/**
+ * Local copies island stopped using but must not delete (they may hold writes no snapshot
+ * has): fenced by another host's forced attach, damaged, or older than the newest snapshot.
+ * Kept for the operator to inspect; island never removes them.
+ */
+export const ASIDE_DIR = 'aside';
+
+/** Why a local copy was set aside (part of its directory name). */
+export type AsideReason = 'fenced' | 'damaged' | 'stale';
 /** Locked (flock) by the daemon that serves the data directory; holds its pid, for messages. */
 export const LOCK_FILE = 'lock';
 
@@ -99,18 +106,18 @@ export class LocalDirectories {
     await moveDurably(this.kept(name), this.live(name));
   }
 
-  fencedRoot(): string {
-    return join(this.dataDir, FENCED_DIR);
+  asideRoot(): string {
+    return join(this.dataDir, ASIDE_DIR);
   }
 
   /**
-   * Move a fenced volume's live directory to fenced/<name>.g<generation>.<time>: its writes
-   * may be in no snapshot, so it is never dropped, and a later attach here never mistakes
-   * it for a kept copy. Returns the new path.
+   * Move a volume's live directory to aside/<name>.<reason>.g<generation>.<time>: its
+   * writes may be in no snapshot, so it is never dropped, and a later attach here never
+   * mistakes it for a kept copy. Returns the new path.
    */
-  async setAside(name: string, generation: number): Promise<string> {
-    await mkdir(this.fencedRoot(), { recursive: true });
-    const to = join(this.fencedRoot(), `${name}.g${generation}.${new Date().toISOString().replace(/[:.]/g, '-')}`);
+  async setAside(name: string, reason: AsideReason, generation: number): Promise<string> {
+    await mkdir(this.asideRoot(), { recursive: true });
+    const to = join(this.asideRoot(), `${name}.${reason}.g${generation}.${new Date().toISOString().replace(/[:.]/g, '-')}`);
     await moveDurably(this.live(name), to);
     return to;
   }

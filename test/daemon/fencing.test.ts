@@ -66,10 +66,10 @@ t.test('a fenced host restarts read-only, shows FENCED, uploads nothing, and kee
 
   const det = await cli(a, 'detach', 'vol');
   t.equal(det.code, 0, 'detach on the fenced host works');
-  const aside = await readdir(join(a.dataDir, 'fenced'));
-  t.equal(aside.length, 1, 'the local copy is set aside under fenced/');
-  t.match(aside[0] ?? '', /^vol\.g1\./, 'named after the volume and its generation');
-  const kept = await readdir(join(a.dataDir, 'fenced', aside[0] as string));
+  const aside = await readdir(join(a.dataDir, 'aside'));
+  t.equal(aside.length, 1, 'the local copy is set aside under aside/');
+  t.match(aside[0] ?? '', /^vol\.fenced\.g1\./, 'named after the volume, why and its generation');
+  const kept = await readdir(join(a.dataDir, 'aside', aside[0] as string));
   t.ok(kept.includes('image.qcow2'), 'with its image');
 
   const onB = ((await cliJson(b, 'status')) as unknown as StatusOut).volumes.find((v) => v.name === 'vol');

@@ -71,6 +71,13 @@ export function parseManifestKey(key: string): { volume: string; id: string } | 
   return m ? { volume: m[1] as string, id: m[2] as string } : undefined;
 }
 
+/** Parse "next/<volume>/<parent|root>/<generation>" into its parts (parent null for the root). */
+export function parseLinkKey(key: string): { volume: string; parent: string | null; generation: number } | undefined {
+  const m = /^next\/([^/]+)\/([0-9A-HJKMNP-TV-Z]{26}|root)\/(\d{10})$/.exec(key);
+  if (!m) return undefined;
+  return { volume: m[1] as string, parent: m[2] === ROOT_PARENT ? null : (m[2] as string), generation: Number(m[3]) };
+}
+
 export function parseGeneration(s: string): number | undefined {
   return /^\d{10}$/.test(s) ? Number(s) : undefined;
 }

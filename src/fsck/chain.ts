@@ -9,9 +9,11 @@
  *    snapshot's link there: a retried commit of the same generation took the name) has
  *    lost its link.
  *  - A link whose snapshot has no manifest and no tombstone, while every pack it wrote
- *    still exists, has lost its manifest: GC deletes a released snapshot's packs before
- *    its manifest and keeps the link, so a collected snapshot has lost packs too. Those
- *    packs are the only copy of that snapshot's data, and never orphans.
+ *    still exists and no snapshot with a manifest descends from it, has lost its manifest:
+ *    GC deletes a released snapshot's packs before its manifest and keeps the link, so a
+ *    collected snapshot has lost packs too, unless a later snapshot's tree still reaches
+ *    them (then nothing tells the two apart, and that later snapshot is the newer data).
+ *    Those packs are the only copy of that snapshot's data, and never orphans.
  */
 import type { Manifest } from '../format/records.js';
 import { keys } from '../repo/keys.js';
@@ -45,10 +47,19 @@ export function checkChains(rec: RecordSet, packsListed: ReadonlyMap<string, Obj
     );
     findings.affect(f, m.id);
   }
+  // Snapshots some later snapshot with a manifest descends from: that one's tree may be what
+  // keeps a collected snapshot's packs, so a missing manifest there proves nothing.
+  const parentOf = new Map<string, string | null>();
+  for (const l of rec.linkAt.values()) parentOf.set(l.id, l.parent);
+  for (const m of rec.manifests.values()) parentOf.set(m.id, m.parent);
+  const succeeded = new Set<string>();
+  for (const m of rec.manifests.values()) {
+    for (let p: string | null | undefined = m.parent; p !== null && p !== undefined && !succeeded.has(p); p = parentOf.get(p)) succeeded.add(p);
+  }
   const lost: Manifest[] = [];
   const exists = (id: Buffer): boolean => packsListed.has(keys.pack('data', id)) || packsListed.has(keys.pack('metadata', id));
   for (const [key, l] of rec.linkAt) {
-    if (!wanted(l) || rec.manifests.has(l.id) || rec.badManifests.has(l.id) || rec.tombstones.has(l.id)) continue;
+    if (!wanted(l) || rec.manifests.has(l.id) || rec.badManifests.has(l.id) || rec.tombstones.has(l.id) || succeeded.has(l.id)) continue;
     if (!l.packs.every(exists)) continue; // collected by GC (its packs went first)
     lost.push(l);
     const newest = parents.has(`${l.volume}/${l.id}`) ? '' : `, the newest of ${l.volume} on its branch`;

@@ -1,10 +1,11 @@
 /**
  * A lost or damaged chain link or manifest never rolls a volume back silently. Three
  * snapshots are committed through the real repository code; then the newest one's chain
- * link is deleted, its manifest is deleted, or its chain link is corrupted. In each case
- * attach refuses and names the object, fsck reports an error (not a clean store) and
- * never offers the newest snapshot's packs to --prune-orphans, and fsck --repair restores
- * the object so that attach finds the newest snapshot again.
+ * link is deleted, its manifest is deleted, or its chain link is corrupted. Attach either
+ * still finds the newest snapshot (its manifest, the commit point, stands in for a lost or
+ * damaged link, and the link is named) or refuses naming the object; fsck reports an error
+ * (not a clean store) and never offers the newest snapshot's packs to --prune-orphans; and
+ * fsck --repair restores the object, so attach finds the newest snapshot through the chain.
  *
  * Runs on the embedded directory store, and also on Swift when ISLAND_TEST_SWIFT names one.
  */
@@ -105,15 +106,10 @@ for (const [name, make] of factories) {
     t.equal((await fsck(f)).exitCode, 0, 'clean before the damage');
     await f.store.delete(linkKey);
 
-    const head = await refusal(resolveHead(f.repo, VOLUME, s3.generation));
-    t.equal(codeOf(head), 'HEAD_UNCERTAIN', `resolveHead refuses: ${head.message}`);
-    t.match(head.message, linkKey, 'naming the missing link');
-    t.match(head.message, s3.id, 'and the snapshot it should lead to');
-    const att = await refusal(acquireGeneration(f.repo, VOLUME));
-    t.equal(codeOf(att), 'HEAD_UNCERTAIN', 'attach refuses instead of restoring the older snapshot');
-
-    const forced = await resolveHead(f.repo, VOLUME, s3.generation + 5, { allowRollback: true });
-    t.equal(forced.head?.id, s2.id, 'an explicit allowRollback takes the chain as it is');
+    // The manifest is the commit point and the link its index: the walk steps over the gap.
+    const head = await resolveHead(f.repo, VOLUME, s3.generation);
+    t.equal(head.head?.id, s3.id, 'resolveHead still finds the newest snapshot through its manifest');
+    t.same(head.unlinked, [{ key: linkKey, snapshot: s3.id, why: 'lost' }], 'and names the link it stepped over');
 
     const r = await fsck(f);
     t.equal(r.exitCode, 4, 'fsck reports an error, not a clean store');
@@ -127,7 +123,8 @@ for (const [name, make] of factories) {
     t.equal(fixed.findings.find((x) => x.key === linkKey)?.repaired, true);
     t.equal((await fsck(f)).exitCode, 0, 'clean again');
     const again = await acquireGeneration(f.repo, VOLUME);
-    t.equal(again.base?.id, s3.id, 'attach finds the newest snapshot again');
+    t.equal(again.base?.id, s3.id, 'attach finds the newest snapshot');
+    t.same(again.head.unlinked, [], 'through the rebuilt link');
   });
 
   t.test(`${name}: a lost manifest is refused, its packs are kept, and it is rewritten from its link`, async (t) => {
@@ -171,10 +168,10 @@ for (const [name, make] of factories) {
     bytes[bytes.length - 40] ^= 0x5a;
     await f.store.put(linkKey, bytes);
 
-    const att = await refusal(acquireGeneration(f.repo, VOLUME));
-    t.equal(codeOf(att), 'HEAD_UNCERTAIN', `attach refuses: ${att.message}`);
-    t.match(att.message, linkKey, 'naming the corrupt link');
-    t.match(att.message, 'fsck --repair', 'and the way out');
+    const att = await acquireGeneration(f.repo, VOLUME);
+    t.equal(att.base?.id, s3.id, 'attach is not blocked: the manifest at that place stands in for the link');
+    t.same(att.head.unlinked, [{ key: linkKey, snapshot: s3.id, why: 'damaged' }], 'and the damaged link is named');
+    await releaseGeneration(f.repo, VOLUME, att.generation);
 
     const r = await fsck(f);
     t.equal(r.exitCode, 4);
@@ -184,5 +181,23 @@ for (const [name, make] of factories) {
     t.equal((await fsck(f)).exitCode, 0, 'clean again');
     const again = await acquireGeneration(f.repo, VOLUME);
     t.equal(again.base?.id, s3.id, 'attach finds the newest snapshot again');
+    t.same(again.head.unlinked, [], 'through the rebuilt link');
+  });
+
+  t.test(`${name}: a corrupt chain link with no manifest to stand in for it refuses attach, naming it`, async (t) => {
+    const f = await threeSnapshots(t, make);
+    const [, s2, s3] = f.snaps as [Manifest, Manifest, Manifest];
+    const linkKey = keys.link(VOLUME, s2.id, s3.generation);
+    const bytes = await f.store.get(linkKey);
+    bytes[bytes.length - 40] ^= 0x5a;
+    await f.store.put(linkKey, bytes);
+    await f.store.delete(keys.manifest(VOLUME, s3.id));
+    const att = await refusal(acquireGeneration(f.repo, VOLUME));
+    t.equal(codeOf(att), 'HEAD_UNCERTAIN', `attach refuses: ${att.message}`);
+    t.match(att.message, linkKey, 'naming the corrupt link');
+    t.match(att.message, 'fsck --repair', 'and the ways out');
+    const forced = await resolveHead(f.repo, VOLUME, s3.generation + 5, { allowRollback: true });
+    t.equal(forced.live?.id, s2.id, 'an explicit allowRollback takes what can be proved');
+    t.equal((await fsck(f)).exitCode, 4, 'fsck reports it');
   });
 }

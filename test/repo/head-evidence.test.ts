@@ -1,7 +1,9 @@
 /**
- * resolveHead refuses when it cannot prove the chain walk reached the newest snapshot,
- * and only then: a fork lost by a lower generation, a deleted newest snapshot and one
- * already collected by GC are not evidence of anything newer. On the embedded store.
+ * resolveHead finds the newest snapshot when a chain link is lost or damaged but the
+ * manifest it indexes is there, refuses when it cannot prove the chain reached the newest
+ * snapshot, and only then: a fork lost by a lower generation, a retried commit, a deleted
+ * newest snapshot and one already collected by GC are not evidence of anything newer.
+ * On the embedded store.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -44,17 +46,50 @@ t.test('a fork lost by the lower generation is not evidence of a newer head', as
   t.equal(h.head?.id, winner.id, 'the higher generation wins');
 });
 
-t.test('a lost link of the winning generation is evidence even below a losing child', async (t) => {
+t.test('a lost link of the winning generation is stepped over by its manifest, not lost to a lower one', async (t) => {
   const { repo } = await setup(t);
   const g1 = (await acquireGeneration(repo, VOLUME)).generation;
   const s1 = await commit(repo, g1, null, 1);
-  await commit(repo, g1, s1, 2);
+  const lower = await commit(repo, g1, s1, 2);
   const g2 = (await acquireGeneration(repo, VOLUME)).generation;
   const winner = await commit(repo, g2, s1, 3);
-  await repo.store.delete(keys.link(VOLUME, s1.id, g2));
-  const err = (await resolveHead(repo, VOLUME, g2).catch((e: unknown) => e)) as IslandError;
-  t.equal(codeOf(err), 'HEAD_UNCERTAIN', 'the walk would take the losing branch');
-  t.match(err.message, winner.id);
+  const linkKey = keys.link(VOLUME, s1.id, g2);
+  await repo.store.delete(linkKey);
+  const h = await resolveHead(repo, VOLUME, g2);
+  t.equal(h.head?.id, winner.id, 'the walk alone would take the lower generation\'s child');
+  t.same(h.unlinked, [{ key: linkKey, snapshot: winner.id, why: 'lost' }]);
+  t.ok(h.forks.some((f) => f.parent === s1.id && f.children.some((c) => c.id === lower.id)), 'the other child is a fork');
+});
+
+t.test('a damaged link with no manifest to stand in for it is refused, naming it', async (t) => {
+  const { repo } = await setup(t);
+  const g = (await acquireGeneration(repo, VOLUME)).generation;
+  const s1 = await commit(repo, g, null, 1);
+  const s2 = await commit(repo, g, s1, 2);
+  const linkKey = keys.link(VOLUME, s1.id, g);
+  const bytes = await repo.store.get(linkKey);
+  bytes[20] ^= 1;
+  await repo.store.put(linkKey, bytes);
+  await repo.store.delete(keys.manifest(VOLUME, s2.id));
+  const err = (await resolveHead(repo, VOLUME, g).catch((e: unknown) => e)) as IslandError;
+  t.equal(codeOf(err), 'HEAD_UNCERTAIN');
+  t.match(err.message, linkKey);
+  const forced = await resolveHead(repo, VOLUME, g, { allowRollback: true });
+  t.equal(forced.live?.id, s1.id, 'allowRollback takes what can be proved');
+  t.equal(forced.uncertain.length, 1, 'and says what it overrode');
+});
+
+t.test('a commit that died between its manifest and its link is followed, and a retry of it wins', async (t) => {
+  const { repo } = await setup(t);
+  const g = (await acquireGeneration(repo, VOLUME)).generation;
+  const s1 = await commit(repo, g, null, 1);
+  const died = await commit(repo, g, s1, 2);
+  await repo.store.delete(keys.link(VOLUME, s1.id, g));
+  t.equal((await resolveHead(repo, VOLUME, g)).head?.id, died.id, 'the committed manifest is the head');
+  const retry = await commit(repo, g, s1, 3);
+  const h = await resolveHead(repo, VOLUME, g);
+  t.equal(h.head?.id, retry.id, 'the retry took the link: the one that died is its same-generation sibling');
+  t.same(h.unlinked, []);
 });
 
 t.test('a deleted newest snapshot, and one GC collected, roll back to the previous one without a refusal', async (t) => {

@@ -1,9 +1,10 @@
 /**
  * The chain tier of fsck: every manifest has its chain link, and every chain link whose
  * snapshot is not deleted has its manifest. Readers find the newest snapshot of a volume
- * by walking the links (docs/protocols.md, "Attach, detach and latest"), and refuse to
- * attach (HEAD_UNCERTAIN) when a lost link or manifest may hide a newer snapshot; here
- * both are errors that --repair fixes, each from the other copy of the same record.
+ * by walking the links (docs/protocols.md, "Attach, detach and latest"), step over a lost
+ * link only through a listing, and refuse to attach (HEAD_UNCERTAIN) when a lost manifest
+ * may hide a newer snapshot; here both are errors that --repair fixes, each from the other
+ * copy of the same record.
  *
  *  - A manifest without a link at next/<volume>/<parent>/<generation> (and no other
  *    snapshot's link there: a retried commit of the same generation took the name) has
@@ -42,7 +43,7 @@ export function checkChains(rec: RecordSet, packsListed: ReadonlyMap<string, Obj
     const f = findings.add(
       'missing-object',
       key,
-      `the chain link ${key} of snapshot ${m.id} (${m.volume}, generation ${m.generation}) is lost: readers stop at ${m.parent ?? 'the root'}, and attach refuses (HEAD_UNCERTAIN) rather than roll ${m.volume} back`,
+      `the chain link ${key} of snapshot ${m.id} (${m.volume}, generation ${m.generation}) is lost: a walk of the links stops at ${m.parent ?? 'the root'}, and only a listing (a hint) still shows attach the snapshot`,
       'rewrite it from the manifest',
     );
     findings.affect(f, m.id);

@@ -18,9 +18,10 @@ import type { Manifest } from '../../src/format/records.js';
 import { runFsck, type FsckReport } from '../../src/fsck/check.js';
 import { acquireGeneration, releaseGeneration } from '../../src/repo/attach.js';
 import { commitSnapshot } from '../../src/repo/commit.js';
+import { collectGarbage } from '../../src/repo/gc.js';
 import { keys } from '../../src/repo/keys.js';
 import { Repository } from '../../src/repo/repository.js';
-import { resolveHead } from '../../src/repo/snapshots.js';
+import { deleteSnapshot, resolveHead } from '../../src/repo/snapshots.js';
 import { FsStore } from '../../src/store/fs.js';
 import { S3Store } from '../../src/store/s3.js';
 import type { ObjectStore } from '../../src/store/types.js';
@@ -182,6 +183,19 @@ for (const [name, make] of factories) {
     const again = await acquireGeneration(f.repo, VOLUME);
     t.equal(again.base?.id, s3.id, 'attach finds the newest snapshot again');
     t.same(again.head.unlinked, [], 'through the rebuilt link');
+  });
+
+  t.test(`${name}: a deleted newest snapshot that GC collected is neither refused nor reported`, async (t) => {
+    const f = await threeSnapshots(t, make);
+    const [, s2, s3] = f.snaps as [Manifest, Manifest, Manifest];
+    await deleteSnapshot(f.repo, VOLUME, s3.id);
+    await collectGarbage(f.repo, { graceMs: 0 });
+    t.notOk(await f.store.head(keys.manifest(VOLUME, s3.id)), 'GC removed its manifest');
+    t.ok(await f.store.head(keys.link(VOLUME, s2.id, s3.generation)), 'and kept its link');
+    const r = await fsck(f);
+    t.equal(r.exitCode, 0, `a collected snapshot is no lost manifest: ${JSON.stringify(r.findings)}`);
+    const att = await acquireGeneration(f.repo, VOLUME);
+    t.equal(att.base?.id, s2.id, 'attach restores the snapshot before it, as deleting the newest one asked');
   });
 
   t.test(`${name}: a corrupt chain link with no manifest to stand in for it refuses attach, naming it`, async (t) => {

@@ -166,7 +166,7 @@ for (const [name, make] of factories) {
     const [, s2, s3] = f.snaps as [Manifest, Manifest, Manifest];
     const linkKey = keys.link(VOLUME, s2.id, s3.generation);
     const bytes = await f.store.get(linkKey);
-    bytes[bytes.length - 40] ^= 0x5a;
+    bytes.writeUInt8(bytes.readUInt8(bytes.length - 40) ^ 0x5a, bytes.length - 40);
     await f.store.put(linkKey, bytes);
 
     const att = await acquireGeneration(f.repo, VOLUME);
@@ -203,7 +203,7 @@ for (const [name, make] of factories) {
     const [, s2, s3] = f.snaps as [Manifest, Manifest, Manifest];
     const linkKey = keys.link(VOLUME, s2.id, s3.generation);
     const bytes = await f.store.get(linkKey);
-    bytes[bytes.length - 40] ^= 0x5a;
+    bytes.writeUInt8(bytes.readUInt8(bytes.length - 40) ^ 0x5a, bytes.length - 40);
     await f.store.put(linkKey, bytes);
     await f.store.delete(keys.manifest(VOLUME, s3.id));
     const att = await refusal(acquireGeneration(f.repo, VOLUME));

@@ -68,7 +68,7 @@ t.test('a damaged link with no manifest to stand in for it is refused, naming it
   const s2 = await commit(repo, g, s1, 2);
   const linkKey = keys.link(VOLUME, s1.id, g);
   const bytes = await repo.store.get(linkKey);
-  bytes[20] ^= 1;
+  bytes.writeUInt8(bytes.readUInt8(20) ^ 1, 20);
   await repo.store.put(linkKey, bytes);
   await repo.store.delete(keys.manifest(VOLUME, s2.id));
   const err = (await resolveHead(repo, VOLUME, g).catch((e: unknown) => e)) as IslandError;

@@ -47,6 +47,7 @@ export const CODES = {
   DATA_DIR_LOCKED: { transient: false, errno: 'EBUSY', doc: 'another island daemon serves this data directory' },
   ATTACHED_ELSEWHERE: { transient: false, errno: 'EBUSY', doc: 'the volume is attached on another host' },
   FENCED: { transient: false, errno: 'EROFS', doc: 'a newer generation of the volume exists; this host may no longer commit' },
+  HEAD_UNCERTAIN: { transient: false, errno: 'EIO', doc: 'a lost or damaged chain link or manifest hides what may be the newest snapshot: the volume would roll back' },
   WINDOW_EXPIRED: { transient: false, errno: 'EIO', doc: 'a writer outlived its commit window and must re-check or abort' },
   // local engine
   NO_SPACE: { transient: false, errno: 'ENOSPC', doc: 'local space or a budget is exhausted' },

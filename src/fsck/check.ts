@@ -2,7 +2,8 @@
  * island fsck: prove snapshots restorable, find damage, repair what can be repaired.
  *
  *  1. Records: every catalog record, manifest, link, tombstone, pin, generation record,
- *     checkpoint and damage mark decodes and checks (records.ts).
+ *     checkpoint and damage mark decodes and checks (records.ts); every manifest has its
+ *     chain link and every link of a snapshot not deleted has its manifest (chain.ts).
  *  2. Structure: the tree of every snapshot being checked (live ones, and deleted ones
  *     still inside the grace period: GC keeps their objects) is walked once per distinct
  *     subtree; every node is read and verified; every blob location is checked against
@@ -26,6 +27,7 @@ import { listAll, type ObjectInfo, type OpOptions } from '../store/types.js';
 import { Rng } from '../util/random.js';
 import { Findings, findingView, type FindingView } from './findings.js';
 import { PackIndexes, verifyPack, type BadBlob } from './packs.js';
+import { checkChains } from './chain.js';
 import { checkLocal, type LocalSummary } from './local.js';
 import { readRecords } from './records.js';
 import { repair, type RepairOptions } from './repair.js';
@@ -114,15 +116,18 @@ export async function runFsck(repo: Repository, opts: FsckOptions): Promise<Fsck
     return t !== undefined && now - t.created >= opts.graceMs && !pinned.has(m.id);
   };
   const whole = opts.volume === undefined && opts.snapshot === undefined;
-  const selected = [...rec.manifests.values()]
-    .filter((m) => (opts.volume === undefined || m.volume === opts.volume) && (opts.snapshot === undefined || m.id === opts.snapshot))
+  const wanted = (m: Manifest): boolean => (opts.volume === undefined || m.volume === opts.volume) && (opts.snapshot === undefined || m.id === opts.snapshot);
+  const packsListed = new Map<string, ObjectInfo>();
+  for (const prefix of keys.packPrefixes) for await (const o of listAll(repo.store, prefix, { signal })) if (parsePackKey(o.key)) packsListed.set(o.key, o);
+  // Chain links and manifests, each against the other; a lost manifest's tree is checked from its link's copy.
+  const chains = checkChains(rec, packsListed, findings, wanted);
+  const selected = [...rec.manifests.values(), ...chains.lost]
+    .filter(wanted)
     .filter((m) => opts.snapshot !== undefined || !released(m))
     .sort((a, b) => (a.id < b.id ? -1 : 1));
   const releasedCount = [...rec.manifests.values()].filter(released).length;
 
   // 2. structure
-  const packsListed = new Map<string, ObjectInfo>();
-  for (const prefix of keys.packPrefixes) for await (const o of listAll(repo.store, prefix, { signal })) if (parsePackKey(o.key)) packsListed.set(o.key, o);
   const indexes = new PackIndexes(repo, { signal });
   const walkAll = async (bad: Map<string, Map<number, BadBlob>>): Promise<TreeChecker> => {
     const checker = new TreeChecker(repo, findings, indexes, bad, signal);
@@ -219,7 +224,8 @@ export async function runFsck(repo: Repository, opts: FsckOptions): Promise<Fsck
     for (const m of rec.manifests.values()) for (const p of m.packs) listedByManifests.add(p.toString('hex'));
     for (const [key, info] of packsListed) {
       const id = parsePackKey(key)!.id;
-      if (checker.reached.has(key) || listedByManifests.has(id) || rec.checkpointPacks.has(id)) continue;
+      // A pack a chain link's snapshot wrote is never an orphan: with its manifest lost it is the only copy of that data.
+      if (checker.reached.has(key) || listedByManifests.has(id) || rec.checkpointPacks.has(id) || chains.linkPacks.has(id)) continue;
       if (now - info.mtime < opts.graceMs) {
         recent++;
         continue;

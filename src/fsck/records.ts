@@ -18,7 +18,7 @@ import {
   type Tombstone,
   type VolumeRecord,
 } from '../format/records.js';
-import { keys, parseManifestKey } from '../repo/keys.js';
+import { keys, parseLinkKey, parseManifestKey } from '../repo/keys.js';
 import type { Repository } from '../repo/repository.js';
 import { listAll, type OpOptions } from '../store/types.js';
 import type { Findings } from './findings.js';
@@ -36,6 +36,8 @@ export interface RecordSet {
   readonly checkpointPacks: Set<string>;
   /** Chain links that decode, by volume: copies of manifests (a repair source). */
   readonly links: Map<string, Manifest[]>;
+  /** The same chain links by key (a link whose record does not match its key is left out). */
+  readonly linkAt: Map<string, Manifest>;
   /** Records read. */
   count: number;
 }
@@ -82,14 +84,18 @@ async function* fetched(repo: Repository, prefix: string, opts: OpOptions): Asyn
   for (const p of window) yield* take(p);
 }
 
+/** Where chain links live (keys.link). */
+const LINKS_PREFIX = 'next/';
+
 function repairOf(prefix: string): string {
+  if (prefix === LINKS_PREFIX) return 'rebuild it from the manifest it should hold (same volume, parent and generation)';
   if (prefix === keys.manifestsPrefix()) return 'rewrite it from its copy in the chain link, if that one is sound; otherwise mark the snapshot damaged';
   if (prefix === keys.volumesPrefix) return 'none: recreate the catalog record by hand (its snapshots are intact)';
   return 'none: report it; the record is a hint or history';
 }
 
 export async function readRecords(repo: Repository, findings: Findings, opts: OpOptions = {}): Promise<RecordSet> {
-  const out: RecordSet = { volumes: new Map(), manifests: new Map(), badManifests: new Map(), tombstones: new Map(), pins: [], damage: new Map(), checkpointPacks: new Set(), links: new Map(), count: 0 };
+  const out: RecordSet = { volumes: new Map(), manifests: new Map(), badManifests: new Map(), tombstones: new Map(), pins: [], damage: new Map(), checkpointPacks: new Set(), links: new Map(), linkAt: new Map(), count: 0 };
   for await (const { key, value } of decoded(repo, keys.volumesPrefix, decodeVolumeRecord, findings, 'catalog record', out, opts)) {
     if (key !== keys.volume(value.name)) findings.add('undecodable', key, `catalog record ${key} names volume ${value.name}`, repairOf(keys.volumesPrefix));
     else out.volumes.set(value.name, value);
@@ -118,7 +124,14 @@ export async function readRecords(repo: Repository, findings: Findings, opts: Op
       }
     }
   }
-  for await (const { value } of decoded(repo, 'next/', decodeManifest, findings, 'chain link', out, opts)) {
+  for await (const { key, value } of decoded(repo, LINKS_PREFIX, decodeManifest, findings, 'chain link', out, opts)) {
+    const k = parseLinkKey(key);
+    if (!k || k.volume !== value.volume || k.parent !== value.parent || k.generation !== value.generation) {
+      // Readers refuse it (HEAD_UNCERTAIN): it names another place in the chain than its own.
+      findings.add('undecodable', key, `chain link ${key} holds ${value.volume}/${value.id} (parent ${value.parent ?? 'root'}, generation ${value.generation})`, repairOf(LINKS_PREFIX));
+      continue;
+    }
+    out.linkAt.set(key, value);
     const list = out.links.get(value.volume) ?? [];
     list.push(value);
     out.links.set(value.volume, list);

@@ -2,8 +2,10 @@
  * fsck --repair. Nothing a snapshot needs is ever deleted; what cannot be fixed is marked.
  *
  *  1. Stale pins are deleted (their holders are gone; GC may then free what they held).
- *  2. A manifest that does not decode is rewritten from its copy in the chain link
- *     (next/<volume>/<parent>/<generation> holds the same record), when that copy is sound.
+ *  2. A manifest that does not decode, or is lost while its packs remain, is rewritten
+ *     from its copy in the chain link (next/<volume>/<parent>/<generation> holds the same
+ *     record), when that copy is sound. A chain link that is lost, does not decode or names
+ *     another place is rewritten from the manifest of that volume, parent and generation.
  *  3. A pack with findings (missing, trailer or footer lost, truncated, bad frames) is
  *     rebuilt at the same key when every location a tree points into it can be filled:
  *     from its own sound frames, or from a local copy of the cluster (an attached or kept
@@ -22,7 +24,7 @@ import { blobId, encodeBlob, readBlobHeader, type BlobKind } from '../format/blo
 import { hex } from '../format/location.js';
 import { encodeManifest, MAX_DAMAGE_FINDINGS, MAX_TEXT_BYTES } from '../format/records.js';
 import { MAX_PACK_SIZE, PackBuilder, checkPackFrames } from '../format/pack.js';
-import { keys, parseManifestKey, parsePackKey } from '../repo/keys.js';
+import { keys, parseLinkKey, parseManifestKey, parsePackKey } from '../repo/keys.js';
 import type { Repository } from '../repo/repository.js';
 import type { OpOptions } from '../store/types.js';
 import { IMAGE_FILE } from '../volume/setup.js';
@@ -50,8 +52,8 @@ export async function repair(repo: Repository, findings: Findings, checker: Tree
     await repo.store.delete(f.key, opts);
     f.repaired = true;
   }
-  // 2. manifests from their chain links
-  for (const f of all.filter((x) => (x.type === 'undecodable' || x.type === 'checksum-mismatch') && parseManifestKey(x.key))) {
+  // 2. manifests from their chain links (damaged ones, and lost ones whose packs remain)
+  for (const f of all.filter((x) => (x.type === 'undecodable' || x.type === 'checksum-mismatch' || x.type === 'missing-object') && parseManifestKey(x.key))) {
     const k = parseManifestKey(f.key)!;
     const copy = rec.links.get(k.volume)?.find((m) => m.id === k.id);
     if (!copy) {
@@ -63,6 +65,22 @@ export async function repair(repo: Repository, findings: Findings, checker: Tree
     const back = await repo.getManifest(k.volume, k.id, opts).catch(() => undefined);
     f.repaired = back !== undefined;
     f.repair = f.repaired ? `rewritten from ${keys.link(k.volume, copy.parent, copy.generation)} (run fsck again to check its tree)` : 'the rewrite did not read back: the snapshot is marked damaged';
+  }
+  // 2b. chain links from their manifests (lost, damaged, or holding another place in the chain)
+  for (const f of all.filter((x) => (x.type === 'undecodable' || x.type === 'checksum-mismatch' || x.type === 'missing-object') && parseLinkKey(x.key))) {
+    const k = parseLinkKey(f.key)!;
+    // Two manifests at one place are a retried commit of one generation: its link names the later.
+    const candidates = [...rec.manifests.values()].filter((m) => m.volume === k.volume && m.parent === k.parent && m.generation === k.generation).sort((a, b) => (a.id < b.id ? 1 : -1));
+    const m = candidates[0];
+    if (!m) {
+      f.repair = 'no manifest of that volume, parent and generation to rebuild it from';
+      f.repaired = false;
+      continue;
+    }
+    await repo.putLink(m, opts);
+    const back = await repo.getLink(k.volume, k.parent, k.generation, opts).catch(() => undefined);
+    f.repaired = back?.id === m.id;
+    f.repair = f.repaired ? `rewritten from ${keys.manifest(m.volume, m.id)}` : 'the rewrite did not read back';
   }
   // 3. packs
   const byPack = new Map<string, Finding[]>();
@@ -86,7 +104,8 @@ export async function repair(repo: Repository, findings: Findings, checker: Tree
   for (const f of findings.all()) {
     // A corrupt qcow2 image is what QEMU wrote, restorable and repairable by qemu-img check -r
     // on the copy: it is reported, never marked (a mark would refuse the restore).
-    if (f.severity !== 'error' || f.repaired === true || f.type === 'damaged-snapshot' || f.type === 'qcow2-corruption') continue;
+    // A lost or damaged chain link leaves its snapshot's data whole: never a reason to refuse it.
+    if (f.severity !== 'error' || f.repaired === true || f.type === 'damaged-snapshot' || f.type === 'qcow2-corruption' || parseLinkKey(f.key)) continue;
     for (const s of f.snapshots) {
       const volume = rec.manifests.get(s)?.volume ?? rec.badManifests.get(s);
       if (volume === undefined || rec.damage.has(s)) continue;

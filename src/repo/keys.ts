@@ -43,6 +43,7 @@ export const keys = {
   manifestsPrefix: (volume?: string): string => (volume === undefined ? 'snapshots/' : `snapshots/${volume}/`),
   link: (volume: string, parent: string | null, g: number): string => `next/${volume}/${parent ?? ROOT_PARENT}/${gen(g)}`,
   linksPrefix: (volume: string, parent: string | null): string => `next/${volume}/${parent ?? ROOT_PARENT}/`,
+  volumeLinksPrefix: (volume: string): string => `next/${volume}/`,
   tombstone: (id: string): string => `tombstones/${id}`,
   tombstonesPrefix: 'tombstones/',
   pin: (snapshot: string, pinId: string): string => `pins/${snapshot}/${pinId}`,
@@ -69,6 +70,13 @@ export function parsePackKey(key: string): { kind: 'data' | 'metadata'; id: stri
 export function parseManifestKey(key: string): { volume: string; id: string } | undefined {
   const m = /^snapshots\/([^/]+)\/([0-9A-HJKMNP-TV-Z]{26})$/.exec(key);
   return m ? { volume: m[1] as string, id: m[2] as string } : undefined;
+}
+
+/** Parse "next/<volume>/<parent|root>/<generation>" into its parts (parent null for the root). */
+export function parseLinkKey(key: string): { volume: string; parent: string | null; generation: number } | undefined {
+  const m = /^next\/([^/]+)\/([0-9A-HJKMNP-TV-Z]{26}|root)\/(\d{10})$/.exec(key);
+  if (!m) return undefined;
+  return { volume: m[1] as string, parent: m[2] === ROOT_PARENT ? null : (m[2] as string), generation: Number(m[3]) };
 }
 
 export function parseGeneration(s: string): number | undefined {

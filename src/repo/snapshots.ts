@@ -2,10 +2,10 @@
  * Deleting snapshots, finding them, and choosing the newest snapshot of a volume
  * without trusting a listing or the catalog (docs/protocols.md, "Delete", "Latest").
  */
-import { IslandError } from '../errors.js';
+import { codeOf, IslandError } from '../errors.js';
 import type { Manifest, Pin, Tombstone } from '../format/records.js';
 import { listAll, type OpOptions } from '../store/types.js';
-import { keys, parseManifestKey } from './keys.js';
+import { keys, parseLinkKey, parseManifestKey } from './keys.js';
 import type { Repository } from './repository.js';
 
 /** Find a snapshot by id alone (the listing is a hint; the manifest read is the proof). */
@@ -60,36 +60,229 @@ export interface Head {
   live: Manifest | null;
   /** Places where two generations both committed a child of one snapshot. */
   forks: { parent: string | null; children: { id: string; generation: number }[] }[];
+  /**
+   * Chain links the walk could not read (lost, or damaged) but stepped over, because a
+   * committed manifest of that volume, parent and generation extends the chain. The
+   * caller should say so (fsck --repair rewrites them).
+   */
+  unlinked: UnlinkedStep[];
+  /**
+   * Evidence of a snapshot newer than `head` that could not be followed, one line each.
+   * Empty unless allowRollback was given: without it, evidence is a HEAD_UNCERTAIN refusal.
+   */
+  uncertain: string[];
 }
 
+export interface UnlinkedStep {
+  /** The chain link's key. */
+  key: string;
+  /** The snapshot whose manifest stood in for it. */
+  snapshot: string;
+  why: 'lost' | 'damaged';
+}
+
+export interface HeadOptions extends OpOptions {
+  /**
+   * Take the chain as far as it can be proved even when there is evidence of a newer
+   * snapshot: the volume rolls back to `live`. Only an operator's explicit choice sets it.
+   */
+  allowRollback?: boolean;
+}
+
+/** Error codes of a record that exists but is damaged (a newer build's record is not damage). */
+const DAMAGED = new Set(['FORMAT_CORRUPT', 'HASH_MISMATCH']);
+/** Evidence lines quoted in a refusal (all of them are in its details). */
+const QUOTED_EVIDENCE = 3;
+
 /**
+ * The newest snapshot of a volume (docs/protocols.md, "Attach, detach and latest").
+ *
  * Walk the chain links from the volume's root: at each snapshot, the child written by the
  * highest generation wins (a newer attachment fenced the older one); other children are
  * reported as forks. Only names computed from (volume, parent, generation) are read, so a
  * lagging listing cannot hide the newest snapshot.
+ *
+ * The manifest is the commit point and the link only its index, so the listed manifests
+ * the walk did not reach are checked too (a listing can only add to what the walk found):
+ *  - one that extends the chain where a link is missing or damaged (its parent is the
+ *    head, or it was written by a higher generation than the child the walk took) is
+ *    followed, and the link reported in `unlinked` (a crash between a commit's manifest
+ *    and its link leaves exactly this);
+ *  - one that descends from a snapshot with neither manifest nor link, and is newer than
+ *    the head (a higher generation, or the same one and a later id), is evidence;
+ *  - a damaged link that may hold the winner, with no manifest to stand in for it, is
+ *    evidence; so is a snapshot on the chain, newer than the restore base, whose manifest
+ *    is lost while its link and every pack it wrote remain and no later snapshot on the
+ *    chain has a manifest (GC deletes a released snapshot's packs before its manifest,
+ *    unless a later snapshot's tree still reaches them).
+ * Evidence refuses with HEAD_UNCERTAIN, naming the objects, unless `allowRollback`.
  */
-export async function resolveHead(repo: Repository, volume: string, maxGeneration: number, opts: OpOptions = {}): Promise<Head> {
+export async function resolveHead(repo: Repository, volume: string, maxGeneration: number, opts: HeadOptions = {}): Promise<Head> {
   const forks: Head['forks'] = [];
   const chain: Manifest[] = [];
-  let at: Manifest | null = null;
-  for (;;) {
-    const children: Manifest[] = [];
-    for (let g = maxGeneration; g >= Math.max(1, at?.generation ?? 1); g--) {
-      const child = await repo.getLink(volume, at?.id ?? null, g, opts);
-      if (child) children.push(child);
+  const reached = new Set<string>();
+  const damaged = new Map<string, { parent: string | null; generation: number; why: string }>();
+  const unlinked: UnlinkedStep[] = [];
+  const evidence: string[] = [];
+  const walk = async (): Promise<void> => {
+    for (;;) {
+      const at = chain.at(-1) ?? null;
+      const children: Manifest[] = [];
+      for (let g = maxGeneration; g >= Math.max(1, at?.generation ?? 1); g--) {
+        try {
+          const child = await repo.getLink(volume, at?.id ?? null, g, opts);
+          if (child) children.push(child);
+        } catch (err) {
+          if (!DAMAGED.has(codeOf(err))) throw err;
+          damaged.set(keys.link(volume, at?.id ?? null, g), { parent: at?.id ?? null, generation: g, why: (err as Error).message });
+        }
+      }
+      if (children.length === 0) return;
+      if (children.length > 1) forks.push({ parent: at?.id ?? null, children: children.map((c) => ({ id: c.id, generation: c.generation })) });
+      for (const c of children) reached.add(c.id);
+      chain.push(children[0] as Manifest);
     }
-    if (children.length === 0) break;
-    if (children.length > 1) forks.push({ parent: at?.id ?? null, children: children.map((c) => ({ id: c.id, generation: c.generation })) });
-    at = children[0] as Manifest;
-    chain.push(at);
+  };
+  await walk();
+
+  const off = await unreached(repo, volume, reached, evidence, opts);
+  for (let guard = 0; guard <= off.size; guard++) {
+    const step = extension(chain, off, reached);
+    if (!step) break;
+    const i = step.parent === null ? 0 : chain.findIndex((m) => m.id === step.parent) + 1;
+    const taken = chain[i];
+    if (taken) forks.push({ parent: step.parent, children: [step, taken].map((c) => ({ id: c.id, generation: c.generation })) });
+    const key = keys.link(volume, step.parent, step.generation);
+    unlinked.push({ key, snapshot: step.id, why: damaged.has(key) ? 'damaged' : 'lost' });
+    damaged.delete(key);
+    chain.length = i;
+    chain.push(step);
+    reached.add(step.id);
+    off.delete(step.id);
+    await walk();
+  }
+  const head = chain.at(-1) ?? null;
+  const onChain = new Map(chain.map((m, i) => [m.id, i]));
+
+  // A damaged link that may hold the winner, with nothing to stand in for it.
+  for (const [key, d] of damaged) {
+    if (d.parent !== null && !onChain.has(d.parent)) continue; // below a losing fork
+    const next = chain[d.parent === null ? 0 : (onChain.get(d.parent) as number) + 1];
+    if (next === undefined || d.generation > next.generation) evidence.push(`the chain link ${key} is damaged (${d.why})`);
   }
   let live: Manifest | null = null;
+  let laterManifest = false;
   for (let i = chain.length - 1; i >= 0; i--) {
     const m = chain[i] as Manifest;
-    if (await repo.getTombstone(m.id, opts)) continue;
-    if (!(await repo.getManifest(volume, m.id, opts))) continue; // collected
-    live = m;
-    break;
+    const deleted = (await repo.getTombstone(m.id, opts)) !== undefined;
+    const manifest = await repo.getManifest(volume, m.id, opts);
+    if (manifest && !deleted) {
+      live = m;
+      break;
+    }
+    if (manifest) laterManifest = true;
+    if (manifest || deleted || laterManifest) continue; // deleted; or its packs may be kept by a later tree
+    if (await allPacksExist(repo, m, opts)) {
+      evidence.push(`the manifest ${keys.manifest(volume, m.id)} of snapshot ${m.id} (generation ${m.generation}) is lost while its chain link and all ${m.packs.length} packs it wrote remain`);
+    }
+    // else: collected by GC (its packs went first), or its data is gone anyway.
   }
-  return { head: at, live, forks };
+  evidence.push(...(await unplaced(repo, volume, head, off, reached, opts)));
+  if (evidence.length > 0 && !opts.allowRollback) {
+    const quoted = evidence.slice(0, QUOTED_EVIDENCE).join('; ') + (evidence.length > QUOTED_EVIDENCE ? `; and ${evidence.length - QUOTED_EVIDENCE} more` : '');
+    const older = live ? `snapshot ${live.id}` : 'an empty volume';
+    throw new IslandError('HEAD_UNCERTAIN', `cannot prove that ${head ? `snapshot ${head.id}` : 'the chain\'s end'} is the newest of volume ${volume}: ${quoted}. Run island fsck --repair, or allow the rollback to ${older} explicitly`, {
+      details: { volume, head: head?.id ?? null, live: live?.id ?? null, evidence },
+    });
+  }
+  return { head, live, forks, unlinked, uncertain: evidence };
+}
+
+/** Every pack a snapshot wrote still exists (in either kind's place: the manifest does not say which). */
+async function allPacksExist(repo: Repository, m: Manifest, opts: OpOptions): Promise<boolean> {
+  for (const p of m.packs) {
+    if (await repo.store.head(keys.pack('data', p), opts)) continue;
+    if (await repo.store.head(keys.pack('metadata', p), opts)) continue;
+    return false;
+  }
+  return true;
+}
+
+/** Listed manifests of the volume the walk did not reach (a damaged one is evidence). */
+async function unreached(repo: Repository, volume: string, reached: ReadonlySet<string>, evidence: string[], opts: OpOptions): Promise<Map<string, Manifest>> {
+  const off = new Map<string, Manifest>();
+  for await (const o of listAll(repo.store, keys.manifestsPrefix(volume), opts)) {
+    const k = parseManifestKey(o.key);
+    if (!k || k.volume !== volume || reached.has(k.id)) continue;
+    try {
+      const m = await repo.getManifest(volume, k.id, opts);
+      if (m) off.set(m.id, m); // else deleted since the listing
+    } catch (err) {
+      if (!DAMAGED.has(codeOf(err))) throw err;
+      evidence.push(`the manifest ${o.key} is damaged, so where snapshot ${k.id} belongs is unknown`);
+    }
+  }
+  return off;
+}
+
+/**
+ * The unreached manifest that extends the chain: its parent is on the chain (or it is a
+ * root), and it is the head's child or was written by a higher generation than the child
+ * the chain took there. The highest generation wins, then the latest id.
+ */
+function extension(chain: readonly Manifest[], off: ReadonlyMap<string, Manifest>, reached: ReadonlySet<string>): Manifest | undefined {
+  const index = new Map(chain.map((m, i) => [m.id, i]));
+  let best: Manifest | undefined;
+  for (const m of off.values()) {
+    if (reached.has(m.id)) continue;
+    if (m.parent !== null && !index.has(m.parent)) continue;
+    const taken = chain[m.parent === null ? 0 : (index.get(m.parent) as number) + 1];
+    // A sibling of the same generation is a retried commit whose link names the other one.
+    if (taken !== undefined && m.generation <= taken.generation) continue;
+    if (!best || m.generation > best.generation || (m.generation === best.generation && m.id > best.id)) best = m;
+  }
+  return best;
+}
+
+/**
+ * Unreached manifests newer than the head that cannot be placed: climbing their parents
+ * (through manifests, then through links when a manifest is gone) ends at a snapshot that
+ * has neither. Below a losing fork, or older than the head, they are history, not evidence.
+ */
+async function unplaced(repo: Repository, volume: string, head: Manifest | null, off: Map<string, Manifest>, reached: ReadonlySet<string>, opts: OpOptions): Promise<string[]> {
+  const newer = (m: Manifest): boolean => head === null || m.generation > head.generation || (m.generation === head.generation && m.id > head.id);
+  const candidates = [...off.values()].filter(newer);
+  if (candidates.length === 0) return [];
+  const climb = (m: Manifest): string | null => {
+    let step = m;
+    for (let hops = 0; step.parent !== null && !reached.has(step.parent); hops++) {
+      const up = off.get(step.parent);
+      if (!up || hops > off.size) return step.parent;
+      step = up;
+    }
+    return null;
+  };
+  let linksRead = false;
+  const out: string[] = [];
+  for (const m of candidates) {
+    let unknown = climb(m);
+    if (unknown !== null && !linksRead) {
+      // A snapshot whose manifest GC removed is known by its link only.
+      linksRead = true;
+      for await (const o of listAll(repo.store, keys.volumeLinksPrefix(volume), opts)) {
+        const k = parseLinkKey(o.key);
+        if (!k || k.volume !== volume) continue;
+        const l = await repo.getLink(volume, k.parent, k.generation, opts).catch((err: unknown) => {
+          if (DAMAGED.has(codeOf(err))) return undefined; // its child stays unplaced: evidence
+          throw err;
+        });
+        if (l && !reached.has(l.id) && !off.has(l.id)) off.set(l.id, l);
+      }
+      unknown = climb(m);
+    }
+    if (unknown === null) continue;
+    if (await repo.getTombstone(m.id, opts)) continue; // deleted: restoring older is no loss
+    out.push(`snapshot ${m.id} (generation ${m.generation}) descends from ${unknown}, which has neither a manifest nor a chain link`);
+  }
+  return out;
 }

@@ -36,7 +36,8 @@ import { FOOTER_LEN, TRAILER_ENTRY_LEN } from '../format/pack.js';
 import { decodeManifest, decodeTombstone, type Tombstone } from '../format/records.js';
 import { listAll, type OpOptions } from '../store/types.js';
 import { manifestTree } from './commit.js';
-import { keys, parseManifestKey, parsePackKey } from './keys.js';
+import { keys, parseLinkKey, parseManifestKey, parsePackKey } from './keys.js';
+import { allPacksExist } from './snapshots.js';
 import { PackUsage } from './pack-usage.js';
 import type { Repository } from './repository.js';
 import { crashPoint } from '../util/crash.js';
@@ -161,6 +162,26 @@ export async function collectGarbage(repo: Repository, opts: GcOptions): Promise
     }
     const m = await repo.getManifest(k.volume, k.id, { signal });
     if (m) roots.push(m);
+  }
+  // 2b. snapshots whose manifest is lost (or not listed yet) while their chain link remains:
+  //     the link holds the manifest's copy (fsck --repair writes it back), and the packs they
+  //     wrote may be the only copy of the volume's newest data. While those packs remain
+  //     they are roots. Links of tombstoned snapshots are skipped; a link whose packs are
+  //     gone is a snapshot an earlier GC collected. A link that does not decode stops GC:
+  //     what it protects cannot be known.
+  const known = new Set([...roots.map((m) => m.id), ...releasedManifests.map((r) => r.id)]);
+  for await (const o of listAll(repo.store, keys.allLinksPrefix, { signal })) {
+    const k = parseLinkKey(o.key);
+    if (!k) continue;
+    let m: Manifest | undefined;
+    try {
+      m = await repo.getLink(k.volume, k.parent, k.generation, { signal });
+    } catch (err) {
+      throw new IslandError('FORMAT_CORRUPT', `GC stopped: the chain link ${o.key} cannot be read (${(err as Error).message}); it may be the only record of a snapshot whose packs GC would delete. Run island fsck --repair first`, { cause: err, details: { key: o.key } });
+    }
+    if (!m || known.has(m.id) || tombstones.has(m.id)) continue;
+    known.add(m.id);
+    if (await allPacksExist(repo, m, { signal })) roots.push(m);
   }
   progress('roots', roots.length);
   // 3. mark everything the roots reach, counting live frames per pack.

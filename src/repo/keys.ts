@@ -44,6 +44,7 @@ export const keys = {
   link: (volume: string, parent: string | null, g: number): string => `next/${volume}/${parent ?? ROOT_PARENT}/${gen(g)}`,
   linksPrefix: (volume: string, parent: string | null): string => `next/${volume}/${parent ?? ROOT_PARENT}/`,
   volumeLinksPrefix: (volume: string): string => `next/${volume}/`,
+  allLinksPrefix: 'next/',
   tombstone: (id: string): string => `tombstones/${id}`,
   tombstonesPrefix: 'tombstones/',
   pin: (snapshot: string, pinId: string): string => `pins/${snapshot}/${pinId}`,

@@ -199,7 +199,7 @@ export async function resolveHead(repo: Repository, volume: string, maxGeneratio
 }
 
 /** Every pack a snapshot wrote still exists (in either kind's place: the manifest does not say which). */
-async function allPacksExist(repo: Repository, m: Manifest, opts: OpOptions): Promise<boolean> {
+export async function allPacksExist(repo: Repository, m: Manifest, opts: OpOptions): Promise<boolean> {
   for (const p of m.packs) {
     if (await repo.store.head(keys.pack('data', p), opts)) continue;
     if (await repo.store.head(keys.pack('metadata', p), opts)) continue;

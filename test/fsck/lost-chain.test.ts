@@ -185,6 +185,19 @@ for (const [name, make] of factories) {
     t.same(again.head.unlinked, [], 'through the rebuilt link');
   });
 
+  t.test(`${name}: GC keeps the packs of a snapshot whose manifest is lost while its chain link remains`, async (t) => {
+    const f = await threeSnapshots(t, make);
+    const s3 = f.snaps[2] as Manifest;
+    const own = await existingPacks(f.store, s3);
+    await f.store.delete(keys.manifest(VOLUME, s3.id));
+    await collectGarbage(f.repo, { graceMs: 0 });
+    t.equal(await existingPacks(f.store, s3), own, 'every pack of the snapshot survives GC (its link stands in for the manifest)');
+    const fixed = await fsck(f, {});
+    t.equal(fixed.exitCode, 1, 'fsck --repair rewrites the manifest from the link');
+    const again = await acquireGeneration(f.repo, VOLUME);
+    t.equal(again.base?.id, s3.id, 'and attach restores the newest snapshot, whole');
+  });
+
   t.test(`${name}: a deleted newest snapshot that GC collected is neither refused nor reported`, async (t) => {
     const f = await threeSnapshots(t, make);
     const [, s2, s3] = f.snaps as [Manifest, Manifest, Manifest];

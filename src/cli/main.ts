@@ -78,7 +78,8 @@ verification
                                          runs qemu-img check on each snapshot's image (through
                                          the daemon's read-only mount); --local also checks
                                          this host's local copies. Exit status: 0 clean,
-                                         1 all corrected, 4 errors left, 8 could not run
+                                         1 all corrected, 4 errors left, 8 could not
+                                         run (no such store, no answer)
 store
   store selftest [--dir DIR]             round trip objects through the embedded store
 other
@@ -264,6 +265,9 @@ async function main(argv: string[]): Promise<number> {
     out(`island ${VERSION}`, { version: VERSION });
     return 0;
   }
+  if (cmd === 'fsck') {
+    return fsckCommand(() => loadConfig(), { deep: values.deep, seed: values.seed, volume: values.volume, snapshot: values.snapshot, repair: values.repair, pruneOrphans: values['prune-orphans'], qcow2: values.qcow2, local: values.local, json });
+  }
   const config = await loadConfig();
   if (cmd === 'serve') {
     await serveForever(config);
@@ -273,9 +277,6 @@ async function main(argv: string[]): Promise<number> {
     const report = await storeSelftest({ type: 'fs', dir: values.dir ?? config.storeDir });
     out(report.lines.join('\n'), report);
     return 0;
-  }
-  if (cmd === 'fsck') {
-    return fsckCommand(config, { deep: values.deep, seed: values.seed, volume: values.volume, snapshot: values.snapshot, repair: values.repair, pruneOrphans: values['prune-orphans'], qcow2: values.qcow2, local: values.local, json });
   }
   const api = (method: string, path: string, body?: unknown): Promise<unknown> => call(config.socket, method, path, body);
   const statusOf = async (name: string): Promise<StatusVolume | undefined> => ((await api('GET', '/v1/status')) as { volumes: StatusVolume[] }).volumes.find((v) => v.name === name);

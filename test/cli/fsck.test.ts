@@ -1,0 +1,49 @@
+/**
+ * `island fsck` exit status when it cannot check or is called wrongly: a store that is
+ * not there is never reported clean, and nothing is created on the way.
+ */
+import { existsSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import t from 'tap';
+import { cli, makeHost } from '../helpers/daemon.js';
+
+t.test('fsck of a store directory that does not exist fails as "cannot check" and creates nothing', async (t) => {
+  const h = await makeHost(t, 'fsck-nostore');
+  h.storeDir = join(h.dataDir, 'no-such-store');
+  const r = await cli(h, 'fsck');
+  t.equal(r.code, 8, 'exit 8: could not run');
+  t.match(r.stderr, /^island: STORE_NOT_FOUND: store directory .*no-such-store does not exist/, `a clear error: ${r.stderr.trim()}`);
+  t.notMatch(r.stdout, /no errors/, 'never reported clean');
+  t.notOk(existsSync(h.storeDir), 'the directory was not created');
+  const j = await cli(h, 'fsck', '--json');
+  t.equal(j.code, 8);
+  t.equal((JSON.parse(j.stdout) as { error: { code: string } }).error.code, 'STORE_NOT_FOUND', '--json gives the error as JSON');
+  const rep = await cli(h, 'fsck', '--repair');
+  t.equal(rep.code, 8, '--repair refuses too');
+  t.notOk(existsSync(h.storeDir), '... and creates nothing');
+});
+
+t.test('fsck of a store path that is not a directory (/dev/null) fails as "cannot check"', async (t) => {
+  const h = await makeHost(t, 'fsck-devnull');
+  h.storeDir = '/dev/null';
+  const r = await cli(h, 'fsck');
+  t.equal(r.code, 8, 'exit 8: could not run');
+  t.match(r.stderr, /^island: STORE_CONFIG: store directory \/dev\/null is not a directory/, `a clear error: ${r.stderr.trim()}`);
+});
+
+t.test('fsck of an empty store directory is clean', async (t) => {
+  const h = await makeHost(t, 'fsck-empty');
+  await mkdir(h.storeDir, { recursive: true });
+  const r = await cli(h, 'fsck');
+  t.equal(r.code, 0, r.stderr);
+  t.match(r.stdout, /0 errors, 0 warnings, 0 repaired: no errors/);
+});
+
+t.test('fsck with an invalid configuration exits 8 (cannot check), never 1 (all corrected)', async (t) => {
+  const h = await makeHost(t, 'fsck-config');
+  h.env = { ISLAND_LOG_LEVEL: 'loud' };
+  const r = await cli(h, 'fsck');
+  t.equal(r.code, 8);
+  t.match(r.stderr, /^island: INVALID_CONFIG: logLevel/);
+});

@@ -5,7 +5,8 @@
  *
  * Exit status, in the fsck tradition: 0 no errors (warnings may be printed), 1 errors were
  * found and all corrected, 4 errors left uncorrected, 8 operational error (the store is
- * not there or did not answer, the configuration is invalid, an unknown snapshot, bad options).
+ * not there or did not answer, the configuration is invalid, an unknown snapshot); and,
+ * like every island command, 2 for invalid arguments.
  */
 import { execFile } from 'node:child_process';
 import { stat } from 'node:fs/promises';
@@ -65,6 +66,8 @@ async function qcow2Check(config: Config, m: Manifest): Promise<Qcow2Check> {
 }
 
 export const EXIT_OPERATIONAL = 8;
+/** Invalid arguments: the status every island command exits with for them. */
+export const EXIT_USAGE = 2;
 
 /**
  * The store to check, opened so that a store that is not there is an error, never an empty
@@ -169,7 +172,7 @@ export async function fsckCommand(load: () => Promise<Config>, a: FsckArgs): Pro
     const e = asIslandError(err);
     if (a.json) process.stdout.write(JSON.stringify({ error: e.toJSON() }) + '\n');
     else process.stderr.write(`island: ${e.code}: ${e.message.replace(/\s*\n\s*/g, ' ')}\n`);
-    return EXIT_OPERATIONAL;
+    return e.code === 'INVALID_ARGUMENT' ? EXIT_USAGE : EXIT_OPERATIONAL;
   }
   process.stdout.write(a.json ? JSON.stringify(report) + '\n' : renderReport(report) + '\n');
   return report.exitCode;

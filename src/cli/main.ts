@@ -78,8 +78,8 @@ verification
                                          runs qemu-img check on each snapshot's image (through
                                          the daemon's read-only mount); --local also checks
                                          this host's local copies. Exit status: 0 clean,
-                                         1 all corrected, 4 errors left, 8 could not
-                                         run (no such store, no answer)
+                                         1 all corrected, 2 invalid arguments, 4 errors
+                                         left, 8 could not run (no such store, no answer)
 store
   store selftest [--dir DIR]             round trip objects through the embedded store
 other

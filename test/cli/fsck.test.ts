@@ -1,6 +1,7 @@
 /**
  * `island fsck` exit status when it cannot check or is called wrongly: a store that is
- * not there is never reported clean, and nothing is created on the way.
+ * not there is never reported clean, invalid options exit 2 like every other command,
+ * and nothing is created on the way.
  */
 import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
@@ -38,6 +39,25 @@ t.test('fsck of an empty store directory is clean', async (t) => {
   const r = await cli(h, 'fsck');
   t.equal(r.code, 0, r.stderr);
   t.match(r.stdout, /0 errors, 0 warnings, 0 repaired: no errors/);
+});
+
+t.test('fsck exits 2 on invalid arguments, as every command does', async (t) => {
+  const h = await makeHost(t, 'fsck-args');
+  await mkdir(h.storeDir, { recursive: true });
+  const cases: [string[], RegExp][] = [
+    [['--deep=abc'], /INVALID_ARGUMENT: --deep takes a percentage/],
+    [['--deep=0'], /INVALID_ARGUMENT: --deep takes a percentage/],
+    [['--seed', 'x'], /INVALID_ARGUMENT: --seed must be an integer/],
+    [['--prune-orphans'], /INVALID_ARGUMENT: --prune-orphans needs --repair/],
+    [['--volume', '../x'], /INVALID_ARGUMENT: invalid volume name/],
+    [['--snapshot', 'nope'], /INVALID_ARGUMENT: snapshot id must be a ULID/],
+    [['--bogus'], /INVALID_ARGUMENT/],
+  ];
+  for (const [args, want] of cases) {
+    const r = await cli(h, 'fsck', ...args);
+    t.equal(r.code, 2, `island fsck ${args.join(' ')} exits 2`);
+    t.match(r.stderr, want, `... with a clear error: ${r.stderr.trim()}`);
+  }
 });
 
 t.test('fsck with an invalid configuration exits 8 (cannot check), never 1 (all corrected)', async (t) => {

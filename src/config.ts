@@ -26,7 +26,7 @@
 import { readFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { isAbsolute, join } from 'node:path';
-import { IslandError } from './errors.js';
+import { IslandError, redactUrlCredentials } from './errors.js';
 import { parseHostId, parseRegionName } from './format/names.js';
 import type { BackendConfig } from './store/open.js';
 
@@ -75,7 +75,7 @@ function regionStore(name: string, r: unknown): BackendConfig {
   if (o.type !== 's3') throw new IslandError('INVALID_CONFIG', `region ${name}: type must be "s3" or "fs"`);
   return {
     type: 's3',
-    endpoint: text('endpoint', true),
+    endpoint: endpointOf(name, text('endpoint', true)),
     region: text('region', true) ?? 'us-east-1',
     bucket: text('bucket') as string,
     prefix: text('prefix', true),
@@ -83,6 +83,43 @@ function regionStore(name: string, r: unknown): BackendConfig {
     secretAccessKey: text('secretAccessKey') as string,
   };
 }
+
+/**
+ * An S3 endpoint: an http(s) URL without credentials in it. The S3 API signs each request
+ * with accessKeyId and secretAccessKey; userinfo in the URL was never sent, and would only
+ * show in logs. Messages show the endpoint with its userinfo redacted.
+ */
+function endpointOf(region: string, v: string | undefined): string | undefined {
+  if (v === undefined) return undefined;
+  const shown = JSON.stringify(redactUrlCredentials(v).slice(0, 200));
+  let u: URL;
+  try {
+    u = new URL(v);
+  } catch {
+    // No cause: the URL parser's error carries the input, credentials and all.
+    throw new IslandError('INVALID_CONFIG', `region ${region}: endpoint is not a URL: ${shown}`);
+  }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new IslandError('INVALID_CONFIG', `region ${region}: endpoint must be http:// or https://, got ${shown}`);
+  if (u.username !== '' || u.password !== '') {
+    throw new IslandError('INVALID_CONFIG', `region ${region}: endpoint ${shown} carries credentials: give them as accessKeyId and secretAccessKey (requests are signed with those; credentials in the URL are never sent)`);
+  }
+  return v;
+}
+
+/**
+ * pino's `redact` option for the daemon's logger: the secrets of a store configuration
+ * never reach a log line, and an endpoint or store description is logged with the
+ * userinfo of its URL redacted (configuration refuses such endpoints; a store built
+ * another way may still carry one).
+ */
+export const LOG_REDACT = {
+  paths: ['*.secretAccessKey', '*.sessionToken', '*.credentials', 'config.regions', 'endpoint', '*.endpoint', 'store', '*.store'],
+  censor: (value: unknown, path: string[]): unknown => {
+    const last = path[path.length - 1];
+    if ((last === 'endpoint' || last === 'store') && typeof value === 'string') return redactUrlCredentials(value);
+    return '[Redacted]';
+  },
+};
 
 function seconds(v: unknown, what: string): number {
   const n = typeof v === 'number' ? v : Number(v);

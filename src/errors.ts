@@ -74,7 +74,7 @@ export class IslandError extends Error {
   readonly details: Record<string, unknown>;
 
   constructor(code: ErrorCode, message: string, opts: IslandErrorOptions = {}) {
-    super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
+    super(redactUrlCredentials(message), opts.cause === undefined ? undefined : { cause: opts.cause });
     this.name = 'IslandError';
     this.code = code;
     this.details = opts.details ?? {};
@@ -87,6 +87,21 @@ export class IslandError extends Error {
   toJSON(): { code: ErrorCode; message: string; details: Record<string, unknown> } {
     return { code: this.code, message: this.message, details: this.details };
   }
+}
+
+/**
+ * The userinfo of a URL (`scheme://user:password@`), up to the last `@` before the path:
+ * a password may hold an unescaped `@`, never an unescaped `/`, `?` or `#`.
+ */
+const URL_USERINFO = /\b([a-z][a-z0-9+.-]*:\/\/)[^\s/?#]*@/gi;
+
+/**
+ * `text` with the userinfo of every URL in it replaced by `***`, so credentials written
+ * into an endpoint (`http://KEY:SECRET@host`) never reach a message or a log line. Every
+ * IslandError message passes through it.
+ */
+export function redactUrlCredentials(text: string): string {
+  return text.replace(URL_USERINFO, '$1***@');
 }
 
 /** True when `code` names an island error code. */

@@ -179,3 +179,27 @@ t.test('Prometheus metrics on a loopback port count FUSE and store requests', as
   t.match(text, /island_fuse_request_seconds_bucket/, 'FUSE latency histogram');
   t.match(text, /island_store_requests_total\{op="put"\} [1-9]/, 'store requests counted');
 });
+
+t.test('credentials inside an endpoint URL never reach the daemon log or an error', async (t) => {
+  const KEY = 'AKIDLEAKCHECK';
+  const SECRET = 'S3CR3TLEAKCHECK';
+  const h = await makeHost(t, 'leak');
+  const { writeFile } = await import('node:fs/promises');
+  h.configFile = join(h.dataDir, 'island.json');
+  const region = { type: 's3', endpoint: `http://${KEY}:${SECRET}@127.0.0.1:9`, region: 'us-east-1', bucket: 'island', accessKeyId: 'id', secretAccessKey: 'key' };
+  await writeFile(h.configFile, JSON.stringify({ region: 'remote', regions: { remote: region } }));
+  // Refused at startup (the fix), or serving with the endpoint logged (the defect): either
+  // way, the log is what an operator reads.
+  await serve(h).catch(() => undefined);
+  await kill(h, 'SIGKILL');
+  const text = await log(h);
+  t.match(text, /serving|INVALID_CONFIG/, 'the daemon served or refused its configuration');
+  t.notMatch(text, KEY, 'the key is not in the daemon log');
+  t.notMatch(text, SECRET, 'nor the secret');
+  for (const args of [['status'], ['fsck'], ['volume', 'list', '--json']]) {
+    const r = await cli(h, ...args);
+    t.not(r.code, 0, `island ${args.join(' ')} refuses the configuration`);
+    t.notMatch(r.stdout + r.stderr, KEY, '... without the key in the error');
+    t.notMatch(r.stdout + r.stderr, SECRET, '... or the secret');
+  }
+});

@@ -31,6 +31,7 @@ export const CODES = {
   STORE_UNAVAILABLE: { transient: true, errno: 'EIO', doc: 'the store did not answer or answered 5xx; retrying may help' },
   STORE_TIMEOUT: { transient: true, errno: 'ETIMEDOUT', doc: 'a store request took longer than its deadline' },
   STORE_CONFIG: { transient: false, errno: 'EIO', doc: 'the store configuration is invalid' },
+  STORE_DAMAGED: { transient: false, errno: 'EIO', doc: 'the store holds something other than an object where one should be (a directory in the embedded store)' },
   STORE_INTEGRITY: { transient: true, errno: 'EIO', doc: 'bytes received from the store do not match what was sent or announced' },
   FAULT_INJECTED: { transient: true, errno: 'EIO', doc: 'a failure injected by the fault wrapper (tests only)' },
   ABORTED: { transient: false, errno: 'EIO', doc: 'the operation was aborted by its caller' },

@@ -27,6 +27,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { chmod, rm } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { IslandError, asIslandError, type ErrorCode } from '../errors.js';
+import { quoteInput } from '../format/names.js';
 import type { Service } from './service.js';
 
 export const MAX_BODY = 64 * 1024;
@@ -74,13 +75,13 @@ async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> 
 
 function bool(v: unknown, what: string): boolean | undefined {
   if (v === undefined) return undefined;
-  if (typeof v !== 'boolean') throw new IslandError('INVALID_ARGUMENT', `${what} must be true or false`);
+  if (typeof v !== 'boolean') throw new IslandError('INVALID_ARGUMENT', `${what} must be true or false, got ${quoteInput(v)}`);
   return v;
 }
 
 function str(v: unknown, what: string): string | undefined {
   if (v === undefined) return undefined;
-  if (typeof v !== 'string' || v.length === 0 || v.length > 4096) throw new IslandError('INVALID_ARGUMENT', `${what} must be a non-empty string`);
+  if (typeof v !== 'string' || v.length === 0 || v.length > 4096) throw new IslandError('INVALID_ARGUMENT', `${what} must be a non-empty string, got ${quoteInput(v)}`);
   return v;
 }
 
@@ -100,7 +101,7 @@ async function route(svc: Service, method: string, url: string, body: () => Prom
     if (parts.length === 2 && method === 'GET') return [200, { volumes: await svc.listVolumes() }];
     if (parts.length === 2 && method === 'POST') {
       const b = await body();
-      return [201, await svc.createVolume({ name: b.name, size: b.size, clusterSize: b.clusterSize, region: b.region, from: b.from })];
+      return [201, await svc.createVolume({ name: b.name, size: b.size, clusterSize: b.clusterSize, region: str(b.region, 'region'), from: b.from })];
     }
     if (name !== undefined && parts.length === 3 && method === 'GET') return [200, await svc.showVolume(name)];
     if (name !== undefined && parts.length === 3 && method === 'DELETE') {
@@ -119,7 +120,7 @@ async function route(svc: Service, method: string, url: string, body: () => Prom
   if (res === 'snapshots') {
     if (parts.length === 2 && method === 'POST') {
       const b = await body();
-      return [200, await svc.createSnapshots({ volumes: b.volumes, consistency: b.consistency, wait: bool(b.wait, 'wait'), qmp: str(b.qmp, 'qmp'), qga: str(b.qga, 'qga') })];
+      return [200, await svc.createSnapshots({ volumes: b.volumes, consistency: str(b.consistency, 'consistency'), wait: bool(b.wait, 'wait'), qmp: str(b.qmp, 'qmp'), qga: str(b.qga, 'qga') })];
     }
     if (parts.length === 2 && method === 'GET') {
       const volume = new URLSearchParams(url.split('?')[1] ?? '').get('volume') ?? undefined;

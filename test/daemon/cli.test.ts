@@ -203,3 +203,20 @@ t.test('credentials inside an endpoint URL never reach the daemon log or an erro
     t.notMatch(r.stdout + r.stderr, SECRET, '... or the secret');
   }
 });
+
+t.test('a bad value in a control request is shown readably, never as [object Object]', async (t) => {
+  const h = await makeHost(t, 'typed');
+  await serve(h);
+  const body = (o: unknown): string => {
+    const text = JSON.stringify(o);
+    return `Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(text)}\r\n\r\n${text}`;
+  };
+  const region = await raw(socket(h), `POST /v1/volumes HTTP/1.1\r\nHost: x\r\n${body({ name: 'r', size: '1G', region: { a: 1 } })}`);
+  t.match(region, /400[\s\S]*INVALID_ARGUMENT[\s\S]*region/, 'a region that is an object: 400');
+  t.notMatch(region, /object Object/, '... shown readably');
+  await cliJson(h, 'volume', 'create', 'c', '--size', '1G');
+  await cliJson(h, 'attach', 'c');
+  const consistency = await raw(socket(h), `POST /v1/snapshots HTTP/1.1\r\nHost: x\r\n${body({ volumes: ['c'], consistency: { mode: 'flush' } })}`);
+  t.match(consistency, /400[\s\S]*INVALID_ARGUMENT[\s\S]*consistency/, 'a consistency that is an object: 400');
+  t.notMatch(consistency, /object Object/, '... shown readably');
+});

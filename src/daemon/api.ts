@@ -26,7 +26,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { chmod, rm } from 'node:fs/promises';
 import type { Logger } from 'pino';
-import { IslandError, asIslandError, type ErrorCode } from '../errors.js';
+import { IslandError, asIslandError, codeOf, type ErrorCode } from '../errors.js';
 import { quoteInput } from '../format/names.js';
 import type { Service } from './service.js';
 
@@ -85,6 +85,19 @@ function str(v: unknown, what: string): string | undefined {
   return v;
 }
 
+/**
+ * Refuse the snapshot list of a name that is neither a volume nor has snapshots (a
+ * deleted volume's snapshots remain and are listed): NOT_FOUND, not an empty list.
+ */
+async function volumeExists(svc: Service, volume: string): Promise<void> {
+  try {
+    await svc.showVolume(volume);
+  } catch (err) {
+    if (codeOf(err) !== 'NOT_FOUND') throw err;
+    throw new IslandError('NOT_FOUND', `no volume named ${volume}, and no snapshots of one`, { details: { volume } });
+  }
+}
+
 async function route(svc: Service, method: string, url: string, body: () => Promise<Record<string, unknown>>): Promise<[number, unknown]> {
   const path = url.split('?')[0] ?? '';
   const parts = path.split('/').filter(Boolean).map((p) => {
@@ -124,7 +137,9 @@ async function route(svc: Service, method: string, url: string, body: () => Prom
     }
     if (parts.length === 2 && method === 'GET') {
       const volume = new URLSearchParams(url.split('?')[1] ?? '').get('volume') ?? undefined;
-      return [200, { snapshots: await svc.listSnapshots(volume) }];
+      const snapshots = await svc.listSnapshots(volume);
+      if (volume !== undefined && snapshots.length === 0) await volumeExists(svc, volume);
+      return [200, { snapshots }];
     }
     if (name === 'delete' && parts.length === 3 && method === 'POST') {
       const b = await body();

@@ -204,6 +204,22 @@ t.test('credentials inside an endpoint URL never reach the daemon log or an erro
   }
 });
 
+t.test('snapshot list of a volume that does not exist and has no snapshots is NOT_FOUND', async (t) => {
+  const h = await makeHost(t, 'lister');
+  await serve(h);
+  const r = await cli(h, 'snapshot', 'list', 'nosuch');
+  t.equal(r.code, 1, 'non-zero exit');
+  t.match(r.stderr, /^island: NOT_FOUND: .*nosuch/, `a clear error: ${r.stderr.trim()}`);
+  await cliJson(h, 'volume', 'create', 'empty', '--size', '1G');
+  t.same(await cliJson(h, 'snapshot', 'list', 'empty'), { snapshots: [] }, 'a volume without snapshots lists none');
+  await cliJson(h, 'attach', 'empty');
+  await cliJson(h, 'snapshot', 'create', 'empty');
+  await cliJson(h, 'detach', 'empty');
+  await cliJson(h, 'volume', 'delete', 'empty');
+  t.equal(((await cliJson(h, 'snapshot', 'list', 'empty')).snapshots as unknown[]).length, 2, 'a deleted volume whose snapshots remain lists them');
+  t.equal((await cli(h, 'snapshot', 'list', '../x')).code, 2, 'an invalid name is INVALID_ARGUMENT');
+});
+
 t.test('a bad value in a control request is shown readably, never as [object Object]', async (t) => {
   const h = await makeHost(t, 'typed');
   await serve(h);

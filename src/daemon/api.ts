@@ -98,6 +98,15 @@ async function volumeExists(svc: Service, volume: string): Promise<void> {
   }
 }
 
+/**
+ * The client closed its connection before the request was read whole (Ctrl-C, a timeout
+ * on its side): routine, not a failure of the daemon.
+ */
+function clientWentAway(req: IncomingMessage, err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException | null)?.code;
+  return !(err instanceof IslandError) && req.destroyed && (code === 'ECONNRESET' || code === 'ERR_STREAM_PREMATURE_CLOSE');
+}
+
 async function route(svc: Service, method: string, url: string, body: () => Promise<Record<string, unknown>>): Promise<[number, unknown]> {
   const path = url.split('?')[0] ?? '';
   const parts = path.split('/').filter(Boolean).map((p) => {
@@ -175,6 +184,10 @@ export async function startApi(svc: Service, socketPath: string, log: Logger): P
     route(svc, method, url, () => readJson(req)).then(
       ([status, body]) => send(res, status, body),
       (err: unknown) => {
+        if (clientWentAway(req, err)) {
+          log.info({ method, url, reason: (err as Error).message }, 'control client went away before its request was read');
+          return;
+        }
         const e = asIslandError(err);
         const status = STATUS_OF[e.code] ?? (e.transient ? 503 : 500);
         if (status >= 500) log.error({ err, method, url }, 'control request failed');

@@ -204,6 +204,29 @@ t.test('credentials inside an endpoint URL never reach the daemon log or an erro
   }
 });
 
+t.test('a control client that goes away mid-request is logged at info, without a stack', async (t) => {
+  const h = await makeHost(t, 'gone');
+  await serve(h);
+  // One client resets the connection in the middle of its body, one half-closes early.
+  const reset = createConnection(socket(h));
+  reset.on('error', () => undefined);
+  let answered = '';
+  reset.on('data', (d) => (answered += d.toString()));
+  reset.write('POST /v1/volumes HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 100\r\n\r\n');
+  await waitFor('the daemon to take the request', () => answered.includes('100 Continue'));
+  reset.write('{"name":');
+  reset.destroy();
+  await raw(socket(h), 'POST /v1/volumes HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"name":', true);
+  const lines = async (): Promise<string[]> => (await log(h)).split('\n').filter((l) => /control request failed|went away/.test(l));
+  await waitFor('both requests to be logged', async () => (await lines()).length >= 2);
+  for (const l of await lines()) {
+    const entry = JSON.parse(l) as { level: number; msg: string };
+    t.ok(entry.level <= 30, `logged at info or below: ${entry.msg}`);
+    t.notMatch(l, /stack/, '... without a stack');
+  }
+  t.equal(((await cliJson(h, 'status')).volumes as unknown[]).length, 0, 'the daemon still answers');
+});
+
 t.test('snapshot list of a volume that does not exist and has no snapshots is NOT_FOUND', async (t) => {
   const h = await makeHost(t, 'lister');
   await serve(h);

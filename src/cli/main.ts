@@ -18,7 +18,7 @@ import { call } from './client.js';
 import { withProgress, type ProgressSample } from './progress.js';
 import { gcLines, pruneLines } from './reports.js';
 import { fsckCommand } from './fsck.js';
-import { storeSelftest } from './store-selftest.js';
+import { selftestDir, storeSelftest } from './store-selftest.js';
 
 const VERSION = '0.1.0';
 
@@ -81,7 +81,8 @@ verification
                                          1 all corrected, 2 invalid arguments, 4 errors
                                          left, 8 could not run (no such store, no answer)
 store
-  store selftest [--dir DIR]             round trip objects through the embedded store
+  store selftest [--dir DIR]             round trip objects through the embedded store (in
+                                         storeDir, or in DIR: an absolute path)
 other
   version
 
@@ -274,7 +275,7 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   if (cmd === 'store' && sub === 'selftest') {
-    const report = await storeSelftest({ type: 'fs', dir: values.dir ?? config.storeDir });
+    const report = await storeSelftest({ type: 'fs', dir: selftestDir(values.dir, config.storeDir) });
     out(report.lines.join('\n'), report);
     return 0;
   }

@@ -9,7 +9,9 @@
  *   host id      hostId       ISLAND_HOST_ID        the machine's hostname, lowercased
  *   store dir    storeDir     ISLAND_STORE_DIR      <dataDir>/store (the embedded store)
  *   log level    logLevel     ISLAND_LOG_LEVEL      info
- *   metrics      metricsPort  ISLAND_METRICS_PORT   off (a loopback port for /metrics)
+ *   metrics      metricsPort  ISLAND_METRICS_PORT   off (a port for /metrics)
+ *   metrics on   metricsAddress ISLAND_METRICS_ADDRESS 127.0.0.1 (an IP address; loopback, so
+ *                                                   only this machine can scrape it)
  *   region name  region       ISLAND_REGION         default
  *   GC grace     gcGraceSeconds ISLAND_GC_GRACE     86400: a day, far above the commit window
  *                                                   (1 h), request deadlines and any listing lag
@@ -24,6 +26,7 @@
  * daemon's own region).
  */
 import { readFile } from 'node:fs/promises';
+import { isIP } from 'node:net';
 import { hostname } from 'node:os';
 import { isAbsolute, join } from 'node:path';
 import { IslandError, redactUrlCredentials } from './errors.js';
@@ -38,6 +41,8 @@ export interface Config {
   storeDir: string;
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace';
   metricsPort: number | undefined;
+  /** The address the metrics port listens on (an IP address). */
+  metricsAddress: string;
   region: string;
   /** The store of `region`. */
   store: BackendConfig;
@@ -134,6 +139,15 @@ function port(v: unknown): number | undefined {
   return n;
 }
 
+/** Loopback: /metrics is readable from this machine only unless configured otherwise. */
+export const DEFAULT_METRICS_ADDRESS = '127.0.0.1';
+
+function ipAddress(v: unknown): string {
+  if (v === undefined || v === '') return DEFAULT_METRICS_ADDRESS;
+  if (typeof v !== 'string' || isIP(v) === 0) throw new IslandError('INVALID_CONFIG', `metricsAddress must be an IP address (e.g. 127.0.0.1, ::1, 0.0.0.0), got ${JSON.stringify(v)}`);
+  return v;
+}
+
 export async function loadConfig(env: NodeJS.ProcessEnv = process.env): Promise<Config> {
   let file: Record<string, unknown> = {};
   if (env.ISLAND_CONFIG) {
@@ -166,6 +180,7 @@ export async function loadConfig(env: NodeJS.ProcessEnv = process.env): Promise<
     storeDir,
     logLevel: level as Config['logLevel'],
     metricsPort: port(pick('metricsPort', 'ISLAND_METRICS_PORT')),
+    metricsAddress: ipAddress(pick('metricsAddress', 'ISLAND_METRICS_ADDRESS')),
     region,
     store: regions[region] ?? { type: 'fs', dir: storeDir },
     regions,

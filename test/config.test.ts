@@ -78,3 +78,28 @@ t.test("the daemon's log redaction censors secrets and the userinfo of endpoints
   t.match(out, /"endpoint":"http:\/\/\*\*\*@h"/, 'and so does the endpoint');
   t.match(out, /"secretAccessKey":"\[Redacted\]"/);
 });
+
+t.test('the metrics port listens on loopback by default; the address is configurable', async (t) => {
+  const base = { ISLAND_DATA_DIR: '/tmp/island-config-test', ISLAND_HOST_ID: 'h' };
+  t.equal((await loadConfig(base)).metricsAddress, '127.0.0.1', 'loopback by default');
+  t.equal((await loadConfig({ ...base, ISLAND_METRICS_ADDRESS: '::1' })).metricsAddress, '::1', 'ISLAND_METRICS_ADDRESS sets it');
+  t.equal((await loadConfig({ ...(await configWith(t, { metricsAddress: '0.0.0.0' })), ISLAND_HOST_ID: 'h' })).metricsAddress, '0.0.0.0', 'so does metricsAddress in the file');
+  t.equal((await loadConfig({ ...base, ISLAND_METRICS_ADDRESS: '' })).metricsAddress, '127.0.0.1', 'empty is the default, as for the port');
+  for (const bad of ['localhost', '127.0.0.1:9100', '999.1.1.1']) {
+    await t.rejects(loadConfig({ ...base, ISLAND_METRICS_ADDRESS: bad }), { code: 'INVALID_CONFIG', message: /metricsAddress must be an IP address/ }, `${JSON.stringify(bad)} is refused`);
+  }
+});
+
+t.test('Metrics.listen binds the address it is given, loopback by default', async (t) => {
+  const { Metrics } = await import('../src/daemon/metrics.js');
+  const m = new Metrics();
+  const a = await m.listen(0);
+  t.teardown(() => a.close());
+  t.equal((a.address() as { address: string }).address, '127.0.0.1', 'loopback by default');
+  const b = await m.listen(0, '127.0.0.2');
+  t.teardown(() => b.close());
+  const { port } = b.address() as { port: number; address: string };
+  t.equal((b.address() as { address: string }).address, '127.0.0.2', 'the configured address');
+  t.equal((await fetch(`http://127.0.0.2:${port}/metrics`)).status, 200, 'served there');
+  await t.rejects(fetch(`http://127.0.0.1:${port}/metrics`), undefined, 'and not on 127.0.0.1');
+});

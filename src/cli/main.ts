@@ -89,7 +89,8 @@ other
 options: --json (machine-readable output), -h/--help
 sizes take K, M, G, T suffixes (powers of 1024).
 environment: ISLAND_CONFIG ISLAND_DATA_DIR ISLAND_MOUNT ISLAND_SOCKET ISLAND_HOST_ID
-             ISLAND_STORE_DIR ISLAND_LOG_LEVEL ISLAND_METRICS_PORT ISLAND_REGION ISLAND_GC_GRACE
+             ISLAND_STORE_DIR ISLAND_LOG_LEVEL ISLAND_METRICS_PORT ISLAND_METRICS_ADDRESS
+             ISLAND_REGION ISLAND_GC_GRACE
 `;
 
 interface VolumeOut {

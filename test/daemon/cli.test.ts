@@ -259,3 +259,18 @@ t.test('a bad value in a control request is shown readably, never as [object Obj
   t.match(consistency, /400[\s\S]*INVALID_ARGUMENT[\s\S]*consistency/, 'a consistency that is an object: 400');
   t.notMatch(consistency, /object Object/, '... shown readably');
 });
+
+t.test('the daemon serves metrics on the configured address only', { todo: 'passes once daemon/serve.ts passes c.metricsAddress to Metrics.listen' }, async (t) => {
+  const h = await makeHost(t, 'metrics-address');
+  const { createServer } = await import('node:net');
+  const port = await new Promise<number>((resolve) => {
+    const s = createServer().listen(0, '127.0.0.2', () => {
+      const p = (s.address() as { port: number }).port;
+      s.close(() => resolve(p));
+    });
+  });
+  h.env = { ISLAND_METRICS_PORT: String(port), ISLAND_METRICS_ADDRESS: '127.0.0.2' };
+  await serve(h);
+  t.equal((await fetch(`http://127.0.0.2:${port}/metrics`)).status, 200, 'served on 127.0.0.2');
+  await t.rejects(fetch(`http://127.0.0.1:${port}/metrics`), undefined, 'not on 127.0.0.1');
+});

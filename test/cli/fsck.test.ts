@@ -7,7 +7,9 @@ import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import t from 'tap';
-import { cli, makeHost } from '../helpers/daemon.js';
+import { S3Store } from '../../src/store/s3.js';
+import { cli, makeHost, useS3 } from '../helpers/daemon.js';
+import { uniqueBucket, useSwift } from '../helpers/swift.js';
 
 t.test('fsck of a store directory that does not exist fails as "cannot check" and creates nothing', async (t) => {
   const h = await makeHost(t, 'fsck-nostore');
@@ -66,4 +68,18 @@ t.test('fsck with an invalid configuration exits 8 (cannot check), never 1 (all 
   const r = await cli(h, 'fsck');
   t.equal(r.code, 8);
   t.match(r.stderr, /^island: INVALID_CONFIG: logLevel/);
+});
+
+t.test('fsck of an S3 bucket that does not exist fails as "cannot check" and creates no bucket', async (t) => {
+  const got = await useSwift(t);
+  if ('skip' in got) return t.skip(`needs Swift: ${got.skip}`);
+  const h = await makeHost(t, 'fsck-nobucket');
+  const bucket = uniqueBucket('fsck-nobucket');
+  await useS3(h, got.swift, bucket);
+  const r = await cli(h, 'fsck');
+  t.equal(r.code, 8, `exit 8: could not run (${r.stderr.trim()})`);
+  t.match(r.stderr, /^island: STORE_NOT_FOUND: .*the bucket does not exist/m, 'a clear error');
+  const probe = new S3Store({ ...got.swift, bucket, createBucket: false });
+  t.teardown(() => probe.close());
+  await t.rejects(probe.list(''), { code: 'STORE_NOT_FOUND' }, 'the bucket was not created');
 });

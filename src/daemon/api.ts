@@ -89,7 +89,7 @@ function str(v: unknown, what: string): string | undefined {
  * Refuse the snapshot list of a name that is neither a volume nor has snapshots (a
  * deleted volume's snapshots remain and are listed): NOT_FOUND, not an empty list.
  */
-async function volumeExists(svc: Service, volume: string): Promise<void> {
+async function refuseUnknownVolume(svc: Service, volume: string): Promise<void> {
   try {
     await svc.showVolume(volume);
   } catch (err) {
@@ -147,7 +147,7 @@ async function route(svc: Service, method: string, url: string, body: () => Prom
     if (parts.length === 2 && method === 'GET') {
       const volume = new URLSearchParams(url.split('?')[1] ?? '').get('volume') ?? undefined;
       const snapshots = await svc.listSnapshots(volume);
-      if (volume !== undefined && snapshots.length === 0) await volumeExists(svc, volume);
+      if (volume !== undefined && snapshots.length === 0) await refuseUnknownVolume(svc, volume);
       return [200, { snapshots }];
     }
     if (name === 'delete' && parts.length === 3 && method === 'POST') {

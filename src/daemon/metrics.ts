@@ -7,6 +7,7 @@
  */
 import { createServer, type Server } from 'node:http';
 import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { DEFAULT_METRICS_ADDRESS } from '../config.js';
 import type { Observation } from '../store/metrics.js';
 
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10];
@@ -40,7 +41,7 @@ export class Metrics {
   }
 
   /** Serve /metrics on address:port (loopback, 127.0.0.1, unless told otherwise). */
-  async listen(port: number, address = '127.0.0.1'): Promise<Server> {
+  async listen(port: number, address = DEFAULT_METRICS_ADDRESS): Promise<Server> {
     const server = createServer((req, res) => {
       if (req.url !== '/metrics') {
         res.writeHead(404).end();

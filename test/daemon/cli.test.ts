@@ -271,6 +271,9 @@ t.test('the daemon serves metrics on the configured address only', { todo: 'pass
   });
   h.env = { ISLAND_METRICS_PORT: String(port), ISLAND_METRICS_ADDRESS: '127.0.0.2' };
   await serve(h);
-  t.equal((await fetch(`http://127.0.0.2:${port}/metrics`)).status, 200, 'served on 127.0.0.2');
+  // The metrics port opens just after the control socket: poll for it.
+  const served = async (): Promise<boolean> => (await fetch(`http://127.0.0.2:${port}/metrics`).catch(() => undefined))?.status === 200;
+  await waitFor('the metrics port', served);
+  t.ok(await served(), 'served on 127.0.0.2');
   await t.rejects(fetch(`http://127.0.0.1:${port}/metrics`), undefined, 'not on 127.0.0.1');
 });

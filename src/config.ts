@@ -9,7 +9,9 @@
  *   host id      hostId       ISLAND_HOST_ID        the machine's hostname, lowercased
  *   store dir    storeDir     ISLAND_STORE_DIR      <dataDir>/store (the embedded store)
  *   log level    logLevel     ISLAND_LOG_LEVEL      info
- *   metrics      metricsPort  ISLAND_METRICS_PORT   off (a loopback port for /metrics)
+ *   metrics      metricsPort  ISLAND_METRICS_PORT   off (a port for /metrics)
+ *   metrics on   metricsAddress ISLAND_METRICS_ADDRESS 127.0.0.1 (an IP address; loopback, so
+ *                                                   only this machine can scrape it)
  *   region name  region       ISLAND_REGION         default
  *   GC grace     gcGraceSeconds ISLAND_GC_GRACE     86400: a day, far above the commit window
  *                                                   (1 h), request deadlines and any listing lag
@@ -26,9 +28,10 @@
  * daemon's own region).
  */
 import { readFile } from 'node:fs/promises';
+import { isIP } from 'node:net';
 import { hostname } from 'node:os';
 import { isAbsolute, join } from 'node:path';
-import { IslandError } from './errors.js';
+import { IslandError, redactUrlCredentials } from './errors.js';
 import { parseHostId, parseRegionName } from './format/names.js';
 import type { BackendConfig } from './store/open.js';
 import { DEFAULT_DEADLINE_MS } from './store/retry.js';
@@ -42,6 +45,8 @@ export interface Config {
   storeDir: string;
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace';
   metricsPort: number | undefined;
+  /** The address the metrics port listens on (an IP address). */
+  metricsAddress: string;
   region: string;
   /** The store of `region`. */
   store: BackendConfig;
@@ -110,7 +115,7 @@ function regionStore(name: string, r: unknown): BackendConfig {
   if (o.type !== 's3') throw new IslandError('INVALID_CONFIG', `region ${name}: type must be "s3" or "fs"`);
   return {
     type: 's3',
-    endpoint: text('endpoint', true),
+    endpoint: endpointOf(name, text('endpoint', true)),
     region: text('region', true) ?? 'us-east-1',
     bucket: text('bucket') as string,
     prefix: text('prefix', true),
@@ -118,6 +123,43 @@ function regionStore(name: string, r: unknown): BackendConfig {
     secretAccessKey: text('secretAccessKey') as string,
   };
 }
+
+/**
+ * An S3 endpoint: an http(s) URL without credentials in it. The S3 API signs each request
+ * with accessKeyId and secretAccessKey; userinfo in the URL was never sent, and would only
+ * show in logs. Messages show the endpoint with its userinfo redacted.
+ */
+function endpointOf(region: string, v: string | undefined): string | undefined {
+  if (v === undefined) return undefined;
+  const shown = JSON.stringify(redactUrlCredentials(v).slice(0, 200));
+  let u: URL;
+  try {
+    u = new URL(v);
+  } catch {
+    // No cause: the URL parser's error carries the input, credentials and all.
+    throw new IslandError('INVALID_CONFIG', `region ${region}: endpoint is not a URL: ${shown}`);
+  }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new IslandError('INVALID_CONFIG', `region ${region}: endpoint must be http:// or https://, got ${shown}`);
+  if (u.username !== '' || u.password !== '') {
+    throw new IslandError('INVALID_CONFIG', `region ${region}: endpoint ${shown} carries credentials: give them as accessKeyId and secretAccessKey (requests are signed with those; credentials in the URL are never sent)`);
+  }
+  return v;
+}
+
+/**
+ * pino's `redact` option for the daemon's logger: the secrets of a store configuration
+ * never reach a log line, and an endpoint or store description is logged with the
+ * userinfo of its URL redacted (configuration refuses such endpoints; a store built
+ * another way may still carry one).
+ */
+export const LOG_REDACT = {
+  paths: ['*.secretAccessKey', '*.sessionToken', '*.credentials', 'config.regions', 'endpoint', '*.endpoint', 'store', '*.store'],
+  censor: (value: unknown, path: string[]): unknown => {
+    const last = path[path.length - 1];
+    if ((last === 'endpoint' || last === 'store') && typeof value === 'string') return redactUrlCredentials(value);
+    return '[Redacted]';
+  },
+};
 
 function seconds(v: unknown, what: string): number {
   const n = typeof v === 'number' ? v : Number(v);
@@ -130,6 +172,15 @@ function port(v: unknown): number | undefined {
   const n = typeof v === 'number' ? v : Number(v);
   if (!Number.isInteger(n) || n < 1 || n > 65535) throw new IslandError('INVALID_CONFIG', `metricsPort must be a TCP port 1..65535, got ${JSON.stringify(v)}`);
   return n;
+}
+
+/** Loopback: /metrics is readable from this machine only unless configured otherwise. */
+export const DEFAULT_METRICS_ADDRESS = '127.0.0.1';
+
+function ipAddress(v: unknown): string {
+  if (v === undefined || v === '') return DEFAULT_METRICS_ADDRESS;
+  if (typeof v !== 'string' || isIP(v) === 0) throw new IslandError('INVALID_CONFIG', `metricsAddress must be an IP address (e.g. 127.0.0.1, ::1, 0.0.0.0), got ${JSON.stringify(v)}`);
+  return v;
 }
 
 export async function loadConfig(env: NodeJS.ProcessEnv = process.env): Promise<Config> {
@@ -175,6 +226,7 @@ export async function loadConfig(env: NodeJS.ProcessEnv = process.env): Promise<
     storeDir,
     logLevel: level as Config['logLevel'],
     metricsPort: port(pick('metricsPort', 'ISLAND_METRICS_PORT')),
+    metricsAddress: ipAddress(pick('metricsAddress', 'ISLAND_METRICS_ADDRESS')),
     region,
     store: regions[region] ?? { type: 'fs', dir: storeDir },
     regions,

@@ -10,7 +10,12 @@
 export interface CodeInfo {
   /** A retry may succeed (network trouble, overload). Only the retry wrapper acts on this. */
   readonly transient: boolean;
-  /** errno name returned to the kernel when this error ends a FUSE request. */
+  /**
+   * errno name returned to the kernel when this error ends a FUSE request. A store error
+   * ends one only behind a lazy read of a file that exists, asked for with valid
+   * arguments: whatever the store said, the caller sees an I/O error (EIO, or ETIMEDOUT
+   * for a timeout), never ENOENT or EINVAL, which QEMU would take for its own mistake.
+   */
   readonly errno: 'EIO' | 'ENOENT' | 'EACCES' | 'EINVAL' | 'EEXIST' | 'EBUSY' | 'ENOSPC' | 'EPERM' | 'EROFS' | 'ETIMEDOUT' | 'ENOTSUP' | 'EFBIG';
   /** One-line meaning, shown in docs and `island help errors`. */
   readonly doc: string;
@@ -19,13 +24,14 @@ export interface CodeInfo {
 /** The table of every error code island emits. Codes are part of the public contract. */
 export const CODES = {
   // store
-  STORE_NOT_FOUND: { transient: false, errno: 'ENOENT', doc: 'the object does not exist' },
-  STORE_ACCESS_DENIED: { transient: false, errno: 'EACCES', doc: 'the store refused the credentials or the operation' },
-  STORE_BAD_REQUEST: { transient: false, errno: 'EINVAL', doc: 'the store rejected the request as malformed (key, range, header)' },
-  STORE_RANGE: { transient: false, errno: 'EINVAL', doc: 'a ranged read starts past the end of the object' },
+  STORE_NOT_FOUND: { transient: false, errno: 'EIO', doc: 'the object does not exist' },
+  STORE_ACCESS_DENIED: { transient: false, errno: 'EIO', doc: 'the store refused the credentials or the operation' },
+  STORE_BAD_REQUEST: { transient: false, errno: 'EIO', doc: 'the store rejected the request as malformed (key, range, header)' },
+  STORE_RANGE: { transient: false, errno: 'EIO', doc: 'a ranged read starts past the end of the object' },
   STORE_UNAVAILABLE: { transient: true, errno: 'EIO', doc: 'the store did not answer or answered 5xx; retrying may help' },
   STORE_TIMEOUT: { transient: true, errno: 'ETIMEDOUT', doc: 'a store request took longer than its deadline' },
-  STORE_CONFIG: { transient: false, errno: 'EINVAL', doc: 'the store configuration is invalid' },
+  STORE_CONFIG: { transient: false, errno: 'EIO', doc: 'the store configuration is invalid' },
+  STORE_DAMAGED: { transient: false, errno: 'EIO', doc: 'the store holds something other than an object where one should be (a directory in the embedded store)' },
   STORE_INTEGRITY: { transient: true, errno: 'EIO', doc: 'bytes received from the store do not match what was sent or announced' },
   FAULT_INJECTED: { transient: true, errno: 'EIO', doc: 'a failure injected by the fault wrapper (tests only)' },
   ABORTED: { transient: false, errno: 'EIO', doc: 'the operation was aborted by its caller' },
@@ -77,7 +83,7 @@ export class IslandError extends Error {
   readonly details: Record<string, unknown>;
 
   constructor(code: ErrorCode, message: string, opts: IslandErrorOptions = {}) {
-    super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
+    super(redactUrlCredentials(message), opts.cause === undefined ? undefined : { cause: opts.cause });
     this.name = 'IslandError';
     this.code = code;
     this.details = opts.details ?? {};
@@ -90,6 +96,21 @@ export class IslandError extends Error {
   toJSON(): { code: ErrorCode; message: string; details: Record<string, unknown> } {
     return { code: this.code, message: this.message, details: this.details };
   }
+}
+
+/**
+ * The userinfo of a URL (`scheme://user:password@`), up to the last `@` before the path:
+ * a password may hold an unescaped `@`, never an unescaped `/`, `?` or `#`.
+ */
+const URL_USERINFO = /\b([a-z][a-z0-9+.-]*:\/\/)[^\s/?#]*@/gi;
+
+/**
+ * `text` with the userinfo of every URL in it replaced by `***`, so credentials written
+ * into an endpoint (`http://KEY:SECRET@host`) never reach a message or a log line. Every
+ * IslandError message passes through it.
+ */
+export function redactUrlCredentials(text: string): string {
+  return text.replace(URL_USERINFO, '$1***@');
 }
 
 /** True when `code` names an island error code. */

@@ -4,10 +4,12 @@
  * are the repair source for damaged blobs.
  *
  * Exit status, in the fsck tradition: 0 no errors (warnings may be printed), 1 errors were
- * found and all corrected, 4 errors left uncorrected, 8 operational error (the store did
- * not answer, bad options).
+ * found and all corrected, 4 errors left uncorrected, 8 operational error (the store is
+ * not there or did not answer, the configuration is invalid, an unknown snapshot); and,
+ * like every island command, 2 for invalid arguments.
  */
 import { execFile } from 'node:child_process';
+import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { volumesDir, type Config } from '../config.js';
 import { IslandError, asIslandError } from '../errors.js';
@@ -15,7 +17,7 @@ import { formatSize, parseSnapshotId, parseVolumeName } from '../format/names.js
 import { runFsck, type FsckReport, type Qcow2Check } from '../fsck/check.js';
 import type { Manifest } from '../format/records.js';
 import { Repository } from '../repo/repository.js';
-import { openStore } from '../store/open.js';
+import { openStore, type BackendConfig } from '../store/open.js';
 import { call } from './client.js';
 import { Progress } from './progress.js';
 
@@ -64,6 +66,31 @@ async function qcow2Check(config: Config, m: Manifest): Promise<Qcow2Check> {
 }
 
 export const EXIT_OPERATIONAL = 8;
+/** Invalid arguments: the status every island command exits with for them. */
+export const EXIT_USAGE = 2;
+
+/**
+ * The store to check, opened so that a store that is not there is an error, never an empty
+ * store found clean: an embedded store directory must exist and be a directory (the fs
+ * store lists a missing one as empty), and an S3 bucket is not created on first use (a
+ * missing bucket fails the first listing with STORE_NOT_FOUND).
+ */
+export async function storeToCheck(backend: BackendConfig): Promise<BackendConfig> {
+  if (backend.type === 's3') return { ...backend, createBucket: false };
+  if (backend.type !== 'fs') return backend;
+  const dir = backend.dir;
+  let isDir: boolean;
+  try {
+    isDir = (await stat(dir)).isDirectory();
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') throw new IslandError('STORE_NOT_FOUND', `store directory ${dir} does not exist: nothing to check (is ISLAND_STORE_DIR or storeDir right?)`, { details: { dir } });
+    if (code === 'EACCES' || code === 'EPERM') throw new IslandError('STORE_ACCESS_DENIED', `store directory ${dir}: ${code}`, { cause: err, details: { dir } });
+    throw new IslandError('STORE_CONFIG', `store directory ${dir} cannot be read: ${(err as Error).message}`, { cause: err, details: { dir } });
+  }
+  if (!isDir) throw new IslandError('STORE_CONFIG', `store directory ${dir} is not a directory: nothing to check`, { details: { dir } });
+  return backend;
+}
 
 /** `--deep` alone means every pack; `--deep=N` a sample of N percent. */
 export function parseDeep(v: string | undefined): number | undefined {
@@ -103,7 +130,8 @@ export function renderReport(r: FsckReport): string {
   return lines.join('\n');
 }
 
-export async function fsckCommand(config: Config, a: FsckArgs): Promise<number> {
+/** Run fsck; `load` reads the configuration (a bad one is "cannot check", not exit 1). */
+export async function fsckCommand(load: () => Promise<Config>, a: FsckArgs): Promise<number> {
   let report: FsckReport;
   try {
     if (a.pruneOrphans && !a.repair) throw new IslandError('INVALID_ARGUMENT', '--prune-orphans needs --repair');
@@ -111,8 +139,9 @@ export async function fsckCommand(config: Config, a: FsckArgs): Promise<number> 
     const seed = parseSeed(a.seed);
     const volume = a.volume === undefined ? undefined : parseVolumeName(a.volume);
     const snapshot = a.snapshot === undefined ? undefined : parseSnapshotId(a.snapshot);
+    const config = await load();
     const localRoots = [volumesDir(config), join(config.dataDir, 'kept')];
-    const { store } = openStore(config.store);
+    const { store } = openStore(await storeToCheck(config.store));
     const repo = new Repository(store, { host: config.hostId, region: config.region });
     const bar = a.json ? undefined : new Map<string, Progress>();
     let current: Progress | undefined;
@@ -143,7 +172,7 @@ export async function fsckCommand(config: Config, a: FsckArgs): Promise<number> 
     const e = asIslandError(err);
     if (a.json) process.stdout.write(JSON.stringify({ error: e.toJSON() }) + '\n');
     else process.stderr.write(`island: ${e.code}: ${e.message.replace(/\s*\n\s*/g, ' ')}\n`);
-    return EXIT_OPERATIONAL;
+    return e.code === 'INVALID_ARGUMENT' ? EXIT_USAGE : EXIT_OPERATIONAL;
   }
   process.stdout.write(a.json ? JSON.stringify(report) + '\n' : renderReport(report) + '\n');
   return report.exitCode;

@@ -18,7 +18,7 @@ import { call } from './client.js';
 import { withProgress, type ProgressSample } from './progress.js';
 import { gcLines, pruneLines } from './reports.js';
 import { fsckCommand } from './fsck.js';
-import { storeSelftest } from './store-selftest.js';
+import { selftestDir, storeSelftest } from './store-selftest.js';
 
 const VERSION = '0.1.0';
 
@@ -82,16 +82,19 @@ verification
                                          runs qemu-img check on each snapshot's image (through
                                          the daemon's read-only mount); --local also checks
                                          this host's local copies. Exit status: 0 clean,
-                                         1 all corrected, 4 errors left, 8 could not run
+                                         1 all corrected, 2 invalid arguments, 4 errors
+                                         left, 8 could not run (no such store, no answer)
 store
-  store selftest [--dir DIR]             round trip objects through the embedded store
+  store selftest [--dir DIR]             round trip objects through the embedded store (in
+                                         storeDir, or in DIR: an absolute path)
 other
   version
 
 options: --json (machine-readable output), -h/--help
 sizes take K, M, G, T suffixes (powers of 1024).
 environment: ISLAND_CONFIG ISLAND_DATA_DIR ISLAND_MOUNT ISLAND_SOCKET ISLAND_HOST_ID
-             ISLAND_STORE_DIR ISLAND_LOG_LEVEL ISLAND_METRICS_PORT ISLAND_REGION ISLAND_GC_GRACE
+             ISLAND_STORE_DIR ISLAND_LOG_LEVEL ISLAND_METRICS_PORT ISLAND_METRICS_ADDRESS
+             ISLAND_REGION ISLAND_GC_GRACE
 `;
 
 interface VolumeOut {
@@ -269,18 +272,18 @@ async function main(argv: string[]): Promise<number> {
     out(`island ${VERSION}`, { version: VERSION });
     return 0;
   }
+  if (cmd === 'fsck') {
+    return fsckCommand(() => loadConfig(), { deep: values.deep, seed: values.seed, volume: values.volume, snapshot: values.snapshot, repair: values.repair, pruneOrphans: values['prune-orphans'], qcow2: values.qcow2, local: values.local, json });
+  }
   const config = await loadConfig();
   if (cmd === 'serve') {
     await serveForever(config);
     return 0;
   }
   if (cmd === 'store' && sub === 'selftest') {
-    const report = await storeSelftest({ type: 'fs', dir: values.dir ?? config.storeDir });
+    const report = await storeSelftest({ type: 'fs', dir: selftestDir(values.dir, config.storeDir) });
     out(report.lines.join('\n'), report);
     return 0;
-  }
-  if (cmd === 'fsck') {
-    return fsckCommand(config, { deep: values.deep, seed: values.seed, volume: values.volume, snapshot: values.snapshot, repair: values.repair, pruneOrphans: values['prune-orphans'], qcow2: values.qcow2, local: values.local, json });
   }
   const api = (method: string, path: string, body?: unknown): Promise<unknown> => call(config.socket, method, path, body);
   const statusOf = async (name: string): Promise<StatusVolume | undefined> => ((await api('GET', '/v1/status')) as { volumes: StatusVolume[] }).volumes.find((v) => v.name === name);

@@ -4,6 +4,7 @@
  * what each step took, with the store's own request counters.
  */
 import { createHash, randomBytes } from 'node:crypto';
+import { isAbsolute } from 'node:path';
 import { IslandError } from '../errors.js';
 import { openStore, type BackendConfig } from '../store/open.js';
 import { listAll } from '../store/types.js';
@@ -15,6 +16,17 @@ export interface SelftestReport {
   steps: { step: string; ms: number }[];
   requests: number;
   lines: string[];
+}
+
+/**
+ * The directory `--dir` names. Store directories are absolute everywhere (storeDir in the
+ * configuration must be): a relative one would test, and leave objects in, whatever the
+ * current directory happens to be.
+ */
+export function selftestDir(dir: string | undefined, storeDir: string): string {
+  if (dir === undefined) return storeDir;
+  if (!isAbsolute(dir)) throw new IslandError('INVALID_ARGUMENT', `--dir must be an absolute path, got ${JSON.stringify(dir.slice(0, 200))} (store directories are absolute, as storeDir is; try --dir "$PWD/${dir.slice(0, 200)}")`);
+  return dir;
 }
 
 export async function storeSelftest(config: BackendConfig): Promise<SelftestReport> {

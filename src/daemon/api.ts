@@ -26,7 +26,8 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { chmod, rm } from 'node:fs/promises';
 import type { Logger } from 'pino';
-import { IslandError, asIslandError, type ErrorCode } from '../errors.js';
+import { IslandError, asIslandError, codeOf, type ErrorCode } from '../errors.js';
+import { quoteInput } from '../format/names.js';
 import type { Service } from './service.js';
 
 export const MAX_BODY = 64 * 1024;
@@ -74,14 +75,36 @@ async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> 
 
 function bool(v: unknown, what: string): boolean | undefined {
   if (v === undefined) return undefined;
-  if (typeof v !== 'boolean') throw new IslandError('INVALID_ARGUMENT', `${what} must be true or false`);
+  if (typeof v !== 'boolean') throw new IslandError('INVALID_ARGUMENT', `${what} must be true or false, got ${quoteInput(v)}`);
   return v;
 }
 
 function str(v: unknown, what: string): string | undefined {
   if (v === undefined) return undefined;
-  if (typeof v !== 'string' || v.length === 0 || v.length > 4096) throw new IslandError('INVALID_ARGUMENT', `${what} must be a non-empty string`);
+  if (typeof v !== 'string' || v.length === 0 || v.length > 4096) throw new IslandError('INVALID_ARGUMENT', `${what} must be a non-empty string, got ${quoteInput(v)}`);
   return v;
+}
+
+/**
+ * Refuse the snapshot list of a name that is neither a volume nor has snapshots (a
+ * deleted volume's snapshots remain and are listed): NOT_FOUND, not an empty list.
+ */
+async function refuseUnknownVolume(svc: Service, volume: string): Promise<void> {
+  try {
+    await svc.showVolume(volume);
+  } catch (err) {
+    if (codeOf(err) !== 'NOT_FOUND') throw err;
+    throw new IslandError('NOT_FOUND', `no volume named ${volume}, and no snapshots of one`, { details: { volume } });
+  }
+}
+
+/**
+ * The client closed its connection before the request was read whole (Ctrl-C, a timeout
+ * on its side): routine, not a failure of the daemon.
+ */
+function clientWentAway(req: IncomingMessage, err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException | null)?.code;
+  return !(err instanceof IslandError) && req.destroyed && (code === 'ECONNRESET' || code === 'ERR_STREAM_PREMATURE_CLOSE');
 }
 
 async function route(svc: Service, method: string, url: string, body: () => Promise<Record<string, unknown>>): Promise<[number, unknown]> {
@@ -100,7 +123,7 @@ async function route(svc: Service, method: string, url: string, body: () => Prom
     if (parts.length === 2 && method === 'GET') return [200, { volumes: await svc.listVolumes() }];
     if (parts.length === 2 && method === 'POST') {
       const b = await body();
-      return [201, await svc.createVolume({ name: b.name, size: b.size, clusterSize: b.clusterSize, region: b.region, from: b.from })];
+      return [201, await svc.createVolume({ name: b.name, size: b.size, clusterSize: b.clusterSize, region: str(b.region, 'region'), from: b.from })];
     }
     if (name !== undefined && parts.length === 3 && method === 'GET') return [200, await svc.showVolume(name)];
     if (name !== undefined && parts.length === 3 && method === 'DELETE') {
@@ -119,11 +142,13 @@ async function route(svc: Service, method: string, url: string, body: () => Prom
   if (res === 'snapshots') {
     if (parts.length === 2 && method === 'POST') {
       const b = await body();
-      return [200, await svc.createSnapshots({ volumes: b.volumes, consistency: b.consistency, wait: bool(b.wait, 'wait'), qmp: str(b.qmp, 'qmp'), qga: str(b.qga, 'qga') })];
+      return [200, await svc.createSnapshots({ volumes: b.volumes, consistency: str(b.consistency, 'consistency'), wait: bool(b.wait, 'wait'), qmp: str(b.qmp, 'qmp'), qga: str(b.qga, 'qga') })];
     }
     if (parts.length === 2 && method === 'GET') {
       const volume = new URLSearchParams(url.split('?')[1] ?? '').get('volume') ?? undefined;
-      return [200, { snapshots: await svc.listSnapshots(volume) }];
+      const snapshots = await svc.listSnapshots(volume);
+      if (volume !== undefined && snapshots.length === 0) await refuseUnknownVolume(svc, volume);
+      return [200, { snapshots }];
     }
     if (name === 'delete' && parts.length === 3 && method === 'POST') {
       const b = await body();
@@ -159,6 +184,10 @@ export async function startApi(svc: Service, socketPath: string, log: Logger): P
     route(svc, method, url, () => readJson(req)).then(
       ([status, body]) => send(res, status, body),
       (err: unknown) => {
+        if (clientWentAway(req, err)) {
+          log.info({ method, url, reason: (err as Error).message }, 'control client went away before its request was read');
+          return;
+        }
         const e = asIslandError(err);
         const status = STATUS_OF[e.code] ?? (e.transient ? 503 : 500);
         if (status >= 500) log.error({ err, method, url }, 'control request failed');

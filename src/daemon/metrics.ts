@@ -1,10 +1,13 @@
 /**
- * Prometheus metrics on an optional loopback port (config metricsPort /
- * ISLAND_METRICS_PORT): FUSE operations (count, errors, bytes, latency) and store
- * requests (count, errors by code, bytes, latency) per operation.
+ * Prometheus metrics on an optional port (config metricsPort / ISLAND_METRICS_PORT),
+ * listening on metricsAddress / ISLAND_METRICS_ADDRESS (127.0.0.1 by default): FUSE
+ * operations (count, errors, bytes, latency) and store requests (count, errors by code,
+ * bytes, latency) per operation. Labels hold operation names and error codes only: no
+ * volume names, keys or data. Any local user can read a loopback port.
  */
 import { createServer, type Server } from 'node:http';
 import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { DEFAULT_METRICS_ADDRESS } from '../config.js';
 import type { Observation } from '../store/metrics.js';
 
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10];
@@ -37,8 +40,8 @@ export class Metrics {
     this.storeLatency.observe({ op: o.op }, o.ms / 1000);
   }
 
-  /** Serve /metrics on 127.0.0.1:port (loopback only). */
-  async listen(port: number): Promise<Server> {
+  /** Serve /metrics on address:port (loopback, 127.0.0.1, unless told otherwise). */
+  async listen(port: number, address = DEFAULT_METRICS_ADDRESS): Promise<Server> {
     const server = createServer((req, res) => {
       if (req.url !== '/metrics') {
         res.writeHead(404).end();
@@ -51,7 +54,7 @@ export class Metrics {
     });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen(port, '127.0.0.1', () => resolve());
+      server.listen(port, address, () => resolve());
     });
     return server;
   }

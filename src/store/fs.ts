@@ -59,8 +59,14 @@ function localError(op: string, key: string, err: unknown): IslandError {
   const code = errnoCode(err);
   if (code === 'ENOENT') return new IslandError('STORE_NOT_FOUND', `no such object: ${key}`, { details: { key } });
   if (code === 'EACCES' || code === 'EPERM') return new IslandError('STORE_ACCESS_DENIED', `${op} ${key}: ${code}`, { cause: err, details: { key } });
+  // A directory where the object's file should be: damage no retry can mend.
+  if (code === 'EISDIR') return isDirectoryError(op, key, err);
   // Local disk trouble (EIO, ENOSPC, EMFILE...) may pass: let the retry wrapper try again.
   return new IslandError('STORE_UNAVAILABLE', `${op} ${key}: ${(err as Error).message}`, { cause: err, details: { key } });
+}
+
+function isDirectoryError(op: string, key: string, cause?: unknown): IslandError {
+  return new IslandError('STORE_DAMAGED', `${op} ${key}: the store holds a directory where the object's file should be`, { cause, details: { key } });
 }
 
 async function fsyncPath(path: string): Promise<void> {
@@ -190,13 +196,15 @@ export class FsStore implements ObjectStore {
   async head(key: string, opts: OpOptions = {}): Promise<ObjectInfo | undefined> {
     const { file } = this.pathOf(key);
     throwIfAborted(opts.signal);
+    let st;
     try {
-      const st = await stat(file);
-      return { key, size: st.size, mtime: Math.floor(st.mtimeMs) };
+      st = await stat(file);
     } catch (err) {
       if (errnoCode(err) === 'ENOENT' || errnoCode(err) === 'ENOTDIR') return undefined;
       throw localError('head', key, err);
     }
+    if (st.isDirectory()) throw isDirectoryError('head', key);
+    return { key, size: st.size, mtime: Math.floor(st.mtimeMs) };
   }
 
   async list(prefix: string, opts: ListOptions = {}): Promise<ListPage> {

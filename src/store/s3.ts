@@ -24,7 +24,7 @@ import {
   PutObjectCommand,
   S3Client,
 } from '@aws-sdk/client-s3';
-import { IslandError } from '../errors.js';
+import { IslandError, redactUrlCredentials } from '../errors.js';
 import { listLimit, throwIfAborted, validateKey, validatePrefix, validateRange } from './keys.js';
 import type { ListOptions, ListPage, ObjectInfo, ObjectStore, OpOptions } from './types.js';
 
@@ -122,7 +122,7 @@ export class S3Store implements ObjectStore {
     this.bucket = config.bucket;
     this.prefix = config.prefix ?? '';
     this.createBucket = config.createBucket ?? true;
-    this.description = `s3:${config.endpoint ?? 'aws'}/${config.bucket}/${this.prefix}`;
+    this.description = redactUrlCredentials(`s3:${config.endpoint ?? 'aws'}/${config.bucket}/${this.prefix}`);
     this.client = new S3Client({
       endpoint: config.endpoint,
       region: config.region,

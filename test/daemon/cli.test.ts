@@ -179,3 +179,101 @@ t.test('Prometheus metrics on a loopback port count FUSE and store requests', as
   t.match(text, /island_fuse_request_seconds_bucket/, 'FUSE latency histogram');
   t.match(text, /island_store_requests_total\{op="put"\} [1-9]/, 'store requests counted');
 });
+
+t.test('credentials inside an endpoint URL never reach the daemon log or an error', async (t) => {
+  const KEY = 'AKIDLEAKCHECK';
+  const SECRET = 'S3CR3TLEAKCHECK';
+  const h = await makeHost(t, 'leak');
+  const { writeFile } = await import('node:fs/promises');
+  h.configFile = join(h.dataDir, 'island.json');
+  const region = { type: 's3', endpoint: `http://${KEY}:${SECRET}@127.0.0.1:9`, region: 'us-east-1', bucket: 'island', accessKeyId: 'id', secretAccessKey: 'key' };
+  await writeFile(h.configFile, JSON.stringify({ region: 'remote', regions: { remote: region } }));
+  // Refused at startup (the fix), or serving with the endpoint logged (the defect): either
+  // way, the log is what an operator reads.
+  await serve(h).catch(() => undefined);
+  await kill(h, 'SIGKILL');
+  const text = await log(h);
+  t.match(text, /serving|INVALID_CONFIG/, 'the daemon served or refused its configuration');
+  t.notMatch(text, KEY, 'the key is not in the daemon log');
+  t.notMatch(text, SECRET, 'nor the secret');
+  for (const args of [['status'], ['fsck'], ['volume', 'list', '--json']]) {
+    const r = await cli(h, ...args);
+    t.not(r.code, 0, `island ${args.join(' ')} refuses the configuration`);
+    t.notMatch(r.stdout + r.stderr, KEY, '... without the key in the error');
+    t.notMatch(r.stdout + r.stderr, SECRET, '... or the secret');
+  }
+});
+
+t.test('a control client that goes away mid-request is logged at info, without a stack', async (t) => {
+  const h = await makeHost(t, 'gone');
+  await serve(h);
+  // One client resets the connection in the middle of its body, one half-closes early.
+  const reset = createConnection(socket(h));
+  reset.on('error', () => undefined);
+  let answered = '';
+  reset.on('data', (d) => (answered += d.toString()));
+  reset.write('POST /v1/volumes HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 100\r\n\r\n');
+  await waitFor('the daemon to take the request', () => answered.includes('100 Continue'));
+  reset.write('{"name":');
+  reset.destroy();
+  await raw(socket(h), 'POST /v1/volumes HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"name":', true);
+  const lines = async (): Promise<string[]> => (await log(h)).split('\n').filter((l) => /control request failed|went away/.test(l));
+  await waitFor('both requests to be logged', async () => (await lines()).length >= 2);
+  for (const l of await lines()) {
+    const entry = JSON.parse(l) as { level: number; msg: string };
+    t.ok(entry.level <= 30, `logged at info or below: ${entry.msg}`);
+    t.notMatch(l, /stack/, '... without a stack');
+  }
+  t.equal(((await cliJson(h, 'status')).volumes as unknown[]).length, 0, 'the daemon still answers');
+});
+
+t.test('snapshot list of a volume that does not exist and has no snapshots is NOT_FOUND', async (t) => {
+  const h = await makeHost(t, 'lister');
+  await serve(h);
+  const r = await cli(h, 'snapshot', 'list', 'nosuch');
+  t.equal(r.code, 1, 'non-zero exit');
+  t.match(r.stderr, /^island: NOT_FOUND: .*nosuch/, `a clear error: ${r.stderr.trim()}`);
+  await cliJson(h, 'volume', 'create', 'empty', '--size', '1G');
+  t.same(await cliJson(h, 'snapshot', 'list', 'empty'), { snapshots: [] }, 'a volume without snapshots lists none');
+  await cliJson(h, 'attach', 'empty');
+  await cliJson(h, 'snapshot', 'create', 'empty');
+  await cliJson(h, 'detach', 'empty');
+  await cliJson(h, 'volume', 'delete', 'empty');
+  t.equal(((await cliJson(h, 'snapshot', 'list', 'empty')).snapshots as unknown[]).length, 2, 'a deleted volume whose snapshots remain lists them');
+  t.equal((await cli(h, 'snapshot', 'list', '../x')).code, 2, 'an invalid name is INVALID_ARGUMENT');
+});
+
+t.test('a bad value in a control request is shown readably, never as [object Object]', async (t) => {
+  const h = await makeHost(t, 'typed');
+  await serve(h);
+  const body = (o: unknown): string => {
+    const text = JSON.stringify(o);
+    return `Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(text)}\r\n\r\n${text}`;
+  };
+  const region = await raw(socket(h), `POST /v1/volumes HTTP/1.1\r\nHost: x\r\n${body({ name: 'r', size: '1G', region: { a: 1 } })}`);
+  t.match(region, /400[\s\S]*INVALID_ARGUMENT[\s\S]*region/, 'a region that is an object: 400');
+  t.notMatch(region, /object Object/, '... shown readably');
+  await cliJson(h, 'volume', 'create', 'c', '--size', '1G');
+  await cliJson(h, 'attach', 'c');
+  const consistency = await raw(socket(h), `POST /v1/snapshots HTTP/1.1\r\nHost: x\r\n${body({ volumes: ['c'], consistency: { mode: 'flush' } })}`);
+  t.match(consistency, /400[\s\S]*INVALID_ARGUMENT[\s\S]*consistency/, 'a consistency that is an object: 400');
+  t.notMatch(consistency, /object Object/, '... shown readably');
+});
+
+t.test('the daemon serves metrics on the configured address only', { todo: 'passes once daemon/serve.ts passes c.metricsAddress to Metrics.listen' }, async (t) => {
+  const h = await makeHost(t, 'metrics-address');
+  const { createServer } = await import('node:net');
+  const port = await new Promise<number>((resolve) => {
+    const s = createServer().listen(0, '127.0.0.2', () => {
+      const p = (s.address() as { port: number }).port;
+      s.close(() => resolve(p));
+    });
+  });
+  h.env = { ISLAND_METRICS_PORT: String(port), ISLAND_METRICS_ADDRESS: '127.0.0.2' };
+  await serve(h);
+  // The metrics port opens just after the control socket: poll for it.
+  const served = async (): Promise<boolean> => (await fetch(`http://127.0.0.2:${port}/metrics`).catch(() => undefined))?.status === 200;
+  await waitFor('the metrics port', served);
+  t.ok(await served(), 'served on 127.0.0.2');
+  await t.rejects(fetch(`http://127.0.0.1:${port}/metrics`), undefined, 'not on 127.0.0.1');
+});

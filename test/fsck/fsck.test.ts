@@ -155,7 +155,7 @@ if ('skip' in got) {
       t.equal(r.report.findings.find((x) => x.type === 'stale-pin')?.severity, 'warning');
       t.equal(r.report.findings.find((x) => x.type === 'orphan')?.key, orphan);
       const refused = await cli(h, 'fsck', '--prune-orphans');
-      t.equal(refused.code, 8, '--prune-orphans alone is refused');
+      t.equal(refused.code, 2, '--prune-orphans alone is refused as an invalid argument');
       await fsck(h, '--repair', '--prune-orphans');
       t.equal(await store.head(orphan), undefined, 'the orphan is gone');
       t.same((await fsck(h)).report.findings, [], 'nothing left to say');
@@ -225,9 +225,9 @@ if ('skip' in got) {
       t.ok(after.report.findings.some((x) => x.type === 'damaged-snapshot'), 'the marks are reported');
     });
 
-    await t.test('bad options are operational errors', async (t) => {
-      t.equal((await cli(h, 'fsck', '--deep=0')).code, 8);
-      t.equal((await cli(h, 'fsck', '--snapshot', 'nope')).code, 8);
+    await t.test('bad options exit 2; an unknown snapshot is an operational error', async (t) => {
+      t.equal((await cli(h, 'fsck', '--deep=0')).code, 2);
+      t.equal((await cli(h, 'fsck', '--snapshot', 'nope')).code, 2);
       t.equal((await cli(h, 'fsck', '--snapshot', '01J00000000000000000000000')).code, 8, 'an unknown snapshot');
     });
   });

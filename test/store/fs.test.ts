@@ -30,3 +30,32 @@ t.test('stale temp files from a crash are removed on open', async (t) => {
   t.same(await readdir(join(dir, '.tmp')), [], 'temp directory cleared');
   t.same((await s.list('')).items.map((o) => o.key), ['a'], 'temp files are never listed');
 });
+
+t.test('a directory where an object file should be is a permanent error, never retried', async (t) => {
+  const { openStore } = await import('../../src/store/open.js');
+  const { isTransient } = await import('../../src/errors.js');
+  const dir = join(root, 'eisdir');
+  const s = new FsStore(dir);
+  await s.put('data/abc', Buffer.from('x'));
+  const file = join(dir, 'ddata', 'fab', 'oabc');
+  await rm(file);
+  await mkdir(join(file, 'inner'), { recursive: true });
+  for (const [what, op] of [
+    ['get', () => s.get('data/abc')],
+    ['getRange', () => s.getRange('data/abc', 0, 1)],
+    ['put', () => s.put('data/abc', Buffer.from('y'))],
+    ['head', () => s.head('data/abc')],
+  ] as const) {
+    const err = (await (op as () => Promise<unknown>)().then(
+      () => undefined,
+      (e: unknown) => e,
+    )) as { code?: string; message?: string } | undefined;
+    t.equal(err?.code, 'STORE_DAMAGED', `${what}: STORE_DAMAGED (${err?.message})`);
+    t.notOk(isTransient(err), `${what}: not transient`);
+  }
+  const retries: string[] = [];
+  const { store, stats } = openStore({ type: 'fs', dir }, { retry: { attempts: 3, baseDelayMs: 1, onRetry: (i) => retries.push(i.op) } });
+  await t.rejects(store.get('data/abc'), { code: 'STORE_DAMAGED' });
+  t.same(retries, [], 'the retry wrapper does not retry it');
+  t.equal(stats.requests, 1, 'one request reached the store');
+});

@@ -11,7 +11,7 @@
 import type { Server } from 'node:http';
 import { rm } from 'node:fs/promises';
 import pino, { type Logger } from 'pino';
-import type { Config } from '../config.js';
+import { LOG_REDACT, type Config } from '../config.js';
 import { codeOf } from '../errors.js';
 import { FuseMount } from '../fuse/adapter.js';
 import { Repository } from '../repo/repository.js';
@@ -32,7 +32,7 @@ export interface Daemon {
 }
 
 export function makeLogger(c: Config): Logger {
-  return pino({ level: c.logLevel, base: { host: c.hostId }, redact: ['*.secretAccessKey', '*.sessionToken', '*.credentials', 'config.regions'] });
+  return pino({ level: c.logLevel, base: { host: c.hostId }, redact: LOG_REDACT });
 }
 
 export async function startDaemon(c: Config, log: Logger = makeLogger(c)): Promise<Daemon> {
@@ -48,7 +48,7 @@ export async function startDaemon(c: Config, log: Logger = makeLogger(c)): Promi
     undo.push(() => lock.release());
     const metrics = new Metrics();
     // The port is taken before anything is served: a port in use stops the start here.
-    const metricsServer = c.metricsPort === undefined ? undefined : await metrics.listen(c.metricsPort);
+    const metricsServer = c.metricsPort === undefined ? undefined : await metrics.listen(c.metricsPort, c.metricsAddress);
     if (metricsServer) undo.push(() => new Promise((r) => metricsServer.close(r)));
     const chaos = c.storeFaultRate > 0 ? [(s: ObjectStore) => new ChaosStore(s, c.storeFaultRate, process.pid)] : [];
     const { store } = openStore(c.store, { onObserve: (o) => metrics.store(o), wrap: chaos });
@@ -72,7 +72,7 @@ export async function startDaemon(c: Config, log: Logger = makeLogger(c)): Promi
       await new Promise((r) => api.close(r));
       await rm(c.socket, { force: true });
     });
-    log.info({ mount: c.mount, socket: c.socket, store: store.description, attached: service.attached.size, metricsPort: c.metricsPort }, 'serving');
+    log.info({ mount: c.mount, socket: c.socket, store: store.description, attached: service.attached.size, metricsPort: c.metricsPort, metricsAddress: c.metricsAddress }, 'serving');
     let stopping: Promise<void> | undefined;
     const stop = (force = false): Promise<void> => {
       stopping ??= (async () => {

@@ -260,7 +260,7 @@ t.test('a bad value in a control request is shown readably, never as [object Obj
   t.notMatch(consistency, /object Object/, '... shown readably');
 });
 
-t.test('the daemon serves metrics on the configured address only', { todo: 'passes once daemon/serve.ts passes c.metricsAddress to Metrics.listen' }, async (t) => {
+t.test('the daemon serves metrics on the configured address only', async (t) => {
   const h = await makeHost(t, 'metrics-address');
   const { createServer } = await import('node:net');
   const port = await new Promise<number>((resolve) => {

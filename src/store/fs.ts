@@ -15,13 +15,19 @@
  * the directory (and the parents of any directory created). A crash leaves either the
  * old object, the new object, or a stray temp file (removed at the next open).
  *
+ * Create-if-absent (putIfAbsent) writes and fsyncs the temp file the same way, then
+ * link(2)s it to the final name: link never replaces an existing name (EEXIST), so of
+ * any number of racing writers, in this process or others on this host (or on one
+ * local file system mount), exactly one creates the object, and its bytes are whole
+ * before the name appears. The directory is fsynced before the call returns true.
+ *
  * Listing walks the directory the prefix names and sorts what it finds: its cost is
  * the number of keys under that directory per page (island lists by structured
  * prefixes, so this stays small). The listing of this store is always fresh.
  */
 import { randomBytes } from 'node:crypto';
 import { constants as fsc } from 'node:fs';
-import { mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import { link, mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { IslandError } from '../errors.js';
 import { compareKeys, listLimit, throwIfAborted, validateKey, validatePrefix, validateRange } from './keys.js';
@@ -121,26 +127,64 @@ export class FsStore implements ObjectStore {
     for (const p of parents) await fsyncPath(p);
   }
 
-  async put(key: string, body: Buffer, opts: OpOptions = {}): Promise<void> {
-    const { dir, file } = this.pathOf(key);
-    throwIfAborted(opts.signal);
+  /** A durable temp file holding body, for put (rename) and putIfAbsent (link). */
+  private async tempWith(body: Buffer): Promise<string> {
     await this.init();
     const tmp = join(this.tmp, randomBytes(12).toString('hex'));
     try {
-      const fh = await open(tmp, 'w', 0o600);
+      const fh = await open(tmp, 'wx', 0o600);
       try {
         await fh.writeFile(body);
         await fh.sync();
       } finally {
         await fh.close();
       }
+      return tmp;
+    } catch (err) {
+      await unlink(tmp).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  async put(key: string, body: Buffer, opts: OpOptions = {}): Promise<void> {
+    const { dir, file } = this.pathOf(key);
+    throwIfAborted(opts.signal);
+    let tmp: string | undefined;
+    try {
+      tmp = await this.tempWith(body);
       await this.ensureDir(dir);
       await rename(tmp, file);
       await fsyncPath(dir);
     } catch (err) {
-      await unlink(tmp).catch(() => undefined);
+      if (tmp !== undefined) await unlink(tmp).catch(() => undefined);
       throw localError('put', key, err);
     }
+  }
+
+  async putIfAbsent(key: string, body: Buffer, opts: OpOptions = {}): Promise<boolean> {
+    const { dir, file } = this.pathOf(key);
+    throwIfAborted(opts.signal);
+    let tmp: string | undefined;
+    try {
+      tmp = await this.tempWith(body);
+      await this.ensureDir(dir);
+      try {
+        await link(tmp, file);
+      } catch (err) {
+        if (errnoCode(err) === 'EEXIST') return false;
+        throw err;
+      }
+      await fsyncPath(dir);
+      return true;
+    } catch (err) {
+      throw localError('put', key, err);
+    } finally {
+      if (tmp !== undefined) await unlink(tmp).catch(() => undefined);
+    }
+  }
+
+  async conditionalPut(): Promise<boolean> {
+    return true;
   }
 
   async get(key: string, opts: OpOptions = {}): Promise<Buffer> {

@@ -13,7 +13,10 @@
  *
  * Writes are atomic and durable: write to <root>/.tmp, fsync, rename into place, fsync
  * the directory (and the parents of any directory created). A crash leaves either the
- * old object, the new object, or a stray temp file (removed at the next open).
+ * old object, the new object, or a stray temp file. Several processes may share one
+ * store directory, so opening a store removes only temp files untouched for
+ * STALE_TMP_MS: a live writer's temp file is written, fsynced and renamed within
+ * moments, while removing it would fail that writer's put.
  *
  * Create-if-absent (putIfAbsent) writes and fsyncs the temp file the same way, then
  * link(2)s it to the final name: link never replaces an existing name (EEXIST), so of
@@ -37,6 +40,8 @@ const TAG_DIR = 'd';
 const TAG_FAN = 'f';
 const TAG_OBJ = 'o';
 const TMP_DIR = '.tmp';
+/** A temp file this old is a crash's leftover, never a live writer's (which takes moments). */
+const STALE_TMP_MS = 3600 * 1000;
 /** Characters of the last segment that name its fan-out directory. */
 const FAN_CHARS = 2;
 
@@ -94,9 +99,13 @@ export class FsStore implements ObjectStore {
   /** Create the root and clear temp files a crash left behind. Runs once, lazily. */
   private init(): Promise<void> {
     this.ready ??= (async () => {
-      await mkdir(this.root, { recursive: true });
-      await rm(this.tmp, { recursive: true, force: true });
       await mkdir(this.tmp, { recursive: true });
+      const cutoff = Date.now() - STALE_TMP_MS;
+      for (const name of await readdir(this.tmp)) {
+        const path = join(this.tmp, name);
+        const st = await stat(path).catch(() => undefined); // another process may remove it first
+        if (st && st.mtimeMs < cutoff) await rm(path, { recursive: true, force: true });
+      }
     })();
     return this.ready;
   }

@@ -10,11 +10,13 @@ import { lookup } from '../../src/format/tree.js';
 import { acquireGeneration, releaseGeneration } from '../../src/repo/attach.js';
 import { commitSnapshot, manifestTree, type ClusterChange, type ProtocolBreakage } from '../../src/repo/commit.js';
 import { collectGarbage } from '../../src/repo/gc.js';
+import { keys } from '../../src/repo/keys.js';
 import { Repository } from '../../src/repo/repository.js';
 import { deleteSnapshot, resolveHead } from '../../src/repo/snapshots.js';
 import { ulidFactory } from '../../src/format/ulid.js';
 import { EventualStore } from '../../src/store/eventual.js';
 import { MemStore } from '../../src/store/mem.js';
+import { listAll } from '../../src/store/types.js';
 import { Rng } from '../../src/util/random.js';
 import { HostStore, Scheduler } from './sim.js';
 
@@ -222,6 +224,10 @@ export interface AttachSimConfig {
   maxStaleReadMs: number;
   /** Offer the store's create-if-absent primitive to the protocol (default true). */
   conditionalPut?: boolean;
+  /** A read of a new object may miss it this long after its write (default 0: read-after-write). */
+  maxNewKeyReadLagMs?: number;
+  /** Register every host before the run (default true), as claim rounds require. */
+  registerAhead?: boolean;
 }
 
 export interface AttachSimResult {
@@ -230,6 +236,8 @@ export interface AttachSimResult {
   wins: number;
   /** Attaches refused (BUSY, ATTACHED_ELSEWHERE). */
   refused: number;
+  /** Claim rounds some host lost (claim rounds only): how often hosts met in one round. */
+  contested: number;
   steps: number;
 }
 
@@ -244,7 +252,7 @@ export async function simulateAttach(seed: number, cfg: AttachSimConfig): Promis
   const sched = new Scheduler(seed);
   const rng = new Rng(seed ^ 0xa77ac4);
   const mem = new MemStore({ now: sched.now });
-  const shared = new EventualStore(mem, { seed, now: sched.now, maxListLagMs: 300, maxStaleReadMs: cfg.maxStaleReadMs, missProb: 0.2, conditionalPut: cfg.conditionalPut ?? true });
+  const shared = new EventualStore(mem, { seed, now: sched.now, maxListLagMs: 300, maxStaleReadMs: cfg.maxStaleReadMs, missProb: 0.2, conditionalPut: cfg.conditionalPut ?? true, maxNewKeyReadLagMs: cfg.maxNewKeyReadLagMs ?? 0 });
   const violations: string[] = [];
   const winners = new Map<number, string[]>();
   const holding = new Set<string>();
@@ -257,7 +265,7 @@ export async function simulateAttach(seed: number, cfg: AttachSimConfig): Promis
       await sched.sleep(name, rng.int(200));
       let att;
       try {
-        att = await acquireGeneration(repo, VOLUME);
+        att = await acquireGeneration(repo, VOLUME, { sleep: (ms) => sched.sleep(name, ms), random: () => rng.next() });
       } catch (err) {
         const code = (err as IslandError).code;
         if (code === 'BUSY' || code === 'ATTACHED_ELSEWHERE') {
@@ -279,9 +287,14 @@ export async function simulateAttach(seed: number, cfg: AttachSimConfig): Promis
     }
   }
 
+  // Claim rounds need every contender registered before it contends (docs/protocols.md):
+  // the hosts are registered ahead, as a deployment registers a host when it joins.
+  if (!(cfg.conditionalPut ?? true) && (cfg.registerAhead ?? true)) for (let h = 0; h < cfg.hosts; h++) await mem.put(keys.host(`h${h}`), Buffer.alloc(0));
   const actors = new Map<string, Promise<unknown>>();
   for (let h = 0; h < cfg.hosts; h++) actors.set(`h${h}:attach`, host(`h${h}`));
   const results = await sched.run(actors);
   for (const [actor, r] of results) if (r !== 'ok') violations.push(`${actor} failed: ${(r as Error).message ?? String(r)}`);
-  return { violations, wins, refused, steps: sched.steps };
+  let contested = 0;
+  for await (const o of listAll(mem, 'claims/')) if (o.key.includes('/lost/')) contested++;
+  return { violations, wins, refused, contested, steps: sched.steps };
 }

@@ -155,41 +155,44 @@ export class FsStore implements ObjectStore {
     }
   }
 
-  async put(key: string, body: Buffer, opts: OpOptions = {}): Promise<void> {
+  /**
+   * Write body durably to a temp file, then give it the key's name with `place` (rename
+   * replaces, link refuses an existing name: false), then fsync the directory.
+   */
+  private async install(op: string, key: string, body: Buffer, opts: OpOptions, place: (tmp: string, file: string) => Promise<boolean>): Promise<boolean> {
     const { dir, file } = this.pathOf(key);
     throwIfAborted(opts.signal);
     let tmp: string | undefined;
     try {
       tmp = await this.tempWith(body);
       await this.ensureDir(dir);
-      await rename(tmp, file);
-      await fsyncPath(dir);
+      const placed = await place(tmp, file);
+      if (placed) await fsyncPath(dir);
+      return placed;
     } catch (err) {
-      if (tmp !== undefined) await unlink(tmp).catch(() => undefined);
-      throw localError('put', key, err);
+      throw localError(op, key, err);
+    } finally {
+      if (tmp !== undefined) await unlink(tmp).catch(() => undefined); // gone after a rename
     }
   }
 
+  async put(key: string, body: Buffer, opts: OpOptions = {}): Promise<void> {
+    await this.install('put', key, body, opts, async (tmp, file) => {
+      await rename(tmp, file);
+      return true;
+    });
+  }
+
   async putIfAbsent(key: string, body: Buffer, opts: OpOptions = {}): Promise<boolean> {
-    const { dir, file } = this.pathOf(key);
-    throwIfAborted(opts.signal);
-    let tmp: string | undefined;
-    try {
-      tmp = await this.tempWith(body);
-      await this.ensureDir(dir);
+    return this.install('put', key, body, opts, async (tmp, file) => {
       try {
         await link(tmp, file);
+        return true;
       } catch (err) {
         if (errnoCode(err) === 'EEXIST') return false;
         throw err;
       }
-      await fsyncPath(dir);
-      return true;
-    } catch (err) {
-      throw localError('put', key, err);
-    } finally {
-      if (tmp !== undefined) await unlink(tmp).catch(() => undefined);
-    }
+    });
   }
 
   async conditionalPut(): Promise<boolean> {

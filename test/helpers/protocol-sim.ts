@@ -265,7 +265,8 @@ export async function simulateAttach(seed: number, cfg: AttachSimConfig): Promis
       await sched.sleep(name, rng.int(200));
       let att;
       try {
-        att = await acquireGeneration(repo, VOLUME, { sleep: (ms) => sched.sleep(name, ms), random: () => rng.next() });
+        // A short wait for verdicts makes hosts give up mid-round and come back later.
+        att = await acquireGeneration(repo, VOLUME, { sleep: (ms) => sched.sleep(name, ms), random: () => rng.next(), verdictWaitMs: rng.int(600) });
       } catch (err) {
         const code = (err as IslandError).code;
         if (code === 'BUSY' || code === 'ATTACHED_ELSEWHERE') {

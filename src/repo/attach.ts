@@ -138,24 +138,23 @@ async function claimByRounds(repo: Repository, l: Lease, opts: AttachOptions): P
   for (let r = 0; r < MAX_CLAIM_ROUNDS; r++) {
     // 2. a generation already won ends the attempt (the caller starts again from g).
     if (await repo.getGeneration(volume, n, opts)) throw busy(volume, n, 'another host won it');
-    // 3. a round this host took part in before (an earlier, abandoned attempt) is lost.
-    if (await repo.getClaim(volume, n, r, repo.host, opts)) {
-      if (!(await repo.getClaimLost(volume, n, r, repo.host, opts))) await repo.putClaimLost(l, r, opts);
-      continue;
-    }
+    // 3. a round this host took part in before (an earlier, abandoned attempt) is lost,
+    //    but, like any lost round, passed only once the others' verdicts are known (6).
+    const before = await repo.getClaim(volume, n, r, repo.host, opts);
     // 4. claim, then read the claim of every other contender this round.
-    await repo.putClaim(l, r, opts);
+    if (!before) await repo.putClaim(l, r, opts);
     const contenders = new Set([...hosts, ...(await repo.listClaimants(volume, n, r, opts))]);
     contenders.delete(repo.host);
     const seen: string[] = [];
     for (const h of [...contenders].sort()) if (await repo.getClaim(volume, n, r, h, opts)) seen.push(h);
-    // 5. alone: this host won generation n. Only the winner writes its record.
-    if (seen.length === 0) {
+    // 5. alone in a round this host had not claimed before: it won generation n. Only
+    //    the winner writes its record.
+    if (!before && seen.length === 0) {
       await repo.putGeneration(l, opts);
       return;
     }
-    // 6. contested: say so, then learn every seen contender's verdict before moving on.
-    await repo.putClaimLost(l, r, opts);
+    // 6. lost: say so, then learn every seen contender's verdict before moving on.
+    if (!before || !(await repo.getClaimLost(volume, n, r, repo.host, opts))) await repo.putClaimLost(l, r, opts);
     for (const h of seen) {
       const deadline = repo.now() + waitMs;
       for (;;) {

@@ -22,7 +22,9 @@
  * link(2)s it to the final name: link never replaces an existing name (EEXIST), so of
  * any number of racing writers, in this process or others on this host (or on one
  * local file system mount), exactly one creates the object, and its bytes are whole
- * before the name appears. The directory is fsynced before the call returns true.
+ * before the name appears. The directory is fsynced before the call returns true. An
+ * EEXIST is checked against the temp file's link count, so a link made by a request
+ * whose answer an NFS client lost and retransmitted still counts as made.
  *
  * Listing walks the directory the prefix names and sorts what it finds: its cost is
  * the number of keys under that directory per page (island lists by structured
@@ -189,8 +191,10 @@ export class FsStore implements ObjectStore {
         await link(tmp, file);
         return true;
       } catch (err) {
-        if (errnoCode(err) === 'EEXIST') return false;
-        throw err;
+        if (errnoCode(err) !== 'EEXIST') throw err;
+        // On NFS a retransmitted LINK can answer EEXIST although the first one made the
+        // link: then the temp file has two names (open(2), "O_EXCL").
+        return (await stat(tmp)).nlink === 2;
       }
     });
   }

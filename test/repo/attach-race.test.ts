@@ -3,6 +3,8 @@
  * Repository and store object (and, in the second test, its own process), attach one
  * volume at the same moment. Exactly one may win each round; the others are refused.
  * This is the reproduction of two hosts both winning (3 of 60 before create-if-absent).
+ * On a real Swift (no create-if-absent: claim rounds) the same holds with the hosts
+ * registered before they contend.
  */
 import { spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -14,6 +16,9 @@ import type { IslandError } from '../../src/errors.js';
 import { acquireGeneration, releaseGeneration } from '../../src/repo/attach.js';
 import { Repository } from '../../src/repo/repository.js';
 import { FsStore } from '../../src/store/fs.js';
+import { composeStore } from '../../src/store/open.js';
+import { S3Store } from '../../src/store/s3.js';
+import { uniqueBucket, useSwift } from '../helpers/swift.js';
 
 const root = await mkdtemp(join(tmpdir(), 'island-attach-race-'));
 t.teardown(() => rm(root, { recursive: true, force: true }));
@@ -88,5 +93,27 @@ t.test('12 processes attach one volume at once: exactly one wins, in each of 2 r
     if (!w) return;
     t.equal(w.generation, round);
     await releaseGeneration(new Repository(new FsStore(dir), { host: w.host }), 'vol', round);
+  }
+});
+
+t.test('8 hosts attach one volume at once on a real Swift (claim rounds): one wins each round', async (t) => {
+  const got = await useSwift(t);
+  if ('skip' in got) return void t.skip(`needs Swift: ${got.skip}`);
+  const bucket = uniqueBucket('claims');
+  const HOSTS = 8;
+  const repos = Array.from({ length: HOSTS }, (_, i) => new Repository(composeStore(new S3Store({ ...got.swift, bucket })).store, { host: `swift-${i}` }));
+  t.teardown(() => Promise.all(repos.map((r) => r.store.close())));
+  t.equal(await repos[0]!.store.conditionalPut(), false, "Swift's s3api has no create-if-absent: attach runs claim rounds");
+  for (const r of repos) await r.registerHost(); // hosts register when they join, before they contend
+  for (let round = 1; round <= 2; round++) {
+    const results = await Promise.allSettled(repos.map((r) => acquireGeneration(r, 'vol')));
+    const won = results.flatMap((r, i) => (r.status === 'fulfilled' ? [{ host: `swift-${i}`, generation: r.value.generation, claim: r.value.claim }] : []));
+    const odd = results.flatMap((r) => (r.status === 'rejected' && !REFUSED.has((r.reason as IslandError).code) ? [String(r.reason)] : []));
+    t.same(odd, [], `round ${round}: every loser is refused with BUSY or ATTACHED_ELSEWHERE`);
+    t.equal(won.length, 1, `round ${round}: one of ${HOSTS} wins (${won.map((w) => w.host).join(', ')})`);
+    const w = won[0];
+    if (!w) return;
+    t.equal(w.claim, 'claim-rounds');
+    await releaseGeneration(repos[Number(w.host.split('-')[1])]!, 'vol', w.generation);
   }
 });

@@ -132,9 +132,13 @@ export class Attachments {
     parseFillRate(req.fillRate);
     await this.exclusive(rec.name, async () => {
       if (ctx.attached.has(rec.name)) throw new IslandError('BUSY', `volume ${rec.name} is already attached on this host`, { details: { volume: rec.name } });
-      const att = await acquireGeneration(ctx.repo, rec.name, { force: req.force ?? false });
+      const att = await acquireGeneration(ctx.repo, rec.name, { force: req.force ?? false, allowRollback: req.allowRollback ?? false });
       crashPoint('attach.claimed');
-      if (att.tookOverFrom) ctx.log.warn({ volume: rec.name, from: att.tookOverFrom }, 'forced attach: the previous host must be fenced');
+      const alog = ctx.log.child({ volume: rec.name, generation: att.generation });
+      if (att.tookOverFrom) alog.warn({ from: att.tookOverFrom }, 'forced attach: the previous host must be fenced');
+      if (att.claim === 'claim-rounds') alog.info('generation won by claim rounds (the store has no create-if-absent)');
+      if (att.head.unlinked.length) alog.warn({ unlinked: att.head.unlinked }, 'the chain of snapshots has a lost or damaged link (the manifest stood in for it): run island fsck --repair');
+      if (req.allowRollback && att.head.uncertain.length) alog.warn({ evidence: att.head.uncertain, base: att.base?.id ?? null }, 'attach allowed to roll back to an older snapshot on request');
       try {
         await this.attachAs(rec, req, att.generation, att.base);
       } catch (err) {

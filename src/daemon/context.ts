@@ -41,6 +41,8 @@ export interface AttachRequest {
   fillRate?: string | number;
   /** Set this host's local copy aside (kept, not deleted) and restore from the store. */
   discardLocal?: boolean;
+  /** Accept an older snapshot when the store cannot prove which is newest (HEAD_UNCERTAIN). */
+  allowRollback?: boolean;
 }
 
 /** A restored volume's background fill. */

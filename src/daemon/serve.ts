@@ -56,6 +56,9 @@ export async function startDaemon(c: Config, log: Logger = makeLogger(c)): Promi
     const repo = new Repository(store, { host: c.hostId, region: c.region });
     const service = new Service(c, repo, log, (name, backend) => new Repository(openStore(backend, { onObserve: (o) => metrics.store(o) }).store, { host: c.hostId, region: name }));
     undo.push(() => service.closeAll());
+    // Registered before any attach contends (claim rounds need every contender listed);
+    // a store that is down now is retried by the first attach.
+    await repo.registerHost().catch((err: unknown) => log.warn({ err, code: codeOf(err) }, 'host not registered in the store yet; the first attach registers it'));
     await service.restore();
     const mount = new FuseMount({
       mountpoint: c.mount,

@@ -1,25 +1,51 @@
 /**
- * Attachment generations: fencing of hosts (docs/protocols.md, "Attach", "Detach").
+ * Attachment generations: which host holds a volume, and fencing of the others
+ * (docs/protocols.md, "Attach", "Detach").
  *
  * Attach: find the highest generation g (probing gens/<volume>/g+1 forward from the
  * catalog's hint), refuse if g is held by another host that did not detach (unless
- * forced: the old host must be fenced first), write gens/<volume>/<g+1> naming this
- * host, read it back (two hosts racing for one generation: the one whose record is not
- * there lost and backs off), resolve the head through the chain links, and update the
- * catalog record (a hint only). Detach writes detached/<volume>/<g> once the final
- * snapshot is committed.
+ * forced: the old host must be fenced first), then win generation g+1, resolve the head
+ * through the chain links, and update the catalog record (a hint only). Nothing is
+ * written for the volume before the attach has won: the daemon serves the volume only
+ * once acquireGeneration has returned.
+ *
+ * Winning g+1 is the one decision that a write-once name cannot make alone, because two
+ * hosts can write the same name. Where the store has create-if-absent (the fs store,
+ * AWS S3, MinIO, Ceph; store.conditionalPut()), the generation record is created with
+ * it and exactly one host wins. Where it has not (Swift's s3api), hosts run claim rounds
+ * of write-once claims per host, each reading every registered host's claim before it
+ * may win (claimByRounds). Never "write, wait, read back": a read back proves nothing
+ * under last-writer-wins overwrites and stale reads.
+ *
+ * Detach writes detached/<volume>/<g> once the final snapshot is committed.
  */
 import { IslandError } from '../errors.js';
 import type { Lease, Manifest, VolumeRecord } from '../format/records.js';
 import type { OpOptions } from '../store/types.js';
+import { sleep as realSleep } from '../util/sleep.js';
+import { MAX_CLAIM_ROUNDS } from './keys.js';
 import type { Repository } from './repository.js';
-import { highestGeneration, resolveHead, type Head } from './snapshots.js';
+import { highestGeneration, resolveHead, type Head, type HeadOptions } from './snapshots.js';
 
 /** A generation record never expires by time: it is ended by a detach record. */
 const FOREVER_MS = 100 * 365 * 24 * 3600 * 1000;
+/** How long a claim round waits for a contender's verdict before answering BUSY (liveness only). */
+const DEFAULT_VERDICT_WAIT_MS = 60_000;
+/** Poll interval while waiting for a contender's verdict, and the ceiling of the random backoff between rounds. */
+const VERDICT_POLL_MS = 200;
+const ROUND_BACKOFF_MS = 1_000;
 
-export interface AttachOptions extends OpOptions {
+export interface AttachOptions extends HeadOptions {
   force?: boolean;
+  /**
+   * Claim rounds only (stores without create-if-absent): how long to wait for a
+   * contender's verdict before giving up with BUSY. Safety never depends on it.
+   */
+  verdictWaitMs?: number;
+  /** Random source for the backoff between claim rounds (simulations pass a seeded one). */
+  random?: () => number;
+  /** Sleep (simulations pass a virtual one). */
+  sleep?: (ms: number, signal?: AbortSignal) => Promise<void>;
 }
 
 export interface Attachment {
@@ -29,6 +55,12 @@ export interface Attachment {
   base: Manifest | null;
   /** The previous holder when it had not detached (only with force). */
   tookOverFrom: string | null;
+  /**
+   * How the generation was won: 'conditional-put' (create-if-absent, exclusive on any
+   * store that offers it) or 'claim-rounds' (exclusive only if every contending host is
+   * registered and the store reads a new object after its write; docs/protocols.md).
+   */
+  claim: 'conditional-put' | 'claim-rounds';
 }
 
 export async function acquireGeneration(repo: Repository, volume: string, opts: AttachOptions = {}): Promise<Attachment> {
@@ -37,8 +69,13 @@ export async function acquireGeneration(repo: Repository, volume: string, opts: 
   let tookOverFrom: string | null = null;
   if (g > 0) {
     const holder = await repo.getGeneration(volume, g, opts);
+    if (!holder) {
+      // highestGeneration just read it: a store that loses sight of a new object is no
+      // ground to decide who holds the volume on.
+      throw new IslandError('BUSY', `generation ${g} of ${volume} was found and then read as missing; try again`, { details: { volume, generation: g } });
+    }
     const detached = await repo.getDetached(volume, g, opts);
-    if (holder && !detached && holder.host !== repo.host) {
+    if (!detached && holder.host !== repo.host) {
       if (!opts.force) {
         throw new IslandError('ATTACHED_ELSEWHERE', `volume ${volume} is attached on host ${holder.host} (generation ${g}); detach it there, or fence that host and attach with --force`, { details: { volume, host: holder.host, generation: g } });
       }
@@ -47,17 +84,103 @@ export async function acquireGeneration(repo: Repository, volume: string, opts: 
   }
   const now = repo.now();
   const lease: Lease = { volume, host: repo.host, generation: g + 1, created: now, expires: now + FOREVER_MS };
-  await repo.putGeneration(lease, opts);
-  const back = await repo.getGeneration(volume, g + 1, opts);
-  if (!back || back.host !== repo.host || back.created !== now) {
-    throw new IslandError('BUSY', `another host attached ${volume} at the same moment (generation ${g + 1}); try again`, { details: { volume, generation: g + 1 } });
+  const conditional = await repo.store.conditionalPut(opts);
+  if (conditional) {
+    if (!(await repo.claimGeneration(lease, opts))) {
+      throw new IslandError('BUSY', `another host attached ${volume} at the same moment (generation ${g + 1}); try again`, { details: { volume, generation: g + 1 } });
+    }
+  } else {
+    warnClaimRounds(repo);
+    await claimByRounds(repo, lease, opts);
   }
-  const head = await resolveHead(repo, volume, g + 1, opts);
+  let head: Head;
+  try {
+    head = await resolveHead(repo, volume, g + 1, opts);
+  } catch (err) {
+    // Nothing was written under g + 1: hand it back, so the volume is not left held by a
+    // host that could not attach it (another host, or this one after fsck --repair, may).
+    await releaseGeneration(repo, volume, g + 1, opts).catch(() => undefined);
+    throw err;
+  }
   if (rec) {
     const next: VolumeRecord = { ...rec, status: 'attached', host: repo.host, generation: g + 1, revision: rec.revision + 1 };
     await repo.putVolume(next, opts);
   }
-  return { generation: g + 1, head, base: head.live, tookOverFrom };
+  return { generation: g + 1, head, base: head.live, tookOverFrom, claim: conditional ? 'conditional-put' : 'claim-rounds' };
+}
+
+const warned = new Set<string>();
+
+/** Say once per store, loudly, that exclusivity now rests on assumptions the store does not enforce. */
+function warnClaimRounds(repo: Repository): void {
+  const what = repo.store.description;
+  if (warned.has(what)) return;
+  warned.add(what);
+  process.emitWarning(
+    `${what} has no create-if-absent (conditional PUT): attach is exclusive only if every host that attaches volumes here is registered (hosts/<host>) and listed before it contends, and the store reads a new object right after its write (docs/protocols.md, "Attach without create-if-absent")`,
+    { code: 'ISLAND_NO_CONDITIONAL_PUT' },
+  );
+}
+
+function busy(volume: string, n: number, why: string, details: Record<string, unknown> = {}): IslandError {
+  return new IslandError('BUSY', `another host is attaching ${volume} (generation ${n}): ${why}; try again`, { details: { volume, generation: n, ...details } });
+}
+
+/**
+ * Win generation l.generation on a store without create-if-absent, or throw BUSY.
+ * The steps and the race each one closes are numbered in docs/protocols.md
+ * ("Attach without create-if-absent"); the comments below carry the same numbers.
+ */
+async function claimByRounds(repo: Repository, l: Lease, opts: AttachOptions): Promise<void> {
+  const { volume, generation: n } = l;
+  const sleep = opts.sleep ?? realSleep;
+  const random = opts.random ?? Math.random;
+  const waitMs = opts.verdictWaitMs ?? DEFAULT_VERDICT_WAIT_MS;
+  // 1. register, and contend only once this host is listed among the registered hosts.
+  let hosts = await repo.listHosts(opts);
+  if (!hosts.includes(repo.host)) {
+    await repo.registerHost(opts);
+    hosts = await repo.listHosts(opts);
+    if (!hosts.includes(repo.host)) throw busy(volume, n, `host ${repo.host} registered but is not listed yet`);
+  }
+  for (let r = 0; r < MAX_CLAIM_ROUNDS; r++) {
+    // 2. a generation already won ends the attempt (the caller starts again from g).
+    if (await repo.getGeneration(volume, n, opts)) throw busy(volume, n, 'another host won it');
+    // 3. a round this host took part in before (an earlier, abandoned attempt) is lost,
+    //    but, like any lost round, passed only once the others' verdicts are known (6).
+    const before = await repo.getClaim(volume, n, r, repo.host, opts);
+    // 4. claim, then read the claim of every other contender this round.
+    if (!before) await repo.putClaim(l, r, opts);
+    const contenders = new Set([...hosts, ...(await repo.listClaimants(volume, n, r, opts))]);
+    contenders.delete(repo.host);
+    const seen: string[] = [];
+    for (const h of [...contenders].sort()) if (await repo.getClaim(volume, n, r, h, opts)) seen.push(h);
+    // 5. alone in a round this host had not claimed before: it won generation n. Only
+    //    the winner writes its record.
+    if (!before && seen.length === 0) {
+      await repo.putGeneration(l, opts);
+      return;
+    }
+    // 6. lost: say so, then learn every seen contender's verdict before moving on.
+    if (!before || !(await repo.getClaimLost(volume, n, r, repo.host, opts))) await repo.putClaimLost(l, r, opts);
+    for (const h of seen) {
+      const deadline = repo.now() + waitMs;
+      for (;;) {
+        if (await repo.getClaimLost(volume, n, r, h, opts)) break;
+        if (await repo.getGeneration(volume, n, opts)) throw busy(volume, n, `host ${h} won it`, { host: h });
+        if (repo.now() >= deadline) {
+          // A contender that never decides has crashed mid-claim: only an operator who
+          // fenced it (--force) may count it as lost; else the volume stays unattachable.
+          if (opts.force) break;
+          throw busy(volume, n, `host ${h} claimed it and has not said whether it won (if ${h} is down and fenced, attach with --force)`, { host: h });
+        }
+        await sleep(VERDICT_POLL_MS, opts.signal);
+      }
+    }
+    // 7. every seen contender lost too: back off at random and try the next round.
+    await sleep(Math.floor(random() * ROUND_BACKOFF_MS), opts.signal);
+  }
+  throw busy(volume, n, `no host won in ${MAX_CLAIM_ROUNDS} rounds`);
 }
 
 /** Mark generation g ended cleanly (its chain links are all written). */

@@ -183,9 +183,8 @@ export async function commitSnapshot(repo: Repository, req: CommitRequest): Prom
     crashPoint('snapshot.packs-uploaded');
     await checkpointing;
 
-    // 4. fencing: this host must still hold its generation (two hosts that raced for one
-    //    generation both read their own record back only if the store served a stale
-    //    read; the record's final value names one of them) and no newer one may exist.
+    // 4. fencing: this host must still hold its generation (a forced attach elsewhere
+    //    takes the next one); the daemon checked it before the first pack too.
     await checkHolds(repo, req.volume, req.generation, { signal });
     // 3. window: re-check the parent and renew the pin if W passed since the check.
     if (parent && repo.now() - pinnedAt > req.windowMs) {

@@ -2,7 +2,13 @@
  * Object names in an island repository (one region's store, under its prefix).
  *
  *   volumes/<volume>                          catalog record (the only rewritten object; a hint)
- *   gens/<volume>/<generation:010>            generation record (Lease): who holds generation g
+ *   gens/<volume>/<generation:010>            generation record (Lease): who holds generation g,
+ *                                             created only by the host that won it
+ *   claims/<volume>/<gen:010>/<round:04>/claim/<host>  claim of a generation by a host in one
+ *                                             round (Lease; stores without create-if-absent only)
+ *   claims/<volume>/<gen:010>/<round:04>/lost/<host>   that host's verdict: it lost the round
+ *   hosts/<host>                              host registration (empty; the contenders a claim
+ *                                             round must read, on stores without create-if-absent)
  *   detached/<volume>/<generation:010>        clean-detach record (Lease) of generation g
  *   snapshots/<volume>/<snapshotId>           manifest: the commit record of a snapshot
  *   next/<volume>/<parentId|root>/<gen:010>   chain link: a copy of the child's manifest,
@@ -25,6 +31,14 @@ import { IslandError } from '../errors.js';
 import { hex } from '../format/location.js';
 
 const GEN_DIGITS = 10;
+const ROUND_DIGITS = 4;
+/** Claim rounds per generation: contention is broken by random backoff long before this. */
+export const MAX_CLAIM_ROUNDS = 10 ** ROUND_DIGITS;
+
+function round(r: number): string {
+  if (!Number.isSafeInteger(r) || r < 0 || r >= MAX_CLAIM_ROUNDS) throw new IslandError('INVALID_ARGUMENT', `claim round out of range: ${r}`);
+  return String(r).padStart(ROUND_DIGITS, '0');
+}
 
 function gen(g: number): string {
   if (!Number.isSafeInteger(g) || g < 0 || g >= 10 ** GEN_DIGITS) throw new IslandError('INVALID_ARGUMENT', `generation out of range: ${g}`);
@@ -39,6 +53,11 @@ export const keys = {
   generation: (volume: string, g: number): string => `gens/${volume}/${gen(g)}`,
   generationsPrefix: (volume: string): string => `gens/${volume}/`,
   detached: (volume: string, g: number): string => `detached/${volume}/${gen(g)}`,
+  claim: (volume: string, g: number, r: number, host: string): string => `claims/${volume}/${gen(g)}/${round(r)}/claim/${host}`,
+  claimsPrefix: (volume: string, g: number, r: number): string => `claims/${volume}/${gen(g)}/${round(r)}/claim/`,
+  claimLost: (volume: string, g: number, r: number, host: string): string => `claims/${volume}/${gen(g)}/${round(r)}/lost/${host}`,
+  host: (host: string): string => `hosts/${host}`,
+  hostsPrefix: 'hosts/',
   manifest: (volume: string, id: string): string => `snapshots/${volume}/${id}`,
   manifestsPrefix: (volume?: string): string => (volume === undefined ? 'snapshots/' : `snapshots/${volume}/`),
   link: (volume: string, parent: string | null, g: number): string => `next/${volume}/${parent ?? ROOT_PARENT}/${gen(g)}`,

@@ -136,8 +136,59 @@ export class Repository {
     return buf === undefined ? undefined : this.verified(() => decodeLease(buf), keys.generation(volume, g));
   }
 
+  /**
+   * Write the record of generation l.generation only if none exists (create-if-absent):
+   * true when this host won the generation. Only on stores whose conditionalPut() is true.
+   */
+  async claimGeneration(l: Lease, opts?: OpOptions): Promise<boolean> {
+    return this.store.putIfAbsent(keys.generation(l.volume, l.generation), encodeLease(l), opts);
+  }
+
+  /** Write the generation record outright: only the winner of a claim round does this. */
   async putGeneration(l: Lease, opts?: OpOptions): Promise<void> {
     await this.store.put(keys.generation(l.volume, l.generation), encodeLease(l), opts);
+  }
+
+  /** This host's claim of a generation in one round (write-once per round and host). */
+  async putClaim(l: Lease, round: number, opts?: OpOptions): Promise<void> {
+    await this.store.put(keys.claim(l.volume, l.generation, round, l.host), encodeLease(l), opts);
+  }
+
+  async getClaim(volume: string, g: number, round: number, host: string, opts?: OpOptions): Promise<Lease | undefined> {
+    const key = keys.claim(volume, g, round, host);
+    const buf = await orUndefined(this.store.get(key, opts));
+    return buf === undefined ? undefined : this.verified(() => decodeLease(buf), key);
+  }
+
+  /** Hosts whose claims of a round the (lagging) listing shows: a hint, never proof. */
+  async listClaimants(volume: string, g: number, round: number, opts?: OpOptions): Promise<string[]> {
+    const prefix = keys.claimsPrefix(volume, g, round);
+    const out: string[] = [];
+    for await (const o of listAll(this.store, prefix, opts)) out.push(o.key.slice(prefix.length));
+    return out;
+  }
+
+  /** This host's verdict that it lost a claim round (write-once). */
+  async putClaimLost(l: Lease, round: number, opts?: OpOptions): Promise<void> {
+    await this.store.put(keys.claimLost(l.volume, l.generation, round, l.host), encodeLease(l), opts);
+  }
+
+  async getClaimLost(volume: string, g: number, round: number, host: string, opts?: OpOptions): Promise<Lease | undefined> {
+    const key = keys.claimLost(volume, g, round, host);
+    const buf = await orUndefined(this.store.get(key, opts));
+    return buf === undefined ? undefined : this.verified(() => decodeLease(buf), key);
+  }
+
+  /** Register this host as a contender of claim rounds (idempotent: the body is empty). */
+  async registerHost(opts?: OpOptions): Promise<void> {
+    await this.store.put(keys.host(this.host), Buffer.alloc(0), opts);
+  }
+
+  /** Registered hosts as the (lagging) listing shows them. */
+  async listHosts(opts?: OpOptions): Promise<string[]> {
+    const out: string[] = [];
+    for await (const o of listAll(this.store, keys.hostsPrefix, opts)) out.push(o.key.slice(keys.hostsPrefix.length));
+    return out;
   }
 
   async getDetached(volume: string, g: number, opts?: OpOptions): Promise<Lease | undefined> {

@@ -11,13 +11,20 @@
  *   even once visible (still within maxListLagMs);
  * - a deleted key keeps appearing in listings for a random lag;
  * - a get of a key overwritten or deleted less than its stale time ago returns the
- *   previous bytes (up to maxStaleReadMs).
- * Reads of new keys are consistent (read-after-write), as both Swift and S3 give.
+ *   previous bytes (up to maxStaleReadMs): overwrites are last-writer-wins, and a
+ *   writer that reads its key back may see its own bytes although another's won.
+ * Reads of new keys are consistent (read-after-write), as both Swift and S3 give,
+ * unless maxNewKeyReadLagMs is set: then a get or head of a key created less than its
+ * lag ago may still answer "missing" (a store without read-after-write).
+ *
+ * putIfAbsent is atomic (as on AWS S3 or the fs store) when `conditionalPut` is true
+ * (the default); with false the store behaves like Swift's s3api: conditionalPut()
+ * answers false and putIfAbsent is refused.
  */
 import { IslandError } from '../errors.js';
 import { Rng } from '../util/random.js';
 import { compareKeys, listLimit, validatePrefix } from './keys.js';
-import { ForwardingStore, listAll } from './types.js';
+import { conditionalPutUnsupported, ForwardingStore, listAll } from './types.js';
 import type { ListOptions, ListPage, ObjectInfo, ObjectStore, OpOptions } from './types.js';
 
 export interface EventualOptions {
@@ -26,6 +33,8 @@ export interface EventualOptions {
   maxListLagMs?: number;
   missProb?: number;
   maxStaleReadMs?: number;
+  maxNewKeyReadLagMs?: number;
+  conditionalPut?: boolean;
 }
 
 interface Shadow {
@@ -37,6 +46,8 @@ interface Shadow {
   /** previous bytes (undefined = previously absent) served until staleUntil */
   old?: Buffer | null;
   staleUntil?: number;
+  /** a new key may read as missing until this time */
+  readableAt?: number;
 }
 
 export class EventualStore extends ForwardingStore {
@@ -45,6 +56,8 @@ export class EventualStore extends ForwardingStore {
   private readonly maxLag: number;
   private readonly missProb: number;
   private readonly maxStale: number;
+  private readonly maxNewKeyLag: number;
+  private readonly conditional: boolean;
   private readonly shadows = new Map<string, Shadow>();
 
   constructor(inner: ObjectStore, opts: EventualOptions) {
@@ -54,6 +67,8 @@ export class EventualStore extends ForwardingStore {
     this.maxLag = opts.maxListLagMs ?? 1_000;
     this.missProb = opts.missProb ?? 0.1;
     this.maxStale = opts.maxStaleReadMs ?? 500;
+    this.maxNewKeyLag = opts.maxNewKeyReadLagMs ?? 0;
+    this.conditional = opts.conditionalPut ?? true;
   }
 
   private shadow(key: string): Shadow {
@@ -68,15 +83,33 @@ export class EventualStore extends ForwardingStore {
       throw e;
     });
     await this.inner.put(key, body, opts);
+    if (before === null) this.created(key);
+    else this.overwritten(key, before);
+  }
+
+  override async putIfAbsent(key: string, body: Buffer, opts: OpOptions = {}): Promise<boolean> {
+    if (!this.conditional) throw conditionalPutUnsupported(this.description, key);
+    const created = await this.inner.putIfAbsent(key, body, opts);
+    if (created) this.created(key);
+    return created;
+  }
+
+  override async conditionalPut(opts: OpOptions = {}): Promise<boolean> {
+    return this.conditional && (await this.inner.conditionalPut(opts));
+  }
+
+  private created(key: string): void {
     const t = this.now();
     const s = this.shadow(key);
-    if (before === null) {
-      s.visibleAt = t + this.rng.int(this.maxLag + 1);
-      delete s.ghostUntil;
-    } else {
-      s.old = before;
-      s.staleUntil = t + this.rng.int(this.maxStale + 1);
-    }
+    s.visibleAt = t + this.rng.int(this.maxLag + 1);
+    delete s.ghostUntil;
+    if (this.maxNewKeyLag > 0) s.readableAt = t + this.rng.int(this.maxNewKeyLag + 1);
+  }
+
+  private overwritten(key: string, before: Buffer): void {
+    const s = this.shadow(key);
+    s.old = before;
+    s.staleUntil = this.now() + this.rng.int(this.maxStale + 1);
   }
 
   override async delete(key: string, opts: OpOptions = {}): Promise<void> {
@@ -102,6 +135,7 @@ export class EventualStore extends ForwardingStore {
 
   private stale(key: string): Buffer | null | undefined {
     const s = this.shadows.get(key);
+    if (s?.readableAt !== undefined && this.now() < s.readableAt && this.rng.chance(0.5)) return null;
     if (!s || s.staleUntil === undefined || this.now() >= s.staleUntil) return undefined;
     return s.old;
   }
@@ -109,11 +143,13 @@ export class EventualStore extends ForwardingStore {
   override async get(key: string, opts: OpOptions = {}): Promise<Buffer> {
     const old = this.stale(key);
     if (old) return Buffer.from(old);
+    if (old === null) throw new IslandError('STORE_NOT_FOUND', `no such object: ${key}`, { details: { key } });
     return this.inner.get(key, opts);
   }
 
   override async getRange(key: string, offset: number, length: number, opts: OpOptions = {}): Promise<Buffer> {
     const old = this.stale(key);
+    if (old === null) throw new IslandError('STORE_NOT_FOUND', `no such object: ${key}`, { details: { key } });
     if (old) {
       if (offset >= old.length) throw new IslandError('STORE_RANGE', `range starts at ${offset}, object ${key} has ${old.length} bytes`);
       return Buffer.from(old.subarray(offset, offset + length));
@@ -123,6 +159,7 @@ export class EventualStore extends ForwardingStore {
 
   override async head(key: string, opts: OpOptions = {}): Promise<ObjectInfo | undefined> {
     const old = this.stale(key);
+    if (old === null) return undefined;
     if (old) return { key, size: old.length, mtime: this.now() };
     return this.inner.head(key, opts);
   }

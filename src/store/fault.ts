@@ -7,13 +7,16 @@ import { IslandError, type ErrorCode } from '../errors.js';
 import { ForwardingStore } from './types.js';
 import type { ListOptions, ListPage, ObjectInfo, ObjectStore, OpOptions } from './types.js';
 
-export type FaultOp = 'put' | 'get' | 'head' | 'list' | 'delete' | '*';
+/** 'put' also matches putIfAbsent; 'put-if-absent' matches only it. */
+export type FaultOp = 'put' | 'put-if-absent' | 'get' | 'head' | 'list' | 'delete' | '*';
 export type FaultAction =
   | { kind: 'fail'; code?: ErrorCode }
   /** get/getRange return the bytes with one byte flipped; put stores them flipped. */
   | { kind: 'corrupt'; at?: number }
   /** The call never settles until its AbortSignal fires (then ABORTED). */
-  | { kind: 'hang' };
+  | { kind: 'hang' }
+  /** The call runs on the inner store, then fails as if its answer were lost (code default STORE_UNAVAILABLE). */
+  | { kind: 'lose-answer'; code?: ErrorCode };
 
 export interface FaultRule {
   op: FaultOp;
@@ -54,7 +57,7 @@ export class FaultStore extends ForwardingStore {
 
   private match(op: Exclude<FaultOp, '*'>, key: string): FaultAction | undefined {
     for (const r of this.rules) {
-      if (r.op !== '*' && r.op !== op) continue;
+      if (r.op !== '*' && r.op !== op && !(r.op === 'put' && op === 'put-if-absent')) continue;
       if (r.keyPrefix !== undefined && !key.startsWith(r.keyPrefix)) continue;
       r.seen++;
       const nth = r.nth ?? 1;
@@ -87,6 +90,9 @@ export class FaultStore extends ForwardingStore {
         const v = await run();
         return corrupt ? corrupt(v, action.at) : v;
       }
+      case 'lose-answer':
+        await run();
+        throw new IslandError(action.code ?? 'STORE_UNAVAILABLE', `injected loss of the answer to ${op} ${key} (the call ran)`, { details: { key, op } });
     }
   }
 
@@ -94,6 +100,12 @@ export class FaultStore extends ForwardingStore {
     const action = this.match('put', key);
     if (action?.kind === 'corrupt') return this.inner.put(key, flip(body, action.at), opts);
     return this.exec(action, 'put', key, opts.signal, () => this.inner.put(key, body, opts));
+  }
+
+  override putIfAbsent(key: string, body: Buffer, opts: OpOptions = {}): Promise<boolean> {
+    const action = this.match('put-if-absent', key);
+    if (action?.kind === 'corrupt') return this.inner.putIfAbsent(key, flip(body, action.at), opts);
+    return this.exec(action, 'put-if-absent', key, opts.signal, () => this.inner.putIfAbsent(key, body, opts));
   }
 
   override get(key: string, opts: OpOptions = {}): Promise<Buffer> {

@@ -13,7 +13,18 @@
  *
  * Writes are atomic and durable: write to <root>/.tmp, fsync, rename into place, fsync
  * the directory (and the parents of any directory created). A crash leaves either the
- * old object, the new object, or a stray temp file (removed at the next open).
+ * old object, the new object, or a stray temp file. Several processes may share one
+ * store directory, so opening a store removes only temp files untouched for
+ * STALE_TMP_MS: a live writer's temp file is written, fsynced and renamed within
+ * moments, while removing it would fail that writer's put.
+ *
+ * Create-if-absent (putIfAbsent) writes and fsyncs the temp file the same way, then
+ * link(2)s it to the final name: link never replaces an existing name (EEXIST), so of
+ * any number of racing writers, in this process or others on this host (or on one
+ * local file system mount), exactly one creates the object, and its bytes are whole
+ * before the name appears. The directory is fsynced before the call returns true. An
+ * EEXIST is checked against the temp file's link count, so a link made by a request
+ * whose answer an NFS client lost and retransmitted still counts as made.
  *
  * Listing walks the directory the prefix names and sorts what it finds: its cost is
  * the number of keys under that directory per page (island lists by structured
@@ -21,7 +32,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { constants as fsc } from 'node:fs';
-import { mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import { link, mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { IslandError } from '../errors.js';
 import { compareKeys, listLimit, throwIfAborted, validateKey, validatePrefix, validateRange } from './keys.js';
@@ -31,6 +42,8 @@ const TAG_DIR = 'd';
 const TAG_FAN = 'f';
 const TAG_OBJ = 'o';
 const TMP_DIR = '.tmp';
+/** A temp file this old is a crash's leftover, never a live writer's (which takes moments). */
+const STALE_TMP_MS = 3600 * 1000;
 /** Characters of the last segment that name its fan-out directory. */
 const FAN_CHARS = 2;
 
@@ -94,9 +107,13 @@ export class FsStore implements ObjectStore {
   /** Create the root and clear temp files a crash left behind. Runs once, lazily. */
   private init(): Promise<void> {
     this.ready ??= (async () => {
-      await mkdir(this.root, { recursive: true });
-      await rm(this.tmp, { recursive: true, force: true });
       await mkdir(this.tmp, { recursive: true });
+      const cutoff = Date.now() - STALE_TMP_MS;
+      for (const name of await readdir(this.tmp)) {
+        const path = join(this.tmp, name);
+        const st = await stat(path).catch(() => undefined); // another process may remove it first
+        if (st && st.mtimeMs < cutoff) await rm(path, { recursive: true, force: true });
+      }
     })();
     return this.ready;
   }
@@ -127,26 +144,69 @@ export class FsStore implements ObjectStore {
     for (const p of parents) await fsyncPath(p);
   }
 
-  async put(key: string, body: Buffer, opts: OpOptions = {}): Promise<void> {
-    const { dir, file } = this.pathOf(key);
-    throwIfAborted(opts.signal);
+  /** A durable temp file holding body, for put (rename) and putIfAbsent (link). */
+  private async tempWith(body: Buffer): Promise<string> {
     await this.init();
     const tmp = join(this.tmp, randomBytes(12).toString('hex'));
     try {
-      const fh = await open(tmp, 'w', 0o600);
+      const fh = await open(tmp, 'wx', 0o600);
       try {
         await fh.writeFile(body);
         await fh.sync();
       } finally {
         await fh.close();
       }
-      await this.ensureDir(dir);
-      await rename(tmp, file);
-      await fsyncPath(dir);
+      return tmp;
     } catch (err) {
       await unlink(tmp).catch(() => undefined);
-      throw localError('put', key, err);
+      throw err;
     }
+  }
+
+  /**
+   * Write body durably to a temp file, then give it the key's name with `place` (rename
+   * replaces, link refuses an existing name: false), then fsync the directory.
+   */
+  private async install(op: string, key: string, body: Buffer, opts: OpOptions, place: (tmp: string, file: string) => Promise<boolean>): Promise<boolean> {
+    const { dir, file } = this.pathOf(key);
+    throwIfAborted(opts.signal);
+    let tmp: string | undefined;
+    try {
+      tmp = await this.tempWith(body);
+      await this.ensureDir(dir);
+      const placed = await place(tmp, file);
+      if (placed) await fsyncPath(dir);
+      return placed;
+    } catch (err) {
+      throw localError(op, key, err);
+    } finally {
+      if (tmp !== undefined) await unlink(tmp).catch(() => undefined); // gone after a rename
+    }
+  }
+
+  async put(key: string, body: Buffer, opts: OpOptions = {}): Promise<void> {
+    await this.install('put', key, body, opts, async (tmp, file) => {
+      await rename(tmp, file);
+      return true;
+    });
+  }
+
+  async putIfAbsent(key: string, body: Buffer, opts: OpOptions = {}): Promise<boolean> {
+    return this.install('put', key, body, opts, async (tmp, file) => {
+      try {
+        await link(tmp, file);
+        return true;
+      } catch (err) {
+        if (errnoCode(err) !== 'EEXIST') throw err;
+        // On NFS a retransmitted LINK can answer EEXIST although the first one made the
+        // link: then the temp file has two names (open(2), "O_EXCL").
+        return (await stat(tmp)).nlink === 2;
+      }
+    });
+  }
+
+  async conditionalPut(): Promise<boolean> {
+    return true;
   }
 
   async get(key: string, opts: OpOptions = {}): Promise<Buffer> {

@@ -72,6 +72,12 @@ export class LimitStore extends ForwardingStore {
   override put(key: string, body: Buffer, opts: OpOptions = {}): Promise<void> {
     return this.semaphore.run(() => this.inner.put(key, body, opts), opts.signal);
   }
+  override putIfAbsent(key: string, body: Buffer, opts: OpOptions = {}): Promise<boolean> {
+    return this.semaphore.run(() => this.inner.putIfAbsent(key, body, opts), opts.signal);
+  }
+  override conditionalPut(opts: OpOptions = {}): Promise<boolean> {
+    return this.semaphore.run(() => this.inner.conditionalPut(opts), opts.signal);
+  }
   override get(key: string, opts: OpOptions = {}): Promise<Buffer> {
     return this.semaphore.run(() => this.inner.get(key, opts), opts.signal);
   }

@@ -27,6 +27,19 @@ export class MemStore implements ObjectStore {
     this.objects.set(key, { data: Buffer.from(body), mtime: this.now() });
   }
 
+  /** Atomic: the check and the set happen in one turn of the event loop. */
+  async putIfAbsent(key: string, body: Buffer, opts: OpOptions = {}): Promise<boolean> {
+    validateKey(key);
+    throwIfAborted(opts.signal);
+    if (this.objects.has(key)) return false;
+    this.objects.set(key, { data: Buffer.from(body), mtime: this.now() });
+    return true;
+  }
+
+  async conditionalPut(): Promise<boolean> {
+    return true;
+  }
+
   private entry(key: string): Entry {
     validateKey(key);
     const e = this.objects.get(key);

@@ -9,7 +9,7 @@ import { codeOf } from '../errors.js';
 import { ForwardingStore } from './types.js';
 import type { ListOptions, ListPage, ObjectInfo, ObjectStore, OpOptions } from './types.js';
 
-export const STORE_OPS = ['put', 'get', 'get_range', 'head', 'list', 'delete', 'delete_many'] as const;
+export const STORE_OPS = ['put', 'put_if_absent', 'get', 'get_range', 'head', 'list', 'delete', 'delete_many'] as const;
 export type StoreOp = (typeof STORE_OPS)[number];
 
 /** Latency bucket upper bounds in ms (the last bucket is +Inf). */
@@ -98,6 +98,9 @@ export class MetricsStore extends ForwardingStore {
 
   override put(key: string, body: Buffer, opts?: OpOptions): Promise<void> {
     return this.time('put', body.length, () => this.inner.put(key, body, opts), () => 0);
+  }
+  override putIfAbsent(key: string, body: Buffer, opts?: OpOptions): Promise<boolean> {
+    return this.time('put_if_absent', body.length, () => this.inner.putIfAbsent(key, body, opts), () => 0);
   }
   override get(key: string, opts?: OpOptions): Promise<Buffer> {
     return this.time('get', 0, () => this.inner.get(key, opts), (b) => b.length);

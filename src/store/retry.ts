@@ -6,6 +6,12 @@
  * request is aborted when the deadline passes and fails as STORE_TIMEOUT). The caller's
  * AbortSignal stops waiting and attempts at once. When retries run out, the last error
  * is thrown, its message saying how many attempts were made over how long.
+ *
+ * A retried putIfAbsent is the one call whose retry can change its answer: if an
+ * attempt created the object but its answer was lost (a timeout, a reset connection),
+ * the next attempt finds the key taken. So after a failed attempt, a "key exists"
+ * answer is checked by reading the object back: it is this call's own write only if
+ * it holds exactly this call's bytes (callers make bodies unique, see types.ts).
  */
 import { IslandError, isTransient } from '../errors.js';
 import { throwIfAborted } from './keys.js';
@@ -89,6 +95,22 @@ export class RetryStore extends ForwardingStore {
 
   override put(key: string, body: Buffer, opts: OpOptions = {}): Promise<void> {
     return this.run('put', key, opts.signal, (signal) => this.inner.put(key, body, { signal }));
+  }
+  override putIfAbsent(key: string, body: Buffer, opts: OpOptions = {}): Promise<boolean> {
+    let earlierAttemptFailed = false;
+    return this.run('put-if-absent', key, opts.signal, async (signal) => {
+      try {
+        const created = await this.inner.putIfAbsent(key, body, { signal });
+        if (created || !earlierAttemptFailed) return created;
+        return (await this.inner.get(key, { signal })).equals(body);
+      } catch (err) {
+        earlierAttemptFailed = true;
+        throw err;
+      }
+    });
+  }
+  override conditionalPut(opts: OpOptions = {}): Promise<boolean> {
+    return this.run('conditional-put-probe', '', opts.signal, (signal) => this.inner.conditionalPut({ signal }));
   }
   override get(key: string, opts: OpOptions = {}): Promise<Buffer> {
     return this.run('get', key, opts.signal, (signal) => this.inner.get(key, { signal }));

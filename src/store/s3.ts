@@ -11,9 +11,16 @@
  *   both stores, and DeleteObjects without it is refused with 400 InvalidRequest.
  * - CreateBucket answering 409 BucketAlreadyOwnedByYou is success.
  * - maxAttempts 1: island's retry wrapper is the only place that retries.
+ * - putIfAbsent is a PUT with `If-None-Match: *` (412 PreconditionFailed: the key
+ *   exists; 409 ConditionalRequestConflict, a concurrent conditional write on AWS:
+ *   transient, the retry wrapper tries again). Swift 2.30's s3api answers it with 501
+ *   NotImplemented, and an endpoint that ignored the header would overwrite: so the
+ *   store probes once (conditionalPut) by creating a unique probe key twice; only when
+ *   the second answer is 412 is the primitive used. The answer is cached per store
+ *   (one store per region and endpoint).
  * AWS S3 needs no code change: leave `endpoint` unset and give region and credentials.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import {
   CreateBucketCommand,
   DeleteObjectCommand,
@@ -26,7 +33,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { IslandError, redactUrlCredentials } from '../errors.js';
 import { listLimit, throwIfAborted, validateKey, validatePrefix, validateRange } from './keys.js';
-import type { ListOptions, ListPage, ObjectInfo, ObjectStore, OpOptions } from './types.js';
+import { conditionalPutUnsupported, type ListOptions, type ListPage, type ObjectInfo, type ObjectStore, type OpOptions } from './types.js';
 
 export interface S3StoreConfig {
   /** e.g. http://127.0.0.1:8080 for Swift; unset for AWS S3. */
@@ -51,6 +58,11 @@ export interface S3StoreConfig {
 }
 
 const MAX_DELETE_BATCH = 1000; // S3 DeleteObjects limit
+/** Where the conditional-PUT probe writes (and then deletes) its unique key. */
+const PROBE_PREFIX = 'probe/conditional-put/';
+const HTTP_PRECONDITION_FAILED = 412;
+const HTTP_CONFLICT = 409;
+const HTTP_NOT_IMPLEMENTED = 501;
 
 const NETWORK_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'ENOTFOUND', 'ECONNABORTED', 'ETIMEDOUT', 'ESOCKETTIMEDOUT']);
 
@@ -115,6 +127,7 @@ export class S3Store implements ObjectStore {
   private readonly prefix: string;
   private readonly createBucket: boolean;
   private ready: Promise<void> | undefined;
+  private probed: Promise<boolean> | undefined;
   private closed = false;
 
   constructor(config: S3StoreConfig) {
@@ -189,6 +202,59 @@ export class S3Store implements ObjectStore {
     } catch (err) {
       throw mapS3Error(err, 'put', key, opts.signal);
     }
+  }
+
+  /** One conditional PUT: true created, false exists; 501 and the like: unsupported. */
+  private async conditionalPutOnce(key: string, body: Buffer, opts: OpOptions): Promise<boolean> {
+    const k = this.k(key);
+    throwIfAborted(opts.signal);
+    await this.init(opts.signal);
+    try {
+      await this.client.send(
+        new PutObjectCommand({ Bucket: this.bucket, Key: k, Body: body, ContentLength: body.length, ContentMD5: md5b64(body), IfNoneMatch: '*' }),
+        { abortSignal: opts.signal },
+      );
+      return true;
+    } catch (err) {
+      const e = err as SdkError;
+      const status = e.$metadata?.httpStatusCode;
+      if (status === HTTP_PRECONDITION_FAILED || e.name === 'PreconditionFailed') return false;
+      if (status === HTTP_NOT_IMPLEMENTED || e.name === 'NotImplemented') throw conditionalPutUnsupported(this.description, key);
+      if (status === HTTP_CONFLICT || e.name === 'ConditionalRequestConflict') {
+        throw new IslandError('STORE_UNAVAILABLE', `put-if-absent ${key}: a concurrent conditional write conflicted (HTTP 409); try again`, { cause: err, details: { key } });
+      }
+      throw mapS3Error(err, 'put-if-absent', key, opts.signal);
+    }
+  }
+
+  async putIfAbsent(key: string, body: Buffer, opts: OpOptions = {}): Promise<boolean> {
+    if (!(await this.conditionalPut(opts))) throw conditionalPutUnsupported(this.description, key);
+    return this.conditionalPutOnce(key, body, opts);
+  }
+
+  /**
+   * Probe once: create a unique key with If-None-Match, then again. Honoured only if the
+   * first creates it and the second answers 412. A transient failure is not cached.
+   */
+  conditionalPut(opts: OpOptions = {}): Promise<boolean> {
+    this.probed ??= (async () => {
+      const key = PROBE_PREFIX + randomBytes(16).toString('hex');
+      const body = Buffer.from('island conditional-put probe');
+      try {
+        const first = await this.conditionalPutOnce(key, body, opts);
+        const second = first && !(await this.conditionalPutOnce(key, body, opts));
+        return first && second;
+      } catch (err) {
+        if ((err as IslandError).code === 'STORE_BAD_REQUEST') return false; // 501, or 400 for an unknown header
+        throw err;
+      } finally {
+        await this.delete(key, opts).catch(() => undefined);
+      }
+    })().catch((err: unknown) => {
+      this.probed = undefined;
+      throw err;
+    });
+    return this.probed;
   }
 
   private async fetch(key: string, range: string | undefined, opts: OpOptions): Promise<Buffer> {

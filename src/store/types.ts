@@ -2,8 +2,9 @@
  * The object store contract every backend (fs, mem, s3) and wrapper honours.
  *
  * island writes every object once (content-addressed or uniquely named) and never
- * relies on conditional writes or on a listing being complete or fresh, because
- * Swift offers neither. The contract is therefore small:
+ * relies on a listing being complete or fresh. Only one decision needs more than that:
+ * which host wins a generation of a volume (repo/attach.ts), which uses a conditional
+ * write where the store has one. The contract is therefore small:
  *
  * - put(key, body): store the whole object. When it resolves, the object is durable
  *   and a get of the key on this store returns these bytes (read-after-write for new
@@ -18,6 +19,18 @@
  *   ascending UTF-8 byte order, strictly after startAfter; `next` is the token for the
  *   following page (undefined on the last). A listing may lag behind writes and
  *   deletes: it is a hint, never proof of existence or absence.
+ * - putIfAbsent(key, body): create the object only if no object of that name exists:
+ *   true when this call created it, false when the key already existed (nothing was
+ *   written). Atomic against every other put and putIfAbsent of the key, across
+ *   processes and hosts: of N racing calls for one new key exactly one returns true.
+ *   When it resolves true the object is durable, like put. Honoured only where
+ *   conditionalPut() resolves true; elsewhere it fails with STORE_BAD_REQUEST and
+ *   writes nothing. Callers give each call a body no other caller could write (e.g.
+ *   with a random nonce): the retry wrapper compares bodies to tell its own earlier
+ *   attempt, whose answer was lost, from another writer.
+ * - conditionalPut(): whether putIfAbsent is honoured. Answered once per store (an S3
+ *   endpoint is probed: Swift's s3api answers a conditional PUT with 501; AWS S3,
+ *   MinIO and Ceph honour it) and cached.
  * - delete(key): remove the object; deleting a missing key succeeds.
  * - deleteMany(keys): delete each key; missing keys succeed; failures are reported
  *   together in one error whose details.failed lists {key, code}.
@@ -29,6 +42,8 @@
  *
  * Keys are validated by validateKey (keys.ts) in every backend the same way.
  */
+
+import { IslandError } from '../errors.js';
 
 export interface ObjectInfo {
   readonly key: string;
@@ -57,6 +72,10 @@ export interface ObjectStore {
   /** Human-readable identity for logs and metrics, e.g. "fs:/var/lib/island/store". */
   readonly description: string;
   put(key: string, body: Buffer, opts?: OpOptions): Promise<void>;
+  /** Create-if-absent: true = created by this call, false = the key already existed. */
+  putIfAbsent(key: string, body: Buffer, opts?: OpOptions): Promise<boolean>;
+  /** Whether putIfAbsent is honoured by this store (probed once, then cached). */
+  conditionalPut(opts?: OpOptions): Promise<boolean>;
   get(key: string, opts?: OpOptions): Promise<Buffer>;
   getRange(key: string, offset: number, length: number, opts?: OpOptions): Promise<Buffer>;
   head(key: string, opts?: OpOptions): Promise<ObjectInfo | undefined>;
@@ -89,6 +108,12 @@ export class ForwardingStore implements ObjectStore {
   put(key: string, body: Buffer, opts?: OpOptions): Promise<void> {
     return this.inner.put(key, body, opts);
   }
+  putIfAbsent(key: string, body: Buffer, opts?: OpOptions): Promise<boolean> {
+    return this.inner.putIfAbsent(key, body, opts);
+  }
+  conditionalPut(opts?: OpOptions): Promise<boolean> {
+    return this.inner.conditionalPut(opts);
+  }
   get(key: string, opts?: OpOptions): Promise<Buffer> {
     return this.inner.get(key, opts);
   }
@@ -110,4 +135,9 @@ export class ForwardingStore implements ObjectStore {
   close(): Promise<void> {
     return this.inner.close();
   }
+}
+
+/** The error of a putIfAbsent on a store that does not honour it (nothing was written). */
+export function conditionalPutUnsupported(store: string, key: string): Error {
+  return new IslandError('STORE_BAD_REQUEST', `${store} does not support create-if-absent (conditional PUT) of ${key}`, { details: { key } });
 }

@@ -114,6 +114,15 @@ export class HostStore extends ForwardingStore {
       return this.inner.put(key, body, opts);
     });
   }
+  override putIfAbsent(key: string, body: Buffer, opts?: OpOptions): Promise<boolean> {
+    return this.q(() => {
+      if (process.env.SIM_TRACE) console.log(this.sched.clock, this.host, 'put-if-absent', key);
+      return this.inner.putIfAbsent(key, body, opts);
+    });
+  }
+  override conditionalPut(opts?: OpOptions): Promise<boolean> {
+    return this.q(() => this.inner.conditionalPut(opts));
+  }
   override get(key: string, opts?: OpOptions): Promise<Buffer> {
     return this.q(() => this.inner.get(key, opts));
   }

@@ -126,6 +126,52 @@ export function conformance(t: Test, make: StoreFactory): void {
     await s.close();
   });
 
+  t.test('create-if-absent: one winner among racers, never an overwrite', async (t) => {
+    const s = await make();
+    if (!(await s.conditionalPut())) {
+      t.equal(await code(s.putIfAbsent('cond/x', Buffer.from('a'))), 'STORE_BAD_REQUEST', `${s.description} has no create-if-absent: conditionalPut() is false and putIfAbsent is refused`);
+      t.equal(await s.head('cond/x'), undefined, 'the refused call wrote nothing');
+      await s.close();
+      return;
+    }
+    t.equal(await s.putIfAbsent('cond/a', Buffer.from('first')), true, 'a new key is created');
+    t.equal(await s.putIfAbsent('cond/a', Buffer.from('second')), false, 'an existing key is not');
+    t.equal((await s.get('cond/a')).toString(), 'first', 'and keeps its bytes');
+    await s.put('cond/b', Buffer.from('plain'));
+    t.equal(await s.putIfAbsent('cond/b', Buffer.from('late')), false, 'a key written by put exists too');
+    await s.delete('cond/b');
+    t.equal(await s.putIfAbsent('cond/b', Buffer.from('again')), true, 'a deleted key can be created again');
+    t.equal(await s.putIfAbsent('cond/empty', Buffer.alloc(0)), true, 'an empty body');
+    t.equal((await s.head('cond/empty'))?.size, 0);
+    for (let round = 0; round < 3; round++) {
+      const racers = Array.from({ length: 16 }, (_, i) => Buffer.from(`racer ${i} of round ${round}`));
+      const won = await Promise.all(racers.map((b) => s.putIfAbsent(`cond/race${round}`, b)));
+      t.equal(won.filter(Boolean).length, 1, `round ${round}: exactly one of 16 racing calls creates the key`);
+      t.ok((await s.get(`cond/race${round}`)).equals(racers[won.indexOf(true)] as Buffer), 'it holds the winner\'s bytes');
+    }
+    t.equal(await code(s.putIfAbsent('bad//key', Buffer.from('x'))), 'STORE_BAD_REQUEST', 'bad keys are refused');
+    await s.close();
+  });
+
+  t.test('a retried create-if-absent whose first answer was lost still says it created the key', async (t) => {
+    const backend = await make();
+    if (!(await backend.conditionalPut())) {
+      t.pass(`${backend.description} has no create-if-absent`);
+      await backend.close();
+      return;
+    }
+    const faults = new FaultStore(backend);
+    const { store, stats } = composeStore(faults, { retry: { baseDelayMs: 1, maxDelayMs: 5 } });
+    faults.add({ op: 'put-if-absent', action: { kind: 'lose-answer' } });
+    t.equal(await store.putIfAbsent('lost/a', Buffer.from('mine')), true, 'the retry finds its own bytes: created');
+    t.equal(stats.ops.put_if_absent.requests, 2, 'two attempts reached the store');
+    await backend.put('lost/b', Buffer.from('theirs'));
+    faults.add({ op: 'put-if-absent', action: { kind: 'fail', code: 'STORE_UNAVAILABLE' } });
+    t.equal(await store.putIfAbsent('lost/b', Buffer.from('mine')), false, "after a failed attempt, another writer's object still means: existed");
+    t.equal(await store.putIfAbsent('lost/b', Buffer.from('theirs')), false, 'without a failed attempt, even equal bytes mean: existed');
+    await store.close();
+  });
+
   t.test('retries under injected faults', async (t) => {
     const backend = await make();
     const faults = new FaultStore(backend);

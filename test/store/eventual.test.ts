@@ -51,3 +51,29 @@ t.test('listings may miss visible keys at random, deterministically per seed', a
   t.same(await run(3), await run(3), 'the same seed gives the same listings');
   t.ok((await run(3)).some((n) => n < 40), 'some listings miss keys');
 });
+
+t.test('create-if-absent is atomic over last-writer-wins overwrites, and can be switched off', async (t) => {
+  let now = 0;
+  const s = new EventualStore(new MemStore(), { seed: 5, now: () => now, maxStaleReadMs: 1000, missProb: 0 });
+  t.equal(await s.conditionalPut(), true, 'offered by default');
+  t.equal(await s.putIfAbsent('c/a', Buffer.from('one')), true);
+  t.equal(await s.putIfAbsent('c/a', Buffer.from('two')), false, 'an existing key is never overwritten');
+  await s.put('c/a', Buffer.from('three'));
+  t.equal(await s.putIfAbsent('c/a', Buffer.from('four')), false, 'not even while its reads are stale');
+  const off = new EventualStore(new MemStore(), { seed: 5, now: () => now, conditionalPut: false });
+  t.equal(await off.conditionalPut(), false, 'switched off, like Swift s3api');
+  const err = await off.putIfAbsent('c/a', Buffer.from('x')).catch((e: unknown) => e as { code: string });
+  t.equal((err as { code: string }).code, 'STORE_BAD_REQUEST', 'putIfAbsent refused');
+  t.equal(await off.head('c/a'), undefined, 'nothing written');
+});
+
+t.test('reads of new keys may lag when asked to (a store without read-after-write)', async (t) => {
+  let now = 0;
+  const s = new EventualStore(new MemStore(), { seed: 9, now: () => now, maxNewKeyReadLagMs: 1000, missProb: 0 });
+  for (let i = 0; i < 20; i++) await s.put(`n/${i}`, Buffer.from(String(i)));
+  let missing = 0;
+  for (let i = 0; i < 20; i++) if ((await s.head(`n/${i}`)) === undefined) missing++;
+  t.ok(missing > 0, `${missing} of 20 new keys read as missing right after their write`);
+  now = 1001;
+  for (let i = 0; i < 20; i++) t.equal((await s.get(`n/${i}`)).toString(), String(i), `n/${i} readable after the lag`);
+});

@@ -1,4 +1,4 @@
-import { mkdtemp, readdir, rm, writeFile, mkdir } from 'node:fs/promises';
+import { mkdtemp, readdir, rm, utimes, writeFile, mkdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
@@ -21,13 +21,16 @@ t.test('objects fan out and never escape the root', async (t) => {
   t.same((await readdir(dir)).sort(), ['.tmp', 'd%252E%252E', 'ddata'], 'percent signs are encoded too: nothing outside the root');
 });
 
-t.test('stale temp files from a crash are removed on open', async (t) => {
+t.test('stale temp files from a crash are removed on open, a live writer\'s are not', async (t) => {
   const dir = join(root, 'crash');
   await mkdir(join(dir, '.tmp'), { recursive: true });
   await writeFile(join(dir, '.tmp', 'half-written'), 'partial');
+  const twoHoursAgo = new Date(Date.now() - 2 * 3600 * 1000);
+  await utimes(join(dir, '.tmp', 'half-written'), twoHoursAgo, twoHoursAgo);
+  await writeFile(join(dir, '.tmp', 'being-written'), 'another process writes this now');
   const s = new FsStore(dir);
   await s.put('a', Buffer.from('b'));
-  t.same(await readdir(join(dir, '.tmp')), [], 'temp directory cleared');
+  t.same(await readdir(join(dir, '.tmp')), ['being-written'], 'the crash leftover is gone, the fresh temp file stays');
   t.same((await s.list('')).items.map((o) => o.key), ['a'], 'temp files are never listed');
 });
 
@@ -58,4 +61,11 @@ t.test('a directory where an object file should be is a permanent error, never r
   await t.rejects(store.get('data/abc'), { code: 'STORE_DAMAGED' });
   t.same(retries, [], 'the retry wrapper does not retry it');
   t.equal(stats.requests, 1, 'one request reached the store');
+});
+
+t.test('two store objects on one directory do not remove each other\'s temp files', async (t) => {
+  const dir = join(root, 'shared');
+  const stores = Array.from({ length: 20 }, () => new FsStore(dir));
+  await Promise.all(stores.map((s, i) => s.put(`k/${i}`, Buffer.alloc(64 * 1024, i))));
+  for (let i = 0; i < stores.length; i++) t.equal((await stores[0]!.get(`k/${i}`))[0], i, `k/${i} written whole`);
 });

@@ -49,6 +49,8 @@ export interface TortureReport {
   moves: number;
   snapshots: number;
   losses: string[];
+  /** Daemons that exited without being killed by the run (each is a failure). */
+  unexpectedExits: string[];
   fsckExit: number;
 }
 
@@ -59,6 +61,8 @@ interface Host {
   socket: string;
   log: string;
   child: ChildProcess | undefined;
+  /** Set while the run itself stops or kills this host's daemon. */
+  stopping?: boolean;
 }
 
 /** cluster offset -> the fill bytes it may hold (one value once fsynced; two while uncertain). */
@@ -82,7 +86,7 @@ export async function torture(o: TortureOptions): Promise<TortureReport> {
     ISLAND_GC_GRACE: '0',
     ISLAND_STORE_FAULT_RATE: String(o.faultRate),
   });
-  const report: TortureReport = { seed: o.seed, kills: 0, rounds: 0, bytesVerified: 0, bytesLost: 0, moves: 0, snapshots: 0, losses: [], fsckExit: -1 };
+  const report: TortureReport = { seed: o.seed, kills: 0, rounds: 0, bytesVerified: 0, bytesLost: 0, moves: 0, snapshots: 0, losses: [], unexpectedExits: [], fsckExit: -1 };
   const model: Model = new Map();
   let fill = 1;
 
@@ -124,14 +128,19 @@ export async function torture(o: TortureOptions): Promise<TortureReport> {
     const child = spawn(process.execPath, [MAIN, 'serve'], { env: env(h), stdio: ['ignore', out, out] });
     closeSync(out);
     h.child = child;
+    h.stopping = false;
     let exited = false;
-    child.once('exit', () => (exited = true));
+    child.once('exit', (code, signal) => {
+      exited = true;
+      if (!h.stopping) report.unexpectedExits.push(`${h.id} (pid ${child.pid}) exited by itself: code ${code}, signal ${signal} (see ${h.log})`);
+    });
     await waitFor(`${h.id} to serve`, async () => {
       if (exited) throw new Error(`torture: ${h.id} exited at start; see ${h.log}`);
       return (await mounted(h.mount)) && existsSync(h.socket);
     });
   };
   const stop = async (h: Host, sig: NodeJS.Signals): Promise<void> => {
+    h.stopping = true;
     const c = h.child;
     if (c && c.exitCode === null && c.signalCode === null) {
       const done = new Promise((r) => c.once('exit', r));
@@ -146,6 +155,7 @@ export async function torture(o: TortureOptions): Promise<TortureReport> {
   /** SIGKILL h after `ms`, while `work` runs; then restart it. */
   const killDuring = async (h: Host, ms: number, work: () => Promise<unknown>): Promise<void> => {
     const c = h.child;
+    h.stopping = true;
     const timer = setTimeout(() => c?.kill('SIGKILL'), ms);
     await work().catch(() => undefined);
     clearTimeout(timer);
@@ -244,6 +254,10 @@ export async function torture(o: TortureOptions): Promise<TortureReport> {
     await verify(other, 'final restore on the other host');
     await must(other, 'POST', `${vol}/detach`, {});
     report.fsckExit = (await cli(other, 'fsck')).code;
+  } catch (err) {
+    // Say why the run stopped early, with what the daemons reported.
+    if (report.unexpectedExits.length) throw new Error(`${(err as Error).message}; ${report.unexpectedExits.join('; ')}`, { cause: err });
+    throw err;
   } finally {
     for (const h of hosts) await stop(h, 'SIGTERM').catch(() => undefined);
     if (!o.dir) await rm(root, { recursive: true, force: true }).catch(() => undefined);
@@ -259,7 +273,8 @@ async function main(): Promise<void> {
   const r = await torture({ seed, kills: Number(values.kills), faultRate: Number(values['fault-rate']), dir: values.dir });
   for (const l of r.losses.slice(0, 20)) process.stdout.write(`lost: ${l}\n`);
   process.stdout.write(`torture: seed ${r.seed}: ${r.kills} kills in ${r.rounds} rounds (${r.snapshots} snapshots tried, ${r.moves} moves between hosts), ${r.bytesVerified} bytes verified, ${r.bytesLost} bytes lost, fsck exit ${r.fsckExit}\n`);
-  process.exit(r.bytesLost === 0 && r.fsckExit === 0 ? 0 : 1);
+  for (const e of r.unexpectedExits) process.stdout.write(`unexpected exit: ${e}\n`);
+  process.exit(r.bytesLost === 0 && r.fsckExit === 0 && r.unexpectedExits.length === 0 ? 0 : 1);
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) await main();

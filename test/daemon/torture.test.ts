@@ -16,5 +16,6 @@ t.test('torture: random kills lose no fsynced byte', async (t) => {
   t.ok(r.bytesVerified > 0, 'bytes were verified');
   t.equal(r.bytesLost, 0, 'no fsynced byte lost');
   t.same(r.losses, [], 'no loss reported');
+  t.same(r.unexpectedExits, [], 'no daemon exited by itself');
   t.equal(r.fsckExit, 0, 'fsck finds the store clean');
 });

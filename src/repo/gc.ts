@@ -102,6 +102,8 @@ export interface GcReport {
   manifestsDeleted: number;
   tombstonesDeleted: number;
   checkpointsDeleted: number;
+  /** Released snapshots whose packs are not all gone yet (lagging listing): kept for the next GC. */
+  releasedDeferred: number;
 }
 
 /** Keep `top` sorted by reclaimable bytes, descending, at most GC_TOP_PACKS long. */
@@ -228,6 +230,7 @@ export async function collectGarbage(repo: Repository, opts: GcOptions): Promise
     manifestsDeleted: 0,
     tombstonesDeleted: 0,
     checkpointsDeleted: 0,
+    releasedDeferred: 0,
   };
   markedNodes.clear();
   const doomed: string[] = [];
@@ -285,13 +288,26 @@ export async function collectGarbage(repo: Repository, opts: GcOptions): Promise
     crashPoint('gc.swept-batch');
     progress('sweep', i + part.length, doomed.length);
   }
-  // 5. manifests, then tombstones, of released snapshots
+  // 5. manifests, then tombstones, of released snapshots whose packs are settled: each is
+  //    live (kept for a remaining snapshot) or gone. A pack of a released snapshot that is
+  //    neither (the listing lagged, or it is younger than G) keeps the manifest and the
+  //    tombstone for the next GC: without them the snapshot would look like one whose
+  //    manifest was lost (its link and packs remain), and attach would refuse the volume.
+  const settled: { volume: string; id: string }[] = [];
   for (const r of releasedManifests) {
+    const m = await repo.getManifest(r.volume, r.id, { signal }).catch(() => undefined);
+    if (m && (await someUnsettled(repo, m, usage, signal))) {
+      report.releasedDeferred++;
+      continue;
+    }
+    settled.push(r);
+  }
+  for (const r of settled) {
     await repo.store.delete(keys.manifest(r.volume, r.id), { signal });
     report.manifestsDeleted++;
   }
-  if (releasedManifests.length) crashPoint('gc.manifests-removed');
-  for (const r of releasedManifests) {
+  if (settled.length) crashPoint('gc.manifests-removed');
+  for (const r of settled) {
     await repo.store.delete(keys.tombstone(r.id), { signal });
     report.tombstonesDeleted++;
   }
@@ -299,4 +315,15 @@ export async function collectGarbage(repo: Repository, opts: GcOptions): Promise
   report.checkpointsDeleted = staleCheckpoints.length;
   progress('records', report.manifestsDeleted + report.tombstonesDeleted + report.checkpointsDeleted);
   return report;
+}
+
+/** Whether a pack `m` wrote is neither live (marked) nor gone from the store. */
+async function someUnsettled(repo: Repository, m: Manifest, usage: PackUsage, signal: AbortSignal | undefined): Promise<boolean> {
+  for (const p of m.packs) {
+    const id = hex(p);
+    if (usage.has(`data/${id}`) || usage.has(`meta/${id}`)) continue;
+    if (await repo.store.head(keys.pack('data', p), { signal })) return true;
+    if (await repo.store.head(keys.pack('metadata', p), { signal })) return true;
+  }
+  return false;
 }

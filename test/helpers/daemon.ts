@@ -10,6 +10,9 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { Volume } from '../../src/volume/engine.js';
+import { acquireGeneration } from '../../src/repo/attach.js';
+import { Repository } from '../../src/repo/repository.js';
+import { FsStore } from '../../src/store/fs.js';
 
 export const run = promisify(execFile);
 const MAIN = resolve(import.meta.dirname, '../../dist/cli/main.js');
@@ -65,9 +68,21 @@ export async function useS3(h: Host, s3: { endpoint: string; region: string; acc
   await writeFile(h.configFile, JSON.stringify({ region: 'swift', regions: { swift: { type: 's3', ...s3, bucket } } }));
 }
 
+/**
+ * A volume attached to this host before its daemon starts, as an attach would leave it: a
+ * catalog record and a generation won in the store, and the local state under volumes/.
+ */
 export async function createVolume(h: Host, name: string, virtualSize: number): Promise<void> {
-  const v = await Volume.create(join(h.dataDir, 'volumes', name), { name, virtualSize, generation: 1, flushIntervalMs: 0 });
-  await v.close();
+  const store = new FsStore(h.storeDir);
+  try {
+    const repo = new Repository(store, { host: h.hostId, region: 'default' });
+    await repo.putVolume({ name, virtualSize, clusterSize: 65536, region: 'default', created: repo.now(), source: null, status: 'available', host: null, generation: 0, revision: 1 });
+    const att = await acquireGeneration(repo, name);
+    const v = await Volume.create(join(h.dataDir, 'volumes', name), { name, virtualSize, generation: att.generation, flushIntervalMs: 0 });
+    await v.close();
+  } finally {
+    await store.close();
+  }
 }
 
 function env(h: Host): NodeJS.ProcessEnv {

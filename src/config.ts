@@ -19,6 +19,18 @@
  *   commit window commitWindowSeconds ISLAND_COMMIT_WINDOW 3600: W, the longest a snapshot upload
  *                                                   relies on a parent it checked (docs/protocols.md)
  *   regions      regions      (file only)           {} : the embedded store is region "default"
+ *   file owner   fileOwner    ISLAND_FILE_OWNER     the daemon's user (root): a user name or a
+ *                                                   numeric id, owner of the volume files
+ *   file group   fileGroup    ISLAND_FILE_GROUP     the daemon's group (root): a group name or id
+ *   file mode    fileMode     ISLAND_FILE_MODE      "0600": permission bits of the volume files,
+ *                                                   an octal string; the read-only snapshot views
+ *                                                   get the same owner and group, write bits cleared
+ *
+ * User and group names are resolved once, here, through the system's name service (getent,
+ * so /etc/passwd and /etc/group or whatever nsswitch.conf adds); a name that does not exist
+ * is INVALID_CONFIG. The kernel checks every open against these (the mount uses
+ * default_permissions), so another local user can open a volume file only when the owner,
+ * group and mode give it that access.
  *
  * A region in the file: "regions": {"swift-a": {"type": "s3", "endpoint": "http://...",
  * "region": "us-east-1", "bucket": "island", "prefix": "prod/", "accessKeyId": "...",
@@ -27,10 +39,12 @@
  * where `snapshot copy` can copy to (and "default", the embedded store, when it is not the
  * daemon's own region).
  */
+import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { hostname } from 'node:os';
 import { isAbsolute, join } from 'node:path';
+import { promisify } from 'node:util';
 import { IslandError, redactUrlCredentials } from './errors.js';
 import { parseHostId, parseRegionName } from './format/names.js';
 import type { BackendConfig } from './store/open.js';
@@ -52,6 +66,12 @@ export interface Config {
   store: BackendConfig;
   /** Every region the file declares, by name (copy targets). */
   regions: Record<string, BackendConfig>;
+  /** Owner (uid) of the volume files on the mount. */
+  fileOwner: number;
+  /** Group (gid) of the volume files on the mount. */
+  fileGroup: number;
+  /** Permission bits of the volume files (0o600 by default; snapshot views drop the write bits). */
+  fileMode: number;
   /** GC acts on a tombstone, and deletes an unreferenced pack, only after this long (G). */
   gcGraceMs: number;
   /** W: a snapshot upload commits within this long of checking its parent, or re-checks. */
@@ -183,6 +203,46 @@ function ipAddress(v: unknown): string {
   return v;
 }
 
+/** Root-only: no other local user can open a volume file unless configured. */
+export const DEFAULT_FILE_MODE = 0o600;
+/** uid_t and gid_t are 32 bits; (uid_t)-1 means "leave unchanged" to chown, so it is no id. */
+const ID_MAX = 0xffff_fffe;
+/** A user or group name as shadow-utils accepts it (useradd's default rule, 32 characters). */
+const ACCOUNT_NAME = /^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$/;
+/** getent's exit code for "no such key". */
+const GETENT_NOT_FOUND = 2;
+const execFileP = promisify(execFile);
+
+/** A user or group given as a name or a numeric id, resolved to the id. */
+async function accountId(v: unknown, db: 'passwd' | 'group', what: string, fallback: number): Promise<number> {
+  if (v === undefined || v === '') return fallback;
+  const kind = db === 'passwd' ? 'user' : 'group';
+  if (typeof v === 'number' || (typeof v === 'string' && /^[0-9]+$/.test(v))) {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 0 || n > ID_MAX) throw new IslandError('INVALID_CONFIG', `${what} must be a ${kind} name or an id 0..${ID_MAX}, got ${JSON.stringify(v)}`);
+    return n;
+  }
+  if (typeof v !== 'string' || !ACCOUNT_NAME.test(v)) throw new IslandError('INVALID_CONFIG', `${what} must be a ${kind} name or a numeric id, got ${JSON.stringify(v).slice(0, 80)}`);
+  let line: string;
+  try {
+    line = (await execFileP('getent', [db, v], { timeout: 10_000 })).stdout.split('\n')[0] ?? '';
+  } catch (err) {
+    if ((err as { code?: unknown }).code === GETENT_NOT_FOUND) throw new IslandError('INVALID_CONFIG', `${what}: no ${kind} named ${JSON.stringify(v)} on this machine`);
+    throw new IslandError('INVALID_CONFIG', `${what}: cannot look up the ${kind} ${JSON.stringify(v)} (getent ${db}): ${(err as Error).message}`, { cause: err });
+  }
+  // name:password:ID:...
+  const id = Number(line.split(':')[2]);
+  if (!Number.isInteger(id) || id < 0 || id > ID_MAX) throw new IslandError('INVALID_CONFIG', `${what}: getent ${db} ${v} answered no usable id: ${JSON.stringify(line.slice(0, 120))}`);
+  return id;
+}
+
+/** Permission bits as an octal string ("0640", "640"); no setuid, setgid or sticky bit. */
+function fileMode(v: unknown): number {
+  if (v === undefined || v === '') return DEFAULT_FILE_MODE;
+  if (typeof v !== 'string' || !/^0?[0-7]{3}$/.test(v)) throw new IslandError('INVALID_CONFIG', `fileMode (ISLAND_FILE_MODE) must be permission bits as an octal string such as "0600" or "0660", got ${JSON.stringify(v).slice(0, 80)}`);
+  return parseInt(v, 8);
+}
+
 export async function loadConfig(env: NodeJS.ProcessEnv = process.env): Promise<Config> {
   let file: Record<string, unknown> = {};
   if (env.ISLAND_CONFIG) {
@@ -218,6 +278,8 @@ export async function loadConfig(env: NodeJS.ProcessEnv = process.env): Promise<
   const storeFaultRate = Number(env.ISLAND_STORE_FAULT_RATE ?? 0);
   if (!(storeFaultRate >= 0 && storeFaultRate < 1)) throw new IslandError('INVALID_CONFIG', `ISLAND_STORE_FAULT_RATE must be a probability in [0, 1), got ${JSON.stringify(env.ISLAND_STORE_FAULT_RATE)}`);
   if (storeFaultRate > 0 && !testSwitches) throw new IslandError('INVALID_CONFIG', 'ISLAND_STORE_FAULT_RATE is a test switch: it needs ISLAND_TEST_SWITCHES=1');
+  const fileOwner = await accountId(pick('fileOwner', 'ISLAND_FILE_OWNER'), 'passwd', 'fileOwner (ISLAND_FILE_OWNER)', process.getuid?.() ?? 0);
+  const fileGroup = await accountId(pick('fileGroup', 'ISLAND_FILE_GROUP'), 'group', 'fileGroup (ISLAND_FILE_GROUP)', process.getgid?.() ?? 0);
   return {
     dataDir,
     mount: path(pick('mount', 'ISLAND_MOUNT') ?? '/run/island/mnt', 'mount (ISLAND_MOUNT)'),
@@ -230,6 +292,9 @@ export async function loadConfig(env: NodeJS.ProcessEnv = process.env): Promise<
     region,
     store: regions[region] ?? { type: 'fs', dir: storeDir },
     regions,
+    fileOwner,
+    fileGroup,
+    fileMode: fileMode(pick('fileMode', 'ISLAND_FILE_MODE')),
     gcGraceMs,
     commitWindowMs,
     testSwitches,

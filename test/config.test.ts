@@ -103,3 +103,28 @@ t.test('Metrics.listen binds the address it is given, loopback by default', asyn
   t.equal((await fetch(`http://127.0.0.2:${port}/metrics`)).status, 200, 'served there');
   await t.rejects(fetch(`http://127.0.0.1:${port}/metrics`), undefined, 'and not on 127.0.0.1');
 });
+
+t.test('volume files: owner and group by name or id, mode as octal; root-only 0600 by default', async (t) => {
+  const base = { ISLAND_DATA_DIR: '/tmp/island-config-test', ISLAND_HOST_ID: 'h' };
+  const d = await loadConfig(base);
+  t.same([d.fileOwner, d.fileGroup, d.fileMode], [process.getuid?.(), process.getgid?.(), 0o600], "the daemon's own user and group (root), 0600");
+  const named = await loadConfig({ ...base, ISLAND_FILE_OWNER: 'nobody', ISLAND_FILE_GROUP: 'nogroup', ISLAND_FILE_MODE: '0660' });
+  t.same([named.fileOwner, named.fileGroup, named.fileMode], [65534, 65534, 0o660], 'names resolve through the name service');
+  const ids = await loadConfig({ ...base, ISLAND_FILE_OWNER: '4242', ISLAND_FILE_GROUP: '0', ISLAND_FILE_MODE: '640' });
+  t.same([ids.fileOwner, ids.fileGroup, ids.fileMode], [4242, 0, 0o640], 'numeric ids need no entry; the leading 0 of the mode is optional');
+  const file = await loadConfig({ ...(await configWith(t, { fileOwner: 'daemon', fileGroup: 65534, fileMode: '0640' })), ISLAND_HOST_ID: 'h' });
+  t.same([file.fileOwner, file.fileGroup, file.fileMode], [1, 65534, 0o640], 'the file keys work too');
+  const refused: [Record<string, string>, RegExp][] = [
+    [{ ISLAND_FILE_OWNER: 'no-such-user-island' }, /fileOwner \(ISLAND_FILE_OWNER\): no user named "no-such-user-island"/],
+    [{ ISLAND_FILE_GROUP: 'no-such-group-island' }, /fileGroup \(ISLAND_FILE_GROUP\): no group named "no-such-group-island"/],
+    [{ ISLAND_FILE_OWNER: '-s' }, /fileOwner \(ISLAND_FILE_OWNER\) must be a user name or a numeric id/],
+    [{ ISLAND_FILE_OWNER: '4294967295' }, /must be a user name or an id 0\.\.4294967294/],
+    [{ ISLAND_FILE_MODE: '600x' }, /fileMode \(ISLAND_FILE_MODE\) must be permission bits/],
+    [{ ISLAND_FILE_MODE: '4755' }, /fileMode/],
+    [{ ISLAND_FILE_MODE: '0800' }, /fileMode/],
+  ];
+  for (const [env, message] of refused) {
+    await t.rejects(loadConfig({ ...base, ...env }), { code: 'INVALID_CONFIG', message }, `${JSON.stringify(env)} is refused`);
+  }
+  await t.rejects(loadConfig({ ...(await configWith(t, { fileMode: 384 })), ISLAND_HOST_ID: 'h' }), { code: 'INVALID_CONFIG', message: /fileMode/ }, 'a JSON number is refused (384 or 0o600 is ambiguous)');
+});

@@ -64,6 +64,7 @@ export async function startDaemon(c: Config, log: Logger = makeLogger(c)): Promi
       mountpoint: c.mount,
       table: { names: () => service.fileNames(), get: (n) => service.fileVolume(n), readOnly: (n) => service.isReadOnly(n) },
       spaceDir: c.dataDir,
+      files: { uid: c.fileOwner, gid: c.fileGroup, mode: c.fileMode },
       onOp: (op, ms, bytes, error) => metrics.fuse(op, ms, bytes, error),
       onError: (op, path, err) => log.warn({ op, path, code: codeOf(err), err }, 'request failed'),
     });

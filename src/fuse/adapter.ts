@@ -8,6 +8,14 @@
  * (QEMU reopens images when it changes permissions); exclusivity between VMs is QEMU's
  * own image locking, and island refuses to attach one volume twice.
  *
+ * Permissions: the mount is allow_other (QEMU run by libvirt as its own user must open the
+ * files) and default_permissions (the kernel checks each open against the owner, group and
+ * mode getattr returns), so a local user opens a volume file only when fileOwner, fileGroup
+ * and fileMode (or a later chown/chmod) give it that access. Owner, mode and the kept
+ * extended attributes are per file, in memory, for as long as the file is on the mount
+ * (attrs.ts): they are keyed by the volume object the table returns, so a detach (or a
+ * snapshot unmount) drops them and the next attach starts from the configured defaults.
+ *
  * Nothing here blocks the event loop: every handler answers through its callback after
  * asynchronous work. fuse-native's own per-request timeout is off (a lazy fetch may take
  * longer than 15 s; the engine bounds its waits), and big_writes is passed through the
@@ -17,6 +25,7 @@
 import { statfs } from 'node:fs/promises';
 import Fuse from 'fuse-native';
 import { IslandError } from '../errors.js';
+import { FileAttrs, type FileDefaults } from './attrs.js';
 import { ERR, fuseErrno } from './errno.js';
 
 /** What the adapter needs of a volume (the engine's Volume satisfies it). */
@@ -48,6 +57,8 @@ export interface FuseMountOptions extends FuseEvents {
   table: VolumeTable;
   /** Directory whose file system's free space statfs reports (the data directory). */
   spaceDir: string;
+  /** Owner, group and mode of the files (default: the daemon's own user and group, 0600). */
+  files?: FileDefaults;
   debug?: boolean;
 }
 
@@ -66,6 +77,36 @@ interface Handle {
 }
 
 type Cb = (...args: unknown[]) => void;
+type Signal = (result: number, ...rest: unknown[]) => void;
+
+/**
+ * fuse-native's own getxattr and listxattr handlers copy the answer into libfuse's buffer
+ * without looking at its size and then report the answer's full length, and libfuse sends
+ * that many bytes from a buffer of the size the caller asked for: an answer larger than the
+ * caller's buffer would be read past its end. These replace them and answer ERANGE instead,
+ * as getxattr(2) and listxattr(2) do (a size query, a buffer of 0 bytes, gets the length).
+ */
+class SizedXattrFuse extends Fuse {
+  _op_getxattr(signal: Signal, path: string, name: string, buf: Buffer, position: number): void {
+    this.ops.getxattr!(path, name, position, (err: number, value?: Buffer) => {
+      if (err) return signal(err, buf.buffer);
+      if (!value) return signal(ERR.ENODATA, buf.buffer);
+      if (buf.length > 0 && value.length > buf.length) return signal(ERR.ERANGE, buf.buffer);
+      if (buf.length > 0) value.copy(buf);
+      signal(value.length, buf.buffer);
+    });
+  }
+
+  _op_listxattr(signal: Signal, path: string, buf: Buffer): void {
+    this.ops.listxattr!(path, (err: number, names?: string[]) => {
+      if (err) return signal(err, buf.buffer);
+      const list = Buffer.from((names ?? []).map((n) => n + '\0').join(''));
+      if (buf.length > 0 && list.length > buf.length) return signal(ERR.ERANGE, buf.buffer);
+      if (buf.length > 0) list.copy(buf);
+      signal(list.length, buf.buffer);
+    });
+  }
+}
 
 export function fileName(volume: string): string {
   return volume + IMAGE_SUFFIX;
@@ -85,12 +126,18 @@ export class FuseMount {
   private mounted = false;
   private readonly started = new Date();
   private readonly mtimes = new Map<string, Date>();
+  /** Per file, keyed by the volume object: gone with the attachment (see the top comment). */
+  private readonly attrs = new WeakMap<FuseVolume, FileAttrs>();
+  private readonly defaults: FileDefaults;
 
   constructor(private readonly opts: FuseMountOptions) {
-    this.fuse = new Fuse(opts.mountpoint, this.ops(), {
+    this.defaults = opts.files ?? { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0, mode: 0o600 };
+    this.fuse = new SizedXattrFuse(opts.mountpoint, this.ops(), {
       timeout: false,
       mkdir: true,
       force: true,
+      allowOther: true,
+      defaultPermissions: true,
       fsname: 'island,big_writes',
       subtype: 'island',
       debug: opts.debug ?? false,
@@ -136,18 +183,26 @@ export class FuseMount {
     return name !== undefined && vol ? { name, vol } : undefined;
   }
 
+  private fileAttrs(vol: FuseVolume): FileAttrs {
+    let a = this.attrs.get(vol);
+    if (!a) this.attrs.set(vol, (a = new FileAttrs(this.defaults)));
+    return a;
+  }
+
   private fileStat(name: string, vol: FuseVolume): Record<string, unknown> {
     const ro = this.opts.table.readOnly?.(name) ?? false;
+    const a = this.fileAttrs(vol);
     const mtime = this.mtimes.get(name) ?? this.started;
+    const ctime = a.changed && a.changed > mtime ? a.changed : mtime;
     return {
-      mode: S_IFREG | (ro ? 0o400 : 0o600),
+      mode: S_IFREG | a.modeBits(ro),
       size: vol.length,
       nlink: 1,
-      uid: process.getuid?.() ?? 0,
-      gid: process.getgid?.() ?? 0,
+      uid: a.uid,
+      gid: a.gid,
       mtime,
       atime: mtime,
-      ctime: mtime,
+      ctime,
       blocks: Math.ceil(vol.length / 512),
       blksize: 65536,
     };
@@ -242,8 +297,41 @@ export class FuseMount {
       truncate: (path: string, size: number, cb: Cb) => this.truncate(path, size, cb),
       ftruncate: (path: string, _fd: number, size: number, cb: Cb) => this.truncate(path, size, cb),
       utimens: (path: string, _a: unknown, _m: unknown, cb: Cb) => cb(this.volume(path) ? 0 : ERR.ENOENT),
-      chmod: (_path: string, _mode: number, cb: Cb) => cb(ERR.EPERM),
-      chown: (_path: string, _u: number, _g: number, cb: Cb) => cb(ERR.EPERM),
+      // The kernel has already checked the caller may (default_permissions); the root stays as it is.
+      chmod: (path: string, mode: number, cb: Cb) => {
+        const v = this.volume(path);
+        if (!v) return cb(path === '/' ? ERR.EPERM : ERR.ENOENT);
+        this.fileAttrs(v.vol).chmod(mode);
+        cb(0);
+      },
+      chown: (path: string, uid: number, gid: number, cb: Cb) => {
+        const v = this.volume(path);
+        if (!v) return cb(path === '/' ? ERR.EPERM : ERR.ENOENT);
+        this.fileAttrs(v.vol).chown(uid, gid);
+        cb(0);
+      },
+      setxattr: (path: string, name: string, value: Buffer, _position: number, flags: number, cb: Cb) => {
+        const v = this.volume(path);
+        if (!v) return cb(path === '/' ? ERR.EPERM : ERR.ENOENT);
+        cb(this.fileAttrs(v.vol).setXattr(name, value, flags));
+      },
+      getxattr: (path: string, name: string, _position: number, cb: Cb) => {
+        const v = this.volume(path);
+        if (!v) return cb(path === '/' ? ERR.ENODATA : ERR.ENOENT);
+        const r = this.fileAttrs(v.vol).getXattr(name);
+        if (typeof r === 'number') return cb(r);
+        cb(0, r);
+      },
+      listxattr: (path: string, cb: Cb) => {
+        const v = this.volume(path);
+        if (!v) return path === '/' ? cb(0, []) : cb(ERR.ENOENT);
+        cb(0, this.fileAttrs(v.vol).listXattrs());
+      },
+      removexattr: (path: string, name: string, cb: Cb) => {
+        const v = this.volume(path);
+        if (!v) return cb(path === '/' ? ERR.EPERM : ERR.ENOENT);
+        cb(this.fileAttrs(v.vol).removeXattr(name));
+      },
       create: (_path: string, _mode: number, cb: Cb) => cb(ERR.EPERM),
       mknod: (_path: string, _mode: number, _dev: number, cb: Cb) => cb(ERR.EPERM),
       unlink: (_path: string, cb: Cb) => cb(ERR.EPERM),

@@ -26,4 +26,9 @@ export const ERR = {
   EIO: -errno.EIO,
   ENOTSUP: -errno.ENOTSUP,
   EBUSY: -errno.EBUSY,
+  EEXIST: -errno.EEXIST,
+  ENODATA: -errno.ENODATA,
+  ENOSPC: -errno.ENOSPC,
+  E2BIG: -errno.E2BIG,
+  ERANGE: -errno.ERANGE,
 } as const;

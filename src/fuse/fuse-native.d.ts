@@ -11,8 +11,15 @@ declare module 'fuse-native' {
     debug?: boolean;
     maxRead?: number;
     autoUnmount?: boolean;
+    /** Let users other than the mounting one use the mount (root needs no fuse.conf entry). */
+    allowOther?: boolean;
+    /** The kernel checks permissions against the attributes getattr returns. */
+    defaultPermissions?: boolean;
   }
   class Fuse {
+    /** The operations given to the constructor (a subclass may call them from its own handlers). */
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any
+    protected ops: Record<string, (...args: any[]) => void>;
     // eslint-disable-next-line @typescript-eslint/no-explicit-any
     constructor(mnt: string, ops: Record<string, (...args: any[]) => void>, opts?: FuseOptions);
     mount(cb: (err: Error | null) => void): void;

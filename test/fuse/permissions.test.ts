@@ -116,6 +116,17 @@ if (!existsSync('/dev/fuse') || !existsSync('/usr/bin/setpriv') || !existsSync(P
     await cliJson(h, 'attach', 'v');
     const f = image(h, 'v');
     t.same(await owner(f), [NOBODY, NOGROUP, '600'], 'the configured owner, group and mode');
+    if (existsSync('/usr/bin/qemu-io')) {
+      const qemuIo = (uid: number): Promise<string> =>
+        run('setpriv', ['--reuid', String(uid), '--regid', String(uid), '--clear-groups', 'qemu-io', '-t', 'none', '-c', 'write -P 0x5a 1M 64k', '-c', 'read -P 0x5a 1M 64k', f]).then(
+          (r) => r.stdout,
+          (e: { stdout?: string; stderr?: string }) => `${e.stdout ?? ''}${e.stderr ?? ''}`,
+        );
+      const out = await qemuIo(NOBODY);
+      t.match(out, /wrote 65536\/65536 bytes[^]*read 65536\/65536 bytes/, 'QEMU running as the owner writes and reads the image');
+      t.notMatch(out, /Pattern verification failed/, '... and reads back what it wrote');
+      t.match(await qemuIo(STRANGER), /Permission denied/, 'QEMU running as another user cannot open it');
+    }
     t.equal(await asUser(NOBODY, NOGROUP, f, 'rw'), 'ok', 'the owner reads and writes it');
     t.equal(await asUser(STRANGER, STRANGER, f, 'r'), 'EACCES', 'another user cannot read it');
     t.equal(await asUser(STRANGER, STRANGER, f, 'r', [NOGROUP]), 'EACCES', 'nor can a member of its group at 0600');

@@ -289,8 +289,10 @@ async function main(argv: string[]): Promise<number> {
   const statusOf = async (name: string): Promise<StatusVolume | undefined> => ((await api('GET', '/v1/status')) as { volumes: StatusVolume[] }).volumes.find((v) => v.name === name);
   const enc = encodeURIComponent;
   if (cmd === 'status') {
-    const s = (await api('GET', '/v1/status')) as { host: string; mount: string; volumes: { name: string; length: number; openHandles: number; dirtyClusters: number; generation: number; access?: { mode: string; why: string | null } }[]; unopened?: { name: string; code: string; why: string }[]; copies?: { snapshot: string; volume: string; to: string; state: string; progress: { packsDone: number; packsTotal: number }; error: { code: string; message: string } | null }[] };
+    const s = (await api('GET', '/v1/status')) as { host: string; mount: string; volumes: { name: string; length: number; openHandles: number; dirtyClusters: number; generation: number; access?: { mode: string; why: string | null } }[]; unopened?: { name: string; code: string; why: string }[]; copies?: { snapshot: string; volume: string; to: string; state: string; progress: { packsDone: number; packsTotal: number }; error: { code: string; message: string } | null }[]; capacity?: { dataDir: string; totalBytes: number; freeBytes: number; provisionedBytes: number; usedBytes: number } };
     const lines = [`host ${s.host}, mount ${s.mount}, ${s.volumes.length} attached`];
+    const cap = s.capacity;
+    if (cap) lines.push(`data disk ${cap.dataDir}: ${humanSize(cap.freeBytes)} free of ${humanSize(cap.totalBytes)}; attached volumes: ${humanSize(cap.provisionedBytes)} provisioned, ${humanSize(cap.usedBytes)} used locally`);
     for (const u of s.unopened ?? []) lines.push(`  ${u.name}.qcow2\tNOT SERVED (${u.code}): ${u.why}`);
     for (const v of s.volumes) {
       const access = v.access && v.access.mode !== 'read-write' ? `\n    ${v.access.mode.toUpperCase()}: ${v.access.why ?? ''}` : '';

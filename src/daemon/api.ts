@@ -1,7 +1,7 @@
 /**
  * The control API: HTTP/1.1 with JSON bodies over a unix socket (mode 0600).
  *
- *   GET    /v1/status                       daemon and attached volumes
+ *   GET    /v1/status                       daemon, data disk capacity, attached volumes
  *   GET    /v1/volumes                      catalog (a listing: may lag on Swift)
  *   POST   /v1/volumes                      {name, size, clusterSize?, region?, from?} -> 201
  *   GET    /v1/volumes/{name}
@@ -118,7 +118,7 @@ async function route(svc: Service, method: string, url: string, body: () => Prom
   });
   if (parts[0] !== 'v1') throw new IslandError('NOT_FOUND', `no such endpoint: ${method} ${path.slice(0, 100)}`);
   const [, res, name, action] = parts;
-  if (res === 'status' && parts.length === 2 && method === 'GET') return [200, svc.status()];
+  if (res === 'status' && parts.length === 2 && method === 'GET') return [200, await svc.status()];
   if (res === 'volumes') {
     if (parts.length === 2 && method === 'GET') return [200, { volumes: await svc.listVolumes() }];
     if (parts.length === 2 && method === 'POST') {

@@ -28,11 +28,13 @@ import { Copies, type CopyOutcome, type CopyView, type RegionOpener } from './co
 import { Fills } from './fills.js';
 import { History, type GcView } from './history.js';
 import { MountTable } from './mounts.js';
+import { capacity, type CapacityView } from './capacity.js';
 import { SnapshotJobs } from './snapshot-jobs.js';
 
 export { PIN_TTL_MS, snapshotView, fillView } from './context.js';
 export type { Access, AttachRequest, Attached, FillJob, FillView, SnapshotJob, SnapshotView, VolumeView } from './context.js';
 export type { GcView } from './history.js';
+export type { CapacityView } from './capacity.js';
 
 export interface StatusView {
   host: string;
@@ -42,6 +44,8 @@ export interface StatusView {
   unopened: { name: string; code: string; why: string }[];
   gc: GcView | null;
   copies: CopyView[];
+  /** The data disk: its size and free space, what attached volumes may grow into and use. */
+  capacity: CapacityView;
   volumes: {
     name: string;
     length: number;
@@ -122,7 +126,8 @@ export class Service {
     return this.catalog.show(await this.attachments.detach(name, req));
   }
 
-  status(): StatusView {
+  async status(): Promise<StatusView> {
+    const cap = await capacity(this.ctx);
     return {
       host: this.config.hostId,
       mount: this.config.mount,
@@ -130,6 +135,7 @@ export class Service {
       unopened: [...this.ctx.unopened].map(([name, u]) => ({ name, ...u })),
       gc: this.history.gcStatus(),
       copies: this.copies.views(),
+      capacity: cap,
       volumes: [...this.attached].map(([name, a]) => ({
         name,
         length: a.volume.length,

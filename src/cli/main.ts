@@ -36,13 +36,16 @@ volumes
   volume show NAME
   volume delete NAME                     refused while attached; its snapshots remain
   attach NAME [--qmp SOCKET] [--qga SOCKET] [--force] [--wait-filled] [--fill-rate RATE] [--no-fill]
-             [--discard-local]           show NAME.qcow2 on the mount; --force takes over a
+             [--discard-local] [--host HOST]
+                                         show NAME.qcow2 on the mount; --force takes over a
                                          volume attached on another host (fence it first!);
                                          a volume with snapshots is usable at once and fills
                                          in behind (--wait-filled waits for it; --fill-rate
                                          caps it in bytes/s, e.g. 50M); --discard-local sets
                                          a local copy that cannot be opened aside (kept under
-                                         <dataDir>/aside) and restores from the store
+                                         <dataDir>/aside) and restores from the store;
+                                         --host refuses (WRONG_HOST) unless HOST is this
+                                         daemon's host id
   detach NAME [--force] [--keep-local]   final snapshot, then drop the local copy (or keep it
                                          warm); refused while the file is open unless --force;
                                          a FENCED volume is detached without a snapshot and
@@ -243,6 +246,7 @@ async function main(argv: string[]): Promise<number> {
       'wait-filled': { type: 'boolean' },
       'fill-rate': { type: 'string' },
       'discard-local': { type: 'boolean' },
+      host: { type: 'string' },
       'no-fill': { type: 'boolean' },
       'keep-last': { type: 'string' },
       'keep-hourly': { type: 'string' },
@@ -389,7 +393,7 @@ async function main(argv: string[]): Promise<number> {
   }
   if (cmd === 'attach') {
     const name = need(sub, 'volume name');
-    const v = (await api('POST', `/v1/volumes/${enc(name)}/attach`, { qmp: values.qmp, qga: values.qga, force: values.force, fill: values['no-fill'] ? false : undefined, fillRate: values['fill-rate'], discardLocal: values['discard-local'] })) as VolumeOut;
+    const v = (await api('POST', `/v1/volumes/${enc(name)}/attach`, { qmp: values.qmp, qga: values.qga, force: values.force, fill: values['no-fill'] ? false : undefined, fillRate: values['fill-rate'], discardLocal: values['discard-local'], host: values.host })) as VolumeOut;
     if (!values['wait-filled']) {
       out(`attached ${name}: ${v.local?.file ?? '?'}`, v);
       return 0;

@@ -6,7 +6,7 @@
  *   POST   /v1/volumes                      {name, size, clusterSize?, region?, from?} -> 201
  *   GET    /v1/volumes/{name}
  *   DELETE /v1/volumes/{name}
- *   POST   /v1/volumes/{name}/attach        {qmp?, qga?, force?, fill?, fillRate?, discardLocal?}
+ *   POST   /v1/volumes/{name}/attach        {qmp?, qga?, force?, fill?, fillRate?, discardLocal?, host?}
  *   POST   /v1/volumes/{name}/detach        {force?, keepLocal?}
  *   POST   /v1/snapshots                    {volumes: [name...], consistency?, wait?, qmp?}
  *   GET    /v1/snapshots[?volume=name]
@@ -40,6 +40,7 @@ const STATUS_OF: Partial<Record<ErrorCode, number>> = {
   ALREADY_EXISTS: 409,
   BUSY: 409,
   ATTACHED_ELSEWHERE: 409,
+  WRONG_HOST: 409,
   PINNED: 409,
   FENCED: 409,
   SNAPSHOT_DELETED: 410,
@@ -132,7 +133,7 @@ async function route(svc: Service, method: string, url: string, body: () => Prom
     }
     if (name !== undefined && parts.length === 4 && method === 'POST' && action === 'attach') {
       const b = await body();
-      return [200, await svc.attach(name, { qmp: str(b.qmp, 'qmp'), qga: str(b.qga, 'qga'), force: bool(b.force, 'force'), fill: bool(b.fill, 'fill'), fillRate: typeof b.fillRate === 'number' ? b.fillRate : str(b.fillRate, 'fillRate'), discardLocal: bool(b.discardLocal, 'discardLocal') })];
+      return [200, await svc.attach(name, { qmp: str(b.qmp, 'qmp'), qga: str(b.qga, 'qga'), force: bool(b.force, 'force'), fill: bool(b.fill, 'fill'), fillRate: typeof b.fillRate === 'number' ? b.fillRate : str(b.fillRate, 'fillRate'), discardLocal: bool(b.discardLocal, 'discardLocal'), host: str(b.host, 'host') })];
     }
     if (name !== undefined && parts.length === 4 && method === 'POST' && action === 'detach') {
       const b = await body();

@@ -25,6 +25,18 @@ const CONFIRM_WAIT_MS = 10_000;
 
 const UNCONFIRMED = 'reopened after a restart: read-only until the store confirms that no other host took the volume meanwhile';
 
+/**
+ * A caller that names the host it attaches for (a scheduler that placed the volume with
+ * its VM) reached this host's daemon: anything else would attach the volume where the VM
+ * cannot open it.
+ */
+export function checkHost(hostId: string, volume: string, host: string | undefined): void {
+  if (host === undefined || host === hostId) return;
+  throw new IslandError('WRONG_HOST', `attach of ${volume} asks for host ${JSON.stringify(host.slice(0, 100))}, but this daemon is host ${JSON.stringify(hostId)}; ask that host's daemon`, {
+    details: { volume, host: host.slice(0, 100), daemonHost: hostId },
+  });
+}
+
 export class Attachments {
   /** Names with an attach or detach in progress: a second one is refused. */
   private readonly busy = new Set<string>();
@@ -130,6 +142,7 @@ export class Attachments {
     const { ctx } = this;
     // Everything the request says is checked before anything changes.
     parseFillRate(req.fillRate);
+    checkHost(ctx.config.hostId, rec.name, req.host);
     await this.exclusive(rec.name, async () => {
       if (ctx.attached.has(rec.name)) throw new IslandError('BUSY', `volume ${rec.name} is already attached on this host`, { details: { volume: rec.name } });
       const att = await acquireGeneration(ctx.repo, rec.name, { force: req.force ?? false });

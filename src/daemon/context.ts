@@ -41,6 +41,8 @@ export interface AttachRequest {
   fillRate?: string | number;
   /** Set this host's local copy aside (kept, not deleted) and restore from the store. */
   discardLocal?: boolean;
+  /** The host the caller means to attach on: refused (WRONG_HOST) unless it is this daemon's. */
+  host?: string;
 }
 
 /** A restored volume's background fill. */

@@ -30,8 +30,17 @@ daemon
   status                                 the daemon and its attached volumes
 volumes
   volume create NAME --size SIZE [--cluster-size 64K] [--region R]
-  volume create NAME --from SNAPSHOT     a new volume holding that snapshot's image (any
-                                         volume's); attaching it is instant, as a restore
+  volume create NAME --from SNAPSHOT [--size SIZE]
+                                         a new volume holding that snapshot's image (any
+                                         volume's); attaching it is instant, as a restore;
+                                         --size may make it larger than the snapshot (the
+                                         first attach grows the image)
+  volume resize NAME --size SIZE [--qmp SOCKET]
+                                         grow a volume (never shrink): a detached one's
+                                         image follows at its next attach; an attached one
+                                         grows now, through qemu-img when its file is not
+                                         open, through QEMU's block_resize (--qmp, or the
+                                         socket given at attach) when a VM has it open
   volume list
   volume show NAME
   volume delete NAME                     refused while attached; its snapshots remain
@@ -311,6 +320,13 @@ async function main(argv: string[]): Promise<number> {
       const body = { name: need(arg, 'volume name'), size: values.from === undefined ? need(values.size, '--size') : values.size, clusterSize: values['cluster-size'], region: values.region, from: values.from };
       const v = (await api('POST', '/v1/volumes', body)) as VolumeOut;
       out(`created ${volumeLine(v)}`, v);
+      return 0;
+    }
+    if (sub === 'resize') {
+      const name = need(arg, 'volume name');
+      const r = (await api('POST', `/v1/volumes/${enc(name)}/resize`, { size: need(values.size, '--size'), qmp: values.qmp })) as VolumeOut & { resize: { from: number; to: number; how: string } };
+      const how = { record: 'the image follows at the next attach', 'qemu-img': 'the image grew (qemu-img)', block_resize: 'the image grew in the running VM (block_resize)', unchanged: 'already that size' }[r.resize.how] ?? r.resize.how;
+      out(`resized ${name}: ${formatSize(r.resize.from)} -> ${formatSize(r.resize.to)}; ${how}`, r);
       return 0;
     }
     if (sub === 'list') {

@@ -8,6 +8,7 @@
  *   DELETE /v1/volumes/{name}
  *   POST   /v1/volumes/{name}/attach        {qmp?, qga?, force?, fill?, fillRate?, discardLocal?, host?}
  *   POST   /v1/volumes/{name}/detach        {force?, keepLocal?}
+ *   POST   /v1/volumes/{name}/resize        {size, qmp?} -> the volume, with {resize: {from, to, how}}
  *   POST   /v1/snapshots                    {volumes: [name...], consistency?, wait?, qmp?}
  *   GET    /v1/snapshots[?volume=name]
  *   GET    /v1/snapshots/{id}
@@ -134,6 +135,11 @@ async function route(svc: Service, method: string, url: string, body: () => Prom
     if (name !== undefined && parts.length === 4 && method === 'POST' && action === 'attach') {
       const b = await body();
       return [200, await svc.attach(name, { qmp: str(b.qmp, 'qmp'), qga: str(b.qga, 'qga'), force: bool(b.force, 'force'), fill: bool(b.fill, 'fill'), fillRate: typeof b.fillRate === 'number' ? b.fillRate : str(b.fillRate, 'fillRate'), discardLocal: bool(b.discardLocal, 'discardLocal'), host: str(b.host, 'host') })];
+    }
+    if (name !== undefined && parts.length === 4 && method === 'POST' && action === 'resize') {
+      const b = await body();
+      if (typeof b.size !== 'string' && typeof b.size !== 'number') throw new IslandError('INVALID_ARGUMENT', `size must be a byte count or a size like 20G, got ${quoteInput(b.size)}`);
+      return [200, await svc.resizeVolume(name, { size: b.size, qmp: str(b.qmp, 'qmp') })];
     }
     if (name !== undefined && parts.length === 4 && method === 'POST' && action === 'detach') {
       const b = await body();

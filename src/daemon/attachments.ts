@@ -19,6 +19,7 @@ import { LazyFetcher, parseFillRate, type Fills } from './fills.js';
 import type { SnapshotJobs } from './snapshot-jobs.js';
 import { checkRestorable, checkUndamaged } from './sources.js';
 import { crashPoint } from '../util/crash.js';
+import { imageVirtualSize, Resizes, type ResizeOutcome, type ResizeRequest } from './resize.js';
 
 /** How long a restart waits for the store to confirm reopened volumes before serving. */
 const CONFIRM_WAIT_MS = 10_000;
@@ -40,12 +41,20 @@ export function checkHost(hostId: string, volume: string, host: string | undefin
 export class Attachments {
   /** Names with an attach or detach in progress: a second one is refused. */
   private readonly busy = new Set<string>();
+  private readonly resizes: Resizes;
 
   constructor(
     private readonly ctx: DaemonContext,
     private readonly fills: Fills,
     private readonly snapshots: SnapshotJobs,
-  ) {}
+  ) {
+    this.resizes = new Resizes(ctx, (name, fn) => this.exclusive(name, fn), (path) => snapshots.qmpSession(path));
+  }
+
+  /** Grow a volume (resize.ts): never while it is being attached or detached here. */
+  resize(name: unknown, req: ResizeRequest): Promise<ResizeOutcome> {
+    return this.resizes.resize(name, req);
+  }
 
   /** Reopen the volumes that were attached here when the daemon last stopped or crashed. */
   async reopenAll(): Promise<void> {
@@ -190,7 +199,10 @@ export class Attachments {
     }
     let volume: Volume | undefined;
     let fillFrom: string | undefined;
+    /** The local copy is made by this attach (nothing but this attach ever wrote it). */
+    let made = true;
     if (await hasVolumeState(dir)) {
+      made = false;
       const lazy = new LazyFetcher();
       volume = await Volume.open(dir, { logger: vlog, generation, fetcher: lazy });
       if (base && base.volume === name && volume.committedSnapshot !== base.id) {
@@ -199,6 +211,7 @@ export class Attachments {
         const held = volume.committedSnapshot;
         await volume.close();
         volume = undefined;
+        made = true;
         if (fromKept) {
           vlog.warn({ local: held, latest: base.id }, 'the kept local copy is older than the latest snapshot; dropping it');
           await ctx.dirs.dropLive(name);
@@ -238,7 +251,36 @@ export class Attachments {
     ctx.attached.set(name, a);
     ctx.unopened.delete(name);
     if (fillFrom) await fills.resume(name, a, fillFrom, req);
+    await this.growToRecord(rec, a, made);
     vlog.info({ generation }, 'attached');
+  }
+
+  /**
+   * The image follows its record: a volume grown while detached, or created from a smaller
+   * snapshot, has an image smaller than its record until this attach grows it (resize.ts:
+   * qemu-img through the mount; nobody has the file open yet). When that fails, a local
+   * copy this attach made is dropped (the attach fails whole, the generation is released);
+   * an older one stays attached at its old size, for `volume resize` to grow again.
+   */
+  private async growToRecord(rec: VolumeRecord, a: Attached, made: boolean): Promise<void> {
+    const { ctx } = this;
+    const size = await imageVirtualSize(a.volume);
+    a.virtualSize = size;
+    if (size >= rec.virtualSize) return;
+    try {
+      await this.resizes.growImage(rec.name, a, rec.virtualSize);
+      a.virtualSize = rec.virtualSize;
+      ctx.log.info({ volume: rec.name, from: size, to: rec.virtualSize }, 'image grown to the size of its volume');
+    } catch (err) {
+      if (made) {
+        ctx.attached.delete(rec.name);
+        await this.fills.stop(a);
+        await a.volume.close();
+        await ctx.dirs.dropLive(rec.name);
+      }
+      const now = made ? 'the attach is undone' : `it is attached at ${size} bytes; retry with island volume resize ${rec.name} --size ${rec.virtualSize}`;
+      throw new IslandError(codeOf(err), `the image of ${rec.name} (${size} bytes) could not grow to the volume's ${rec.virtualSize} bytes: ${(err as Error).message}; ${now}`, { cause: err, details: { volume: rec.name, image: size, size: rec.virtualSize } });
+    }
   }
 
   async detach(name: string, req: { force?: boolean; keepLocal?: boolean } = {}): Promise<string> {

@@ -48,7 +48,7 @@ export async function capacity(ctx: DaemonContext): Promise<CapacityView> {
   let provisionedBytes = 0;
   let usedBytes = 0;
   for (const [name, a] of [...ctx.attached]) {
-    provisionedBytes += a.volume.virtualSize;
+    provisionedBytes += a.virtualSize ?? a.volume.virtualSize;
     usedBytes += await allocatedBytes(ctx.dirs.live(name));
   }
   return { dataDir, totalBytes: fsStat.blocks * fsStat.bsize, freeBytes: fsStat.bavail * fsStat.bsize, provisionedBytes, usedBytes };

@@ -104,6 +104,8 @@ export interface Attached {
   fill?: FillJob;
   /** The parent's id, when its manifest is still to be read (see Attachments.reopen). */
   parentId?: string;
+  /** The virtual size of the image (the record's, once attach or resize grew it to that). */
+  virtualSize?: number;
 }
 
 export interface VolumeView {

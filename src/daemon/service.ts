@@ -4,6 +4,7 @@
  *
  *   catalog.ts         volume records: create, show, list, delete
  *   attachments.ts     attach, detach, reopening volumes after a stop or crash
+ *   resize.ts          growing volumes: the record, and the image through QEMU
  *   fills.ts           background fills of restored volumes, and their pins
  *   snapshot-jobs.ts   snapshots of attached volumes, with QMP and the guest agent
  *   history.ts         snapshot listing, delete, prune, copy to other regions, GC
@@ -29,12 +30,14 @@ import { Fills } from './fills.js';
 import { History, type GcView } from './history.js';
 import { MountTable } from './mounts.js';
 import { capacity, type CapacityView } from './capacity.js';
+import type { ResizeOutcome, ResizeRequest } from './resize.js';
 import { SnapshotJobs } from './snapshot-jobs.js';
 
 export { PIN_TTL_MS, snapshotView, fillView } from './context.js';
 export type { Access, AttachRequest, Attached, FillJob, FillView, SnapshotJob, SnapshotView, VolumeView } from './context.js';
 export type { GcView } from './history.js';
 export type { CapacityView } from './capacity.js';
+export type { ResizeOutcome, ResizeRequest } from './resize.js';
 
 export interface StatusView {
   host: string;
@@ -114,6 +117,12 @@ export class Service {
 
   deleteVolume(name: string): Promise<void> {
     return this.catalog.delete(name, (id) => this.history.releaseClonePin(id));
+  }
+
+  /** Grow a volume (never shrink): its record, and its image when attached here (resize.ts). */
+  async resizeVolume(name: string, req: ResizeRequest): Promise<VolumeView & { resize: ResizeOutcome }> {
+    const outcome = await this.attachments.resize(name, req);
+    return { ...(await this.catalog.show(outcome.name)), resize: outcome };
   }
 
   async attach(name: string, req: AttachRequest = {}): Promise<VolumeView> {

@@ -293,6 +293,9 @@ export class Attachments {
       if (open > 0 && !req.force) throw new IslandError('BUSY', `${vname}.qcow2 is open (${open} handle${open > 1 ? 's' : ''}); close it or detach with --force`, { details: { volume: vname, open } });
       a.confirming?.abort();
       if (a.access.mode === 'fenced') return this.setAside(vname, a);
+      // A snapshot in progress sealed before the last writes: the final one seals after
+      // them (joining it as the final snapshot would drop those writes with the local copy).
+      while (a.job) await a.job.promise.catch(() => undefined);
       // The final snapshot: the volume's last state goes to the store before the host
       // lets go of it (its manifest is written before the detach record).
       const last = await this.snapshots.one(vname, 'crash');

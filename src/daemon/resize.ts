@@ -110,6 +110,11 @@ export class Resizes {
       if (size > max) throw new IslandError('INVALID_ARGUMENT', `volume size ${size} is larger than a qcow2 image with ${rec.clusterSize}-byte clusters can address (${max})`, { details: { volume: name, size, max } });
       const a = this.ctx.attached.get(name);
       if (a) return this.resizeAttached(name, a, rec, size, req.qmp);
+      const unopened = this.ctx.unopened.get(name);
+      if (unopened) {
+        // Its local copy may hold writes no snapshot has: the volume stays this host's until settled.
+        throw new IslandError('BUSY', `volume ${name} has a local copy on this host that is not served (${unopened.code}); settle it first (island status, attach --discard-local)`, { details: { volume: name } });
+      }
       if (rec.status === 'attached' && rec.host !== this.ctx.config.hostId) {
         throw new IslandError('ATTACHED_ELSEWHERE', `volume ${name} is attached on host ${rec.host ?? '?'}; resize it there`, { details: { volume: name, host: rec.host } });
       }

@@ -6,7 +6,7 @@
  * block_resize when a VM has it open, and is refused otherwise; a volume created from a
  * smaller snapshot may be larger. Real daemon, real FUSE, real qemu-img and QEMU.
  */
-import { open } from 'node:fs/promises';
+import { open, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import t from 'tap';
 import { call } from '../../src/cli/client.js';
@@ -140,5 +140,24 @@ t.test('a volume a VM has open grows through QMP block_resize', async (t) => {
   t.notMatch(await qemuIo(h, 'vm', 'read -P 0x5a 0 1M', 'read -P 0x5b 1100M 1M'), /Pattern verification failed|error/i, 'data before and after the resize');
   t.equal((await record(h, 'vm')).virtualSize, 1200 * MiB, 'the record follows');
   t.equal((await cli(h, 'detach', 'vm')).code, 0);
+  await kill(h, 'SIGTERM');
+});
+
+t.test('a volume whose local copy is not served is not resized (it stays this host\'s)', async (t) => {
+  const h = await makeHost(t, 'host-unopened');
+  await serve(h);
+  t.equal((await cli(h, 'volume', 'create', 'u', '--size', '16M')).code, 0);
+  t.equal((await cli(h, 'attach', 'u')).code, 0);
+  await kill(h, 'SIGKILL');
+  await writeFile(join(h.dataDir, 'volumes', 'u', 'state'), Buffer.alloc(4096, 0x5a));
+  await serve(h);
+  const st = (await cliJson(h, 'status')) as { unopened: { name: string }[] };
+  t.same(st.unopened.map((u) => u.name), ['u'], 'its local copy is not served');
+  const before = await record(h, 'u');
+  const r = await cli(h, 'volume', 'resize', 'u', '--size', '32M');
+  t.equal(r.code, 1);
+  t.match(r.stderr, /BUSY.*not served/, 'refused, saying why');
+  const after = await record(h, 'u');
+  t.same({ size: after.virtualSize, generation: after.generation, status: after.status }, { size: before.virtualSize, generation: before.generation, status: before.status }, 'the record and the generation are unchanged');
   await kill(h, 'SIGTERM');
 });

@@ -55,8 +55,13 @@ volumes
                                          <dataDir>/aside) and restores from the store;
                                          --host refuses (WRONG_HOST) unless HOST is this
                                          daemon's host id
-  detach NAME [--force] [--keep-local]   final snapshot, then drop the local copy (or keep it
+  detach NAME [--force] [--keep-local] [--no-wait]
+                                         final snapshot, then drop the local copy (or keep it
                                          warm); refused while the file is open unless --force;
+                                         --no-wait returns once the final snapshot is sealed
+                                         and the file is off the mount: the upload finishes
+                                         in the background (status: detaching) and the volume
+                                         is released to other hosts when it commits;
                                          a FENCED volume is detached without a snapshot and
                                          its local copy is kept under <dataDir>/aside
 snapshots
@@ -302,7 +307,7 @@ async function main(argv: string[]): Promise<number> {
   const statusOf = async (name: string): Promise<StatusVolume | undefined> => ((await api('GET', '/v1/status')) as { volumes: StatusVolume[] }).volumes.find((v) => v.name === name);
   const enc = encodeURIComponent;
   if (cmd === 'status') {
-    const s = (await api('GET', '/v1/status')) as { host: string; mount: string; volumes: { name: string; length: number; openHandles: number; dirtyClusters: number; generation: number; access?: { mode: string; why: string | null } }[]; unopened?: { name: string; code: string; why: string }[]; copies?: { snapshot: string; volume: string; to: string; state: string; progress: { packsDone: number; packsTotal: number }; error: { code: string; message: string } | null }[]; capacity?: { dataDir: string; totalBytes: number; freeBytes: number; provisionedBytes: number; usedBytes: number } };
+    const s = (await api('GET', '/v1/status')) as { host: string; mount: string; volumes: { name: string; length: number; openHandles: number; dirtyClusters: number; generation: number; access?: { mode: string; why: string | null } }[]; unopened?: { name: string; code: string; why: string }[]; copies?: { snapshot: string; volume: string; to: string; state: string; progress: { packsDone: number; packsTotal: number }; error: { code: string; message: string } | null }[]; capacity?: { dataDir: string; totalBytes: number; freeBytes: number; provisionedBytes: number; usedBytes: number }; detaching?: { name: string; snapshot: { done: number; total: number } | null; waiting: { code: string; message: string } | null }[] };
     const lines = [`host ${s.host}, mount ${s.mount}, ${s.volumes.length} attached`];
     const cap = s.capacity;
     if (cap) lines.push(`data disk ${cap.dataDir}: ${humanSize(cap.freeBytes)} free of ${humanSize(cap.totalBytes)}; attached volumes: ${humanSize(cap.provisionedBytes)} provisioned, ${humanSize(cap.usedBytes)} used locally`);
@@ -311,6 +316,7 @@ async function main(argv: string[]): Promise<number> {
       const access = v.access && v.access.mode !== 'read-write' ? `\n    ${v.access.mode.toUpperCase()}: ${v.access.why ?? ''}` : '';
       lines.push(`  ${v.name}.qcow2\timage ${formatSize(v.length)}, ${v.openHandles} open, ${v.dirtyClusters} dirty clusters, generation ${v.generation}${access}`);
     }
+    for (const d of s.detaching ?? []) lines.push(`  ${d.name}.qcow2\tDETACHING: final snapshot uploading${d.snapshot && d.snapshot.total > 0 ? ` (${d.snapshot.done} / ${d.snapshot.total} clusters)` : ''}${d.waiting ? `, waiting for the store (${d.waiting.code}: ${d.waiting.message})` : ''}`);
     for (const c of s.copies ?? []) lines.push(`  copy ${c.snapshot} (${c.volume}) to ${c.to}: ${c.state}, ${c.progress.packsDone} / ${c.progress.packsTotal} packs${c.error ? `: ${c.error.code}: ${c.error.message}` : ''}`);
     out(lines.join('\n'), s);
     return 0;
@@ -421,8 +427,10 @@ async function main(argv: string[]): Promise<number> {
   }
   if (cmd === 'detach') {
     const name = need(sub, 'volume name');
-    const v = (await api('POST', `/v1/volumes/${enc(name)}/detach`, { force: values.force, keepLocal: values['keep-local'] })) as VolumeOut;
-    out(`detached ${name} (final snapshot taken; local copy ${values['keep-local'] ? 'kept' : 'dropped'})`, v);
+    const noWait = values['no-wait'] === true;
+    const v = (await api('POST', `/v1/volumes/${enc(name)}/detach`, { force: values.force, keepLocal: values['keep-local'], noWait })) as VolumeOut;
+    if (noWait) out(`detaching ${name}: final snapshot sealed, the file is off the mount; it uploads in the background and ${name} is released when it commits (see island status)`, v);
+    else out(`detached ${name} (final snapshot taken; local copy ${values['keep-local'] ? 'kept' : 'dropped'})`, v);
     return 0;
   }
   throw new IslandError('INVALID_ARGUMENT', `unknown command: ${positionals.join(' ').slice(0, 80)} (try island help)`);

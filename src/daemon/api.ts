@@ -7,7 +7,7 @@
  *   GET    /v1/volumes/{name}
  *   DELETE /v1/volumes/{name}
  *   POST   /v1/volumes/{name}/attach        {qmp?, qga?, force?, fill?, fillRate?, discardLocal?, host?}
- *   POST   /v1/volumes/{name}/detach        {force?, keepLocal?}
+ *   POST   /v1/volumes/{name}/detach        {force?, keepLocal?, noWait?}
  *   POST   /v1/volumes/{name}/resize        {size, qmp?} -> the volume, with {resize: {from, to, how}}
  *   POST   /v1/snapshots                    {volumes: [name...], consistency?, wait?, qmp?}
  *   GET    /v1/snapshots[?volume=name]
@@ -143,7 +143,7 @@ async function route(svc: Service, method: string, url: string, body: () => Prom
     }
     if (name !== undefined && parts.length === 4 && method === 'POST' && action === 'detach') {
       const b = await body();
-      return [200, await svc.detach(name, { force: bool(b.force, 'force'), keepLocal: bool(b.keepLocal, 'keepLocal') })];
+      return [200, await svc.detach(name, { force: bool(b.force, 'force'), keepLocal: bool(b.keepLocal, 'keepLocal'), noWait: bool(b.noWait, 'noWait') })];
     }
   }
   if (res === 'snapshots') {

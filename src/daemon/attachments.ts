@@ -5,21 +5,28 @@
  * state: a kept local copy when it is current, a restore from the newest snapshot (or the
  * snapshot the volume was created from) otherwise, or a new image.
  */
-import { IslandError, codeOf } from '../errors.js';
+import { IslandError, codeOf, isTransient } from '../errors.js';
 import { parseVolumeName } from '../format/names.js';
 import type { Manifest, VolumeRecord } from '../format/records.js';
 import { acquireGeneration, releaseGeneration } from '../repo/attach.js';
 import { checkHolds } from '../repo/fencing.js';
-import { untilAvailable } from '../util/backoff.js';
+import { FIRST_DELAY_MS, MAX_DELAY_MS, untilAvailable } from '../util/backoff.js';
 import { sleep } from '../util/sleep.js';
 import { treeFetcher } from '../snapshot/restore.js';
-import { Volume, hasVolumeState } from '../volume/engine.js';
-import { type Attached, type AttachRequest, type DaemonContext } from './context.js';
+import { Volume, hasVolumeState, type Seal } from '../volume/engine.js';
+import { type Attached, type AttachRequest, type DaemonContext, type Detaching } from './context.js';
 import { LazyFetcher, parseFillRate, type Fills } from './fills.js';
 import type { SnapshotJobs } from './snapshot-jobs.js';
 import { checkRestorable, checkUndamaged } from './sources.js';
 import { crashPoint } from '../util/crash.js';
 import { imageVirtualSize, Resizes, type ResizeOutcome, type ResizeRequest } from './resize.js';
+
+export interface DetachRequest {
+  force?: boolean;
+  keepLocal?: boolean;
+  /** Return once the final snapshot is sealed and the file is off the mount (the upload runs on). */
+  noWait?: boolean;
+}
 
 /** How long a restart waits for the store to confirm reopened volumes before serving. */
 const CONFIRM_WAIT_MS = 10_000;
@@ -41,6 +48,9 @@ export function checkHost(hostId: string, volume: string, host: string | undefin
 export class Attachments {
   /** Names with an attach or detach in progress: a second one is refused. */
   private readonly busy = new Set<string>();
+  /** The daemon is stopping: background detaches give up (their volumes come back at the next start). */
+  private closing = false;
+  private readonly stopping = new AbortController();
   private readonly resizes: Resizes;
 
   constructor(
@@ -139,6 +149,9 @@ export class Attachments {
 
   private async exclusive<T>(name: string, fn: () => Promise<T>): Promise<T> {
     if (this.busy.has(name)) throw new IslandError('BUSY', `volume ${name} has an attach or detach in progress`, { details: { volume: name } });
+    if (this.ctx.detaching.has(name)) {
+      throw new IslandError('BUSY', `volume ${name} is detaching: its final snapshot is uploading, and it is released when that snapshot commits (see island status)`, { details: { volume: name, detaching: true } });
+    }
     this.busy.add(name);
     try {
       return await fn();
@@ -283,7 +296,7 @@ export class Attachments {
     }
   }
 
-  async detach(name: string, req: { force?: boolean; keepLocal?: boolean } = {}): Promise<string> {
+  async detach(name: string, req: DetachRequest = {}): Promise<string> {
     const { ctx } = this;
     const vname = parseVolumeName(name);
     return this.exclusive(vname, async () => {
@@ -296,24 +309,104 @@ export class Attachments {
       // A snapshot in progress sealed before the last writes: the final one seals after
       // them (joining it as the final snapshot would drop those writes with the local copy).
       while (a.job) await a.job.promise.catch(() => undefined);
+      if (req.noWait) return this.detachInBackground(vname, a, req);
       // The final snapshot: the volume's last state goes to the store before the host
       // lets go of it (its manifest is written before the detach record).
       const last = await this.snapshots.one(vname, 'crash');
       ctx.log.info({ volume: vname, snapshot: last.id }, 'final snapshot before detach');
       crashPoint('detach.final-snapshot');
       ctx.attached.delete(vname);
-      const base = a.volume.baseSnapshot;
-      await this.fills.stop(a);
-      await a.volume.close();
-      if (req.keepLocal) await ctx.dirs.keep(vname);
-      else await ctx.dirs.dropLive(vname);
-      crashPoint('detach.local-released');
-      await releaseGeneration(ctx.repo, vname, a.generation);
-      // The final snapshot holds everything the base gave: this host's pins on it can go.
-      if (base) await this.fills.releasePins(base);
-      ctx.log.info({ volume: vname, keptLocal: req.keepLocal === true }, 'detached');
+      await this.release(vname, a, req);
       return vname;
     });
+  }
+
+  /** After the final snapshot committed: close, drop (or keep) the local copy, write the detach record. */
+  private async release(name: string, a: Attached, req: DetachRequest): Promise<void> {
+    const { ctx } = this;
+    const base = a.volume.baseSnapshot;
+    await this.fills.stop(a);
+    await a.volume.close();
+    if (req.keepLocal) await ctx.dirs.keep(name);
+    else await ctx.dirs.dropLive(name);
+    crashPoint('detach.local-released');
+    await releaseGeneration(ctx.repo, name, a.generation);
+    // The final snapshot holds everything the base gave: this host's pins on it can go.
+    if (base) await this.fills.releasePins(base);
+    ctx.log.info({ volume: name, keptLocal: req.keepLocal === true }, 'detached');
+  }
+
+  /**
+   * detach --no-wait: the file leaves the mount and the final epoch is sealed (durable
+   * locally) before the caller is answered; the upload runs on. This host keeps the
+   * volume's generation (another host's attach is refused: ATTACHED_ELSEWHERE) and this
+   * daemon refuses attach and detach of it (BUSY) until the final snapshot commits, then
+   * releases it as a waiting detach does. An unreachable store is waited out (status shows
+   * it); a permanent failure puts the volume back on the mount, attached as before; a
+   * fenced volume is set aside. A daemon stopped meanwhile reopens the volume at its next
+   * start, attached (the detach is asked again).
+   */
+  private async detachInBackground(name: string, a: Attached, req: DetachRequest): Promise<string> {
+    const { ctx } = this;
+    const d: Detaching = { attached: a, started: Date.now(), waiting: null, promise: Promise.resolve() };
+    // Off the mount first (in one step with the detaching mark): no new snapshot job starts.
+    ctx.attached.delete(name);
+    ctx.detaching.set(name, d);
+    let seal: Seal;
+    try {
+      seal = await a.volume.seal();
+    } catch (err) {
+      ctx.detaching.delete(name);
+      ctx.attached.set(name, a);
+      throw err;
+    }
+    const first = this.snapshots.oneOf(name, a, 'crash', seal);
+    d.promise = this.finishInBackground(name, a, req, d, first).finally(() => ctx.detaching.delete(name));
+    ctx.log.info({ volume: name }, 'detaching: final snapshot sealed, the file is off the mount; uploading in the background');
+    return name;
+  }
+
+  private async finishInBackground(name: string, a: Attached, req: DetachRequest, d: Detaching, first: Promise<Manifest>): Promise<void> {
+    const { ctx } = this;
+    const vlog = ctx.log.child({ volume: name });
+    let job = first;
+    for (let delay = FIRST_DELAY_MS; ; delay = Math.min(MAX_DELAY_MS, delay * 2)) {
+      try {
+        const last = await job;
+        d.waiting = null;
+        vlog.info({ snapshot: last.id }, 'final snapshot before detach');
+        break;
+      } catch (err) {
+        if (this.closing) return;
+        if (codeOf(err) === 'FENCED') {
+          await this.setAside(name, a);
+          return;
+        }
+        if (!isTransient(err)) {
+          ctx.attached.set(name, a);
+          vlog.error({ err, code: codeOf(err) }, 'the final snapshot of a detach failed: the volume is attached again (detach it again)');
+          return;
+        }
+        d.waiting = { code: codeOf(err), message: (err as Error).message };
+        vlog.warn({ err, retryInMs: delay }, 'the final snapshot of a detach waits for the store');
+        await sleep(delay, this.stopping.signal, { resolveOnAbort: true });
+        if (this.closing) return;
+        job = this.snapshots.oneOf(name, a, 'crash');
+      }
+    }
+    crashPoint('detach.final-snapshot');
+    try {
+      await this.release(name, a, req);
+    } catch (err) {
+      // The local copy is closed; the detach record is what is missing: the store is
+      // asked again until it takes it (a crash here leaves the generation held, as after
+      // a crash of a waiting detach at the same step).
+      if (this.closing || !isTransient(err)) {
+        vlog.error({ err, code: codeOf(err) }, 'detach: releasing the volume failed after its final snapshot');
+        return;
+      }
+      await untilAvailable(() => releaseGeneration(ctx.repo, name, a.generation), { signal: this.stopping.signal }).catch((e: unknown) => vlog.error({ err: e }, 'detach: the detach record could not be written'));
+    }
   }
 
   /**
@@ -332,6 +425,14 @@ export class Attachments {
 
   /** Stop fills and close every attached volume cleanly (the daemon stops). */
   async closeAll(): Promise<void> {
+    this.closing = true;
+    this.stopping.abort();
+    // A detach still uploading stops here; the volume is reopened, attached, at the next start.
+    for (const [name, d] of this.ctx.detaching) {
+      await this.fills.stop(d.attached);
+      // Not waited for: its upload may hang on the store as long as the store's deadline.
+      await d.attached.volume.close().catch((err: unknown) => this.ctx.log.error({ volume: name, err }, 'volume close failed'));
+    }
     for (const [name, a] of this.ctx.attached) {
       a.confirming?.abort();
       await this.fills.stop(a);

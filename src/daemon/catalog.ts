@@ -73,6 +73,7 @@ export class Catalog {
       generation: rec.generation,
       source: rec.source,
     };
+    if (this.ctx.detaching.has(rec.name)) v.detaching = true;
     if (a) {
       const s = a.volume.stats();
       v.local = { file: mountFile(this.ctx.config, rec.name), length: a.volume.length, openHandles: this.ctx.openHandles(rec.name), dirtyClusters: s.dirtyClusters, recovery: a.volume.recovery, fill: a.fill ? fillView(a.fill) : null, access: { ...a.access } };

@@ -22,14 +22,15 @@ import { Repository } from '../repo/repository.js';
 import { openStore } from '../store/open.js';
 import { LocalDirectories } from '../volume/directories.js';
 import type { FuseVolume } from '../fuse/adapter.js';
-import { Attachments } from './attachments.js';
+import { Attachments, type DetachRequest } from './attachments.js';
 import { Catalog } from './catalog.js';
-import { fillView, type Access, type AttachRequest, type Attached, type DaemonContext, type FillView, type SnapshotView, type VolumeView } from './context.js';
+import { detachingView, fillView, type Access, type AttachRequest, type Attached, type DaemonContext, type FillView, type SnapshotView, type VolumeView } from './context.js';
 import { Copies, type CopyOutcome, type CopyView, type RegionOpener } from './copies.js';
 import { Fills } from './fills.js';
 import { History, type GcView } from './history.js';
 import { MountTable } from './mounts.js';
 import { capacity, type CapacityView } from './capacity.js';
+import type { DetachingView } from './context.js';
 import type { ResizeOutcome, ResizeRequest } from './resize.js';
 import { SnapshotJobs } from './snapshot-jobs.js';
 
@@ -37,6 +38,7 @@ export { PIN_TTL_MS, snapshotView, fillView } from './context.js';
 export type { Access, AttachRequest, Attached, FillJob, FillView, SnapshotJob, SnapshotView, VolumeView } from './context.js';
 export type { GcView } from './history.js';
 export type { CapacityView } from './capacity.js';
+export type { DetachRequest } from './attachments.js';
 export type { ResizeOutcome, ResizeRequest } from './resize.js';
 
 export interface StatusView {
@@ -49,6 +51,8 @@ export interface StatusView {
   copies: CopyView[];
   /** The data disk: its size and free space, what attached volumes may grow into and use. */
   capacity: CapacityView;
+  /** Volumes detached with --no-wait whose final snapshot is still uploading (still held here). */
+  detaching: DetachingView[];
   volumes: {
     name: string;
     length: number;
@@ -82,7 +86,7 @@ export class Service {
     readonly log: Logger,
     openRegion: RegionOpener = (name, backend) => new Repository(openStore(backend).store, { host: config.hostId, region: name }),
   ) {
-    this.ctx = { config, repo, log, attached: this.attached, unopened: new Map(), dirs: new LocalDirectories(config.dataDir), openHandles: (n) => this.openHandles(n) };
+    this.ctx = { config, repo, log, attached: this.attached, detaching: new Map(), unopened: new Map(), dirs: new LocalDirectories(config.dataDir), openHandles: (n) => this.openHandles(n) };
     this.copies = new Copies(config, repo, openRegion, config.commitWindowMs, log);
     this.catalog = new Catalog(this.ctx);
     this.fills = new Fills(this.ctx);
@@ -131,7 +135,7 @@ export class Service {
     return this.catalog.show(rec.name);
   }
 
-  async detach(name: string, req: { force?: boolean; keepLocal?: boolean } = {}): Promise<VolumeView> {
+  async detach(name: string, req: DetachRequest = {}): Promise<VolumeView> {
     return this.catalog.show(await this.attachments.detach(name, req));
   }
 
@@ -145,6 +149,7 @@ export class Service {
       gc: this.history.gcStatus(),
       copies: this.copies.views(),
       capacity: cap,
+      detaching: [...this.ctx.detaching].map(([name, d]) => detachingView(name, d)),
       volumes: [...this.attached].map(([name, a]) => ({
         name,
         length: a.volume.length,

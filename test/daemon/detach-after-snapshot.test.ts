@@ -8,9 +8,9 @@
  * stays in progress while the test writes and detaches); host B restores the volume.
  */
 import t from 'tap';
-import { cli, cliJson, image, kill, makeHost, run, serve, useS3, waitFor } from '../helpers/daemon.js';
-import { holdingProxy } from '../helpers/holding-proxy.js';
-import { uniqueBucket, useSwift } from '../helpers/swift.js';
+import { cli, cliJson, image, kill, run, waitFor } from '../helpers/daemon.js';
+import { heldAndDirectHosts } from '../helpers/holding-proxy.js';
+import { useSwift } from '../helpers/swift.js';
 
 const got = await useSwift(t);
 if ('skip' in got) {
@@ -19,14 +19,7 @@ if ('skip' in got) {
   const swift = got.swift;
 
   t.test('a detach while a snapshot uploads keeps the writes made after that snapshot sealed', async (t) => {
-    const bucket = uniqueBucket('detach-join');
-    const proxy = await holdingProxy(t, swift.endpoint);
-    const a = await makeHost(t, 'host-a');
-    await useS3(a, { ...swift, endpoint: proxy.endpoint }, bucket);
-    const b = await makeHost(t, 'host-b');
-    await useS3(b, swift, bucket);
-    await serve(a);
-    await serve(b);
+    const { proxy, a, b } = await heldAndDirectHosts(t, swift, 'detach-join');
     t.equal((await cli(a, 'volume', 'create', 'v', '--size', '64M')).code, 0);
     t.equal((await cli(a, 'attach', 'v')).code, 0);
     await run('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x11 0 1M', image(a, 'v')]);

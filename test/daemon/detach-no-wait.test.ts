@@ -10,9 +10,9 @@
 import { existsSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import t from 'tap';
-import { cli, cliJson, image, kill, makeHost, run, serve, useS3, waitFor } from '../helpers/daemon.js';
-import { holdingProxy } from '../helpers/holding-proxy.js';
-import { uniqueBucket, useSwift, type SwiftInfo } from '../helpers/swift.js';
+import { cli, cliJson, image, kill, run, serve, waitFor } from '../helpers/daemon.js';
+import { heldAndDirectHosts } from '../helpers/holding-proxy.js';
+import { useSwift, type SwiftInfo } from '../helpers/swift.js';
 
 const got = await useSwift(t);
 if ('skip' in got) {
@@ -21,14 +21,7 @@ if ('skip' in got) {
   const swift: SwiftInfo = got.swift;
 
   t.test('detach --no-wait returns at the seal; the volume is released when its final snapshot commits', async (t) => {
-    const bucket = uniqueBucket('nowait');
-    const proxy = await holdingProxy(t, swift.endpoint);
-    const a = await makeHost(t, 'host-a');
-    await useS3(a, { ...swift, endpoint: proxy.endpoint }, bucket);
-    const b = await makeHost(t, 'host-b');
-    await useS3(b, swift, bucket);
-    await serve(a);
-    await serve(b);
+    const { proxy, a, b } = await heldAndDirectHosts(t, swift, 'nowait');
 
     t.equal((await cli(a, 'volume', 'create', 'v', '--size', '64M')).code, 0);
     t.equal((await cli(a, 'attach', 'v')).code, 0);
@@ -73,14 +66,7 @@ if ('skip' in got) {
   });
 
   t.test('a daemon stopped while a detach uploads gets the volume back, attached, at its restart', async (t) => {
-    const bucket = uniqueBucket('nowait-stop');
-    const proxy = await holdingProxy(t, swift.endpoint);
-    const a = await makeHost(t, 'host-a');
-    await useS3(a, { ...swift, endpoint: proxy.endpoint }, bucket);
-    const b = await makeHost(t, 'host-b');
-    await useS3(b, swift, bucket);
-    await serve(a);
-    await serve(b);
+    const { proxy, a, b } = await heldAndDirectHosts(t, swift, 'nowait-stop');
     t.equal((await cli(a, 'volume', 'create', 'v', '--size', '64M')).code, 0);
     t.equal((await cli(a, 'attach', 'v')).code, 0);
     await run('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x66 0 2M', image(a, 'v')]);

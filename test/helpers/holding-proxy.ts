@@ -5,6 +5,8 @@
  */
 import { createServer, request, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { makeHost, serve, useS3, type Host } from './daemon.js';
+import { uniqueBucket, type SwiftInfo } from './swift.js';
 
 export interface HoldingProxy {
   endpoint: string;
@@ -50,4 +52,20 @@ export async function holdingProxy(t: { teardown(fn: () => unknown): void }, tar
     },
     held: () => heldCount,
   };
+}
+
+/**
+ * Two daemons sharing a fresh bucket of a real Swift: `a` through a holding proxy (its
+ * uploads can be held), `b` directly. Both serving.
+ */
+export async function heldAndDirectHosts(t: { teardown(fn: () => unknown): void }, swift: SwiftInfo, tag: string): Promise<{ proxy: HoldingProxy; a: Host; b: Host }> {
+  const bucket = uniqueBucket(tag);
+  const proxy = await holdingProxy(t, swift.endpoint);
+  const a = await makeHost(t, 'host-a');
+  await useS3(a, { ...swift, endpoint: proxy.endpoint }, bucket);
+  const b = await makeHost(t, 'host-b');
+  await useS3(b, swift, bucket);
+  await serve(a);
+  await serve(b);
+  return { proxy, a, b };
 }

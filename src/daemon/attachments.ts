@@ -90,6 +90,12 @@ export class Attachments {
         this.ctx.unopened.delete(name);
         confirmations.push(this.confirm(name, a));
         if (baseId) await this.fills.resume(name, a, baseId);
+        // The size the image has now (a resize may have grown it since its state record was
+        // made): read in the background, as its first cluster may have to come from the store.
+        imageVirtualSize(volume).then(
+          (size) => (a.virtualSize = size),
+          (err: unknown) => vlog.warn({ err, code: codeOf(err) }, 'the image header could not be read: capacity counts the size the volume was created with'),
+        );
         vlog.info({ length: volume.length, recovery: volume.recovery }, 'volume reattached');
       } catch (err) {
         // One damaged volume must not take the others down; status says why it is not served.

@@ -6,7 +6,7 @@
 import { open, stat, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import t from 'tap';
-import { cli, cliJson, image, kill, makeHost, serve } from '../helpers/daemon.js';
+import { cli, cliJson, image, kill, makeHost, serve, waitFor } from '../helpers/daemon.js';
 
 interface Capacity {
   dataDir: string;
@@ -63,5 +63,13 @@ t.test('status reports the data disk and what attached volumes provision and use
   t.equal((await cli(h, 'detach', 'big')).code, 0);
   const after = await capacityOf(h);
   t.equal(after.provisionedBytes, 64 * MiB, 'a detached volume no longer counts');
+
+  // Grown while attached, then the daemon restarts: the grown size counts.
+  t.equal((await cli(h, 'volume', 'resize', 'small', '--size', '256M')).code, 0);
+  t.equal((await capacityOf(h)).provisionedBytes, 256 * MiB, 'a resize counts at once');
+  await kill(h, 'SIGTERM');
+  await serve(h);
+  await waitFor('the reopened volume to count its grown size', async () => (await capacityOf(h)).provisionedBytes === 256 * MiB);
+  t.pass('after a restart, the size of the image counts');
   await kill(h, 'SIGTERM');
 });

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 # What each package is for:
 #   libfuse2 fuse3          FUSE runtime for fuse-native (libfuse.so.2) and fusermount
-#   qemu-utils              qemu-img / qemu-io: tests and the read-only qcow2 check
+#   qemu-utils              qemu-img / qemu-io: growing images (volume resize), tests, the qcow2 check
 #   qemu-system-x86         qemu-system-x86_64 (QMP-coordinated snapshots, guest tests)
 #   swift*, memcached       a private single-node OpenStack Swift with s3api for tests and benchmarks
 #   python3-swift           Swift's Python modules (for /usr/bin/python3)

@@ -52,6 +52,7 @@ export const CODES = {
   BUSY: { transient: false, errno: 'EBUSY', doc: 'the volume is attached, open, or has an operation in progress' },
   DATA_DIR_LOCKED: { transient: false, errno: 'EBUSY', doc: 'another island daemon serves this data directory' },
   ATTACHED_ELSEWHERE: { transient: false, errno: 'EBUSY', doc: 'the volume is attached on another host' },
+  WRONG_HOST: { transient: false, errno: 'EINVAL', doc: 'the request names another host than the daemon that received it (attach --host)' },
   FENCED: { transient: false, errno: 'EROFS', doc: 'a newer generation of the volume exists; this host may no longer commit' },
   HEAD_UNCERTAIN: { transient: false, errno: 'EIO', doc: 'a lost or damaged chain link or manifest hides what may be the newest snapshot: the volume would roll back' },
   WINDOW_EXPIRED: { transient: false, errno: 'EIO', doc: 'a writer outlived its commit window and must re-check or abort' },

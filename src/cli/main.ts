@@ -30,13 +30,22 @@ daemon
   status                                 the daemon and its attached volumes
 volumes
   volume create NAME --size SIZE [--cluster-size 64K] [--region R]
-  volume create NAME --from SNAPSHOT     a new volume holding that snapshot's image (any
-                                         volume's); attaching it is instant, as a restore
+  volume create NAME --from SNAPSHOT [--size SIZE]
+                                         a new volume holding that snapshot's image (any
+                                         volume's); attaching it is instant, as a restore;
+                                         --size may make it larger than the snapshot (the
+                                         first attach grows the image)
+  volume resize NAME --size SIZE [--qmp SOCKET]
+                                         grow a volume (never shrink): a detached one's
+                                         image follows at its next attach; an attached one
+                                         grows now, through qemu-img when its file is not
+                                         open, through QEMU's block_resize (--qmp, or the
+                                         socket given at attach) when a VM has it open
   volume list
   volume show NAME
   volume delete NAME                     refused while attached; its snapshots remain
   attach NAME [--qmp SOCKET] [--qga SOCKET] [--force] [--wait-filled] [--fill-rate RATE] [--no-fill]
-             [--discard-local] [--allow-rollback]
+             [--discard-local] [--allow-rollback] [--host HOST]
                                          show NAME.qcow2 on the mount; --force takes over a
                                          volume attached on another host (fence it first!);
                                          a volume with snapshots is usable at once and fills
@@ -46,9 +55,15 @@ volumes
                                          <dataDir>/aside) and restores from the store;
                                          --allow-rollback accepts an older snapshot when the
                                          store cannot prove the newest (HEAD_UNCERTAIN: run
-                                         island fsck --repair first)
-  detach NAME [--force] [--keep-local]   final snapshot, then drop the local copy (or keep it
+                                         island fsck --repair first); --host refuses
+                                         (WRONG_HOST) unless HOST is this daemon's host id
+  detach NAME [--force] [--keep-local] [--no-wait]
+                                         final snapshot, then drop the local copy (or keep it
                                          warm); refused while the file is open unless --force;
+                                         --no-wait returns once the final snapshot is sealed
+                                         and the file is off the mount: the upload finishes
+                                         in the background (status: detaching) and the volume
+                                         is released to other hosts when it commits;
                                          a FENCED volume is detached without a snapshot and
                                          its local copy is kept under <dataDir>/aside
 snapshots
@@ -248,6 +263,7 @@ async function main(argv: string[]): Promise<number> {
       'fill-rate': { type: 'string' },
       'discard-local': { type: 'boolean' },
       'allow-rollback': { type: 'boolean' },
+      host: { type: 'string' },
       'no-fill': { type: 'boolean' },
       'keep-last': { type: 'string' },
       'keep-hourly': { type: 'string' },
@@ -294,13 +310,16 @@ async function main(argv: string[]): Promise<number> {
   const statusOf = async (name: string): Promise<StatusVolume | undefined> => ((await api('GET', '/v1/status')) as { volumes: StatusVolume[] }).volumes.find((v) => v.name === name);
   const enc = encodeURIComponent;
   if (cmd === 'status') {
-    const s = (await api('GET', '/v1/status')) as { host: string; mount: string; volumes: { name: string; length: number; openHandles: number; dirtyClusters: number; generation: number; access?: { mode: string; why: string | null } }[]; unopened?: { name: string; code: string; why: string }[]; copies?: { snapshot: string; volume: string; to: string; state: string; progress: { packsDone: number; packsTotal: number }; error: { code: string; message: string } | null }[] };
+    const s = (await api('GET', '/v1/status')) as { host: string; mount: string; volumes: { name: string; length: number; openHandles: number; dirtyClusters: number; generation: number; access?: { mode: string; why: string | null } }[]; unopened?: { name: string; code: string; why: string }[]; copies?: { snapshot: string; volume: string; to: string; state: string; progress: { packsDone: number; packsTotal: number }; error: { code: string; message: string } | null }[]; capacity?: { dataDir: string; totalBytes: number; freeBytes: number; provisionedBytes: number; usedBytes: number }; detaching?: { name: string; snapshot: { done: number; total: number } | null; waiting: { code: string; message: string } | null }[] };
     const lines = [`host ${s.host}, mount ${s.mount}, ${s.volumes.length} attached`];
+    const cap = s.capacity;
+    if (cap) lines.push(`data disk ${cap.dataDir}: ${humanSize(cap.freeBytes)} free of ${humanSize(cap.totalBytes)}; attached volumes: ${humanSize(cap.provisionedBytes)} provisioned, ${humanSize(cap.usedBytes)} used locally`);
     for (const u of s.unopened ?? []) lines.push(`  ${u.name}.qcow2\tNOT SERVED (${u.code}): ${u.why}`);
     for (const v of s.volumes) {
       const access = v.access && v.access.mode !== 'read-write' ? `\n    ${v.access.mode.toUpperCase()}: ${v.access.why ?? ''}` : '';
       lines.push(`  ${v.name}.qcow2\timage ${formatSize(v.length)}, ${v.openHandles} open, ${v.dirtyClusters} dirty clusters, generation ${v.generation}${access}`);
     }
+    for (const d of s.detaching ?? []) lines.push(`  ${d.name}.qcow2\tDETACHING: final snapshot uploading${d.snapshot && d.snapshot.total > 0 ? ` (${d.snapshot.done} / ${d.snapshot.total} clusters)` : ''}${d.waiting ? `, waiting for the store (${d.waiting.code}: ${d.waiting.message})` : ''}`);
     for (const c of s.copies ?? []) lines.push(`  copy ${c.snapshot} (${c.volume}) to ${c.to}: ${c.state}, ${c.progress.packsDone} / ${c.progress.packsTotal} packs${c.error ? `: ${c.error.code}: ${c.error.message}` : ''}`);
     out(lines.join('\n'), s);
     return 0;
@@ -310,6 +329,13 @@ async function main(argv: string[]): Promise<number> {
       const body = { name: need(arg, 'volume name'), size: values.from === undefined ? need(values.size, '--size') : values.size, clusterSize: values['cluster-size'], region: values.region, from: values.from };
       const v = (await api('POST', '/v1/volumes', body)) as VolumeOut;
       out(`created ${volumeLine(v)}`, v);
+      return 0;
+    }
+    if (sub === 'resize') {
+      const name = need(arg, 'volume name');
+      const r = (await api('POST', `/v1/volumes/${enc(name)}/resize`, { size: need(values.size, '--size'), qmp: values.qmp })) as VolumeOut & { resize: { from: number; to: number; how: string } };
+      const how = { record: 'the image follows at the next attach', 'qemu-img': 'the image grew (qemu-img)', block_resize: 'the image grew in the running VM (block_resize)', unchanged: 'already that size' }[r.resize.how] ?? r.resize.how;
+      out(`resized ${name}: ${formatSize(r.resize.from)} -> ${formatSize(r.resize.to)}; ${how}`, r);
       return 0;
     }
     if (sub === 'list') {
@@ -392,7 +418,7 @@ async function main(argv: string[]): Promise<number> {
   }
   if (cmd === 'attach') {
     const name = need(sub, 'volume name');
-    const v = (await api('POST', `/v1/volumes/${enc(name)}/attach`, { qmp: values.qmp, qga: values.qga, force: values.force, fill: values['no-fill'] ? false : undefined, fillRate: values['fill-rate'], discardLocal: values['discard-local'], allowRollback: values['allow-rollback'] })) as VolumeOut;
+    const v = (await api('POST', `/v1/volumes/${enc(name)}/attach`, { qmp: values.qmp, qga: values.qga, force: values.force, fill: values['no-fill'] ? false : undefined, fillRate: values['fill-rate'], discardLocal: values['discard-local'], allowRollback: values['allow-rollback'], host: values.host })) as VolumeOut;
     if (!values['wait-filled']) {
       out(`attached ${name}: ${v.local?.file ?? '?'}`, v);
       return 0;
@@ -404,8 +430,10 @@ async function main(argv: string[]): Promise<number> {
   }
   if (cmd === 'detach') {
     const name = need(sub, 'volume name');
-    const v = (await api('POST', `/v1/volumes/${enc(name)}/detach`, { force: values.force, keepLocal: values['keep-local'] })) as VolumeOut;
-    out(`detached ${name} (final snapshot taken; local copy ${values['keep-local'] ? 'kept' : 'dropped'})`, v);
+    const noWait = values['no-wait'] === true;
+    const v = (await api('POST', `/v1/volumes/${enc(name)}/detach`, { force: values.force, keepLocal: values['keep-local'], noWait })) as VolumeOut;
+    if (noWait) out(`detaching ${name}: final snapshot sealed, the file is off the mount; it uploads in the background and ${name} is released when it commits (see island status)`, v);
+    else out(`detached ${name} (final snapshot taken; local copy ${values['keep-local'] ? 'kept' : 'dropped'})`, v);
     return 0;
   }
   throw new IslandError('INVALID_ARGUMENT', `unknown command: ${positionals.join(' ').slice(0, 80)} (try island help)`);

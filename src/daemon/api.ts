@@ -1,13 +1,14 @@
 /**
  * The control API: HTTP/1.1 with JSON bodies over a unix socket (mode 0600).
  *
- *   GET    /v1/status                       daemon and attached volumes
+ *   GET    /v1/status                       daemon, data disk capacity, attached volumes
  *   GET    /v1/volumes                      catalog (a listing: may lag on Swift)
  *   POST   /v1/volumes                      {name, size, clusterSize?, region?, from?} -> 201
  *   GET    /v1/volumes/{name}
  *   DELETE /v1/volumes/{name}
- *   POST   /v1/volumes/{name}/attach        {qmp?, qga?, force?, fill?, fillRate?, discardLocal?, allowRollback?}
- *   POST   /v1/volumes/{name}/detach        {force?, keepLocal?}
+ *   POST   /v1/volumes/{name}/attach        {qmp?, qga?, force?, fill?, fillRate?, discardLocal?, allowRollback?, host?}
+ *   POST   /v1/volumes/{name}/detach        {force?, keepLocal?, noWait?}
+ *   POST   /v1/volumes/{name}/resize        {size, qmp?} -> the volume, with {resize: {from, to, how}}
  *   POST   /v1/snapshots                    {volumes: [name...], consistency?, wait?, qmp?}
  *   GET    /v1/snapshots[?volume=name]
  *   GET    /v1/snapshots/{id}
@@ -40,6 +41,7 @@ const STATUS_OF: Partial<Record<ErrorCode, number>> = {
   ALREADY_EXISTS: 409,
   BUSY: 409,
   ATTACHED_ELSEWHERE: 409,
+  WRONG_HOST: 409,
   PINNED: 409,
   FENCED: 409,
   SNAPSHOT_DELETED: 410,
@@ -118,7 +120,7 @@ async function route(svc: Service, method: string, url: string, body: () => Prom
   });
   if (parts[0] !== 'v1') throw new IslandError('NOT_FOUND', `no such endpoint: ${method} ${path.slice(0, 100)}`);
   const [, res, name, action] = parts;
-  if (res === 'status' && parts.length === 2 && method === 'GET') return [200, svc.status()];
+  if (res === 'status' && parts.length === 2 && method === 'GET') return [200, await svc.status()];
   if (res === 'volumes') {
     if (parts.length === 2 && method === 'GET') return [200, { volumes: await svc.listVolumes() }];
     if (parts.length === 2 && method === 'POST') {
@@ -132,11 +134,16 @@ async function route(svc: Service, method: string, url: string, body: () => Prom
     }
     if (name !== undefined && parts.length === 4 && method === 'POST' && action === 'attach') {
       const b = await body();
-      return [200, await svc.attach(name, { qmp: str(b.qmp, 'qmp'), qga: str(b.qga, 'qga'), force: bool(b.force, 'force'), fill: bool(b.fill, 'fill'), fillRate: typeof b.fillRate === 'number' ? b.fillRate : str(b.fillRate, 'fillRate'), discardLocal: bool(b.discardLocal, 'discardLocal'), allowRollback: bool(b.allowRollback, 'allowRollback') })];
+      return [200, await svc.attach(name, { qmp: str(b.qmp, 'qmp'), qga: str(b.qga, 'qga'), force: bool(b.force, 'force'), fill: bool(b.fill, 'fill'), fillRate: typeof b.fillRate === 'number' ? b.fillRate : str(b.fillRate, 'fillRate'), discardLocal: bool(b.discardLocal, 'discardLocal'), allowRollback: bool(b.allowRollback, 'allowRollback'), host: str(b.host, 'host') })];
+    }
+    if (name !== undefined && parts.length === 4 && method === 'POST' && action === 'resize') {
+      const b = await body();
+      if (typeof b.size !== 'string' && typeof b.size !== 'number') throw new IslandError('INVALID_ARGUMENT', `size must be a byte count or a size like 20G, got ${quoteInput(b.size)}`);
+      return [200, await svc.resizeVolume(name, { size: b.size, qmp: str(b.qmp, 'qmp') })];
     }
     if (name !== undefined && parts.length === 4 && method === 'POST' && action === 'detach') {
       const b = await body();
-      return [200, await svc.detach(name, { force: bool(b.force, 'force'), keepLocal: bool(b.keepLocal, 'keepLocal') })];
+      return [200, await svc.detach(name, { force: bool(b.force, 'force'), keepLocal: bool(b.keepLocal, 'keepLocal'), noWait: bool(b.noWait, 'noWait') })];
     }
   }
   if (res === 'snapshots') {

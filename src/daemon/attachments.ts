@@ -5,35 +5,66 @@
  * state: a kept local copy when it is current, a restore from the newest snapshot (or the
  * snapshot the volume was created from) otherwise, or a new image.
  */
-import { IslandError, codeOf } from '../errors.js';
+import { IslandError, codeOf, isTransient } from '../errors.js';
 import { parseVolumeName } from '../format/names.js';
 import type { Manifest, VolumeRecord } from '../format/records.js';
 import { acquireGeneration, releaseGeneration } from '../repo/attach.js';
 import { checkHolds } from '../repo/fencing.js';
-import { untilAvailable } from '../util/backoff.js';
+import { FIRST_DELAY_MS, MAX_DELAY_MS, untilAvailable } from '../util/backoff.js';
 import { sleep } from '../util/sleep.js';
 import { treeFetcher } from '../snapshot/restore.js';
-import { Volume, hasVolumeState } from '../volume/engine.js';
-import { type Attached, type AttachRequest, type DaemonContext } from './context.js';
+import { Volume, hasVolumeState, type Seal } from '../volume/engine.js';
+import { type Attached, type AttachRequest, type DaemonContext, type Detaching } from './context.js';
 import { LazyFetcher, parseFillRate, type Fills } from './fills.js';
 import type { SnapshotJobs } from './snapshot-jobs.js';
 import { checkRestorable, checkUndamaged } from './sources.js';
 import { crashPoint } from '../util/crash.js';
+import { imageVirtualSize, Resizes, type ResizeOutcome, type ResizeRequest } from './resize.js';
+
+export interface DetachRequest {
+  force?: boolean;
+  keepLocal?: boolean;
+  /** Return once the final snapshot is sealed and the file is off the mount (the upload runs on). */
+  noWait?: boolean;
+}
 
 /** How long a restart waits for the store to confirm reopened volumes before serving. */
 const CONFIRM_WAIT_MS = 10_000;
 
 const UNCONFIRMED = 'reopened after a restart: read-only until the store confirms that no other host took the volume meanwhile';
 
+/**
+ * A caller that names the host it attaches for (a scheduler that placed the volume with
+ * its VM) reached this host's daemon: anything else would attach the volume where the VM
+ * cannot open it.
+ */
+export function checkHost(hostId: string, volume: string, host: string | undefined): void {
+  if (host === undefined || host === hostId) return;
+  throw new IslandError('WRONG_HOST', `attach of ${volume} asks for host ${JSON.stringify(host.slice(0, 100))}, but this daemon is host ${JSON.stringify(hostId)}; ask that host's daemon`, {
+    details: { volume, host: host.slice(0, 100), daemonHost: hostId },
+  });
+}
+
 export class Attachments {
   /** Names with an attach or detach in progress: a second one is refused. */
   private readonly busy = new Set<string>();
+  /** The daemon is stopping: background detaches give up (their volumes come back at the next start). */
+  private closing = false;
+  private readonly stopping = new AbortController();
+  private readonly resizes: Resizes;
 
   constructor(
     private readonly ctx: DaemonContext,
     private readonly fills: Fills,
     private readonly snapshots: SnapshotJobs,
-  ) {}
+  ) {
+    this.resizes = new Resizes(ctx, (name, fn) => this.exclusive(name, fn), (path) => snapshots.qmpSession(path));
+  }
+
+  /** Grow a volume (resize.ts): never while it is being attached or detached here. */
+  resize(name: unknown, req: ResizeRequest): Promise<ResizeOutcome> {
+    return this.resizes.resize(name, req);
+  }
 
   /** Reopen the volumes that were attached here when the daemon last stopped or crashed. */
   async reopenAll(): Promise<void> {
@@ -59,6 +90,12 @@ export class Attachments {
         this.ctx.unopened.delete(name);
         confirmations.push(this.confirm(name, a));
         if (baseId) await this.fills.resume(name, a, baseId);
+        // The size the image has now (a resize may have grown it since its state record was
+        // made): read in the background, as its first cluster may have to come from the store.
+        imageVirtualSize(volume).then(
+          (size) => (a.virtualSize = size),
+          (err: unknown) => vlog.warn({ err, code: codeOf(err) }, 'the image header could not be read: capacity counts the size the volume was created with'),
+        );
         vlog.info({ length: volume.length, recovery: volume.recovery }, 'volume reattached');
       } catch (err) {
         // One damaged volume must not take the others down; status says why it is not served.
@@ -118,6 +155,9 @@ export class Attachments {
 
   private async exclusive<T>(name: string, fn: () => Promise<T>): Promise<T> {
     if (this.busy.has(name)) throw new IslandError('BUSY', `volume ${name} has an attach or detach in progress`, { details: { volume: name } });
+    if (this.ctx.detaching.has(name)) {
+      throw new IslandError('BUSY', `volume ${name} is detaching: its final snapshot is uploading, and it is released when that snapshot commits (see island status)`, { details: { volume: name, detaching: true } });
+    }
     this.busy.add(name);
     try {
       return await fn();
@@ -130,6 +170,7 @@ export class Attachments {
     const { ctx } = this;
     // Everything the request says is checked before anything changes.
     parseFillRate(req.fillRate);
+    checkHost(ctx.config.hostId, rec.name, req.host);
     await this.exclusive(rec.name, async () => {
       if (ctx.attached.has(rec.name)) throw new IslandError('BUSY', `volume ${rec.name} is already attached on this host`, { details: { volume: rec.name } });
       const att = await acquireGeneration(ctx.repo, rec.name, { force: req.force ?? false, allowRollback: req.allowRollback ?? false });
@@ -181,7 +222,10 @@ export class Attachments {
     }
     let volume: Volume | undefined;
     let fillFrom: string | undefined;
+    /** The local copy is made by this attach (nothing but this attach ever wrote it). */
+    let made = true;
     if (await hasVolumeState(dir)) {
+      made = false;
       const lazy = new LazyFetcher();
       volume = await Volume.open(dir, { logger: vlog, generation, fetcher: lazy });
       if (base && base.volume === name && volume.committedSnapshot !== base.id) {
@@ -190,6 +234,7 @@ export class Attachments {
         const held = volume.committedSnapshot;
         await volume.close();
         volume = undefined;
+        made = true;
         if (fromKept) {
           vlog.warn({ local: held, latest: base.id }, 'the kept local copy is older than the latest snapshot; dropping it');
           await ctx.dirs.dropLive(name);
@@ -229,10 +274,39 @@ export class Attachments {
     ctx.attached.set(name, a);
     ctx.unopened.delete(name);
     if (fillFrom) await fills.resume(name, a, fillFrom, req);
+    await this.growToRecord(rec, a, made);
     vlog.info({ generation }, 'attached');
   }
 
-  async detach(name: string, req: { force?: boolean; keepLocal?: boolean } = {}): Promise<string> {
+  /**
+   * The image follows its record: a volume grown while detached, or created from a smaller
+   * snapshot, has an image smaller than its record until this attach grows it (resize.ts:
+   * qemu-img through the mount; nobody has the file open yet). When that fails, a local
+   * copy this attach made is dropped (the attach fails whole, the generation is released);
+   * an older one stays attached at its old size, for `volume resize` to grow again.
+   */
+  private async growToRecord(rec: VolumeRecord, a: Attached, made: boolean): Promise<void> {
+    const { ctx } = this;
+    const size = await imageVirtualSize(a.volume);
+    a.virtualSize = size;
+    if (size >= rec.virtualSize) return;
+    try {
+      await this.resizes.growImage(rec.name, a, rec.virtualSize);
+      a.virtualSize = rec.virtualSize;
+      ctx.log.info({ volume: rec.name, from: size, to: rec.virtualSize }, 'image grown to the size of its volume');
+    } catch (err) {
+      if (made) {
+        ctx.attached.delete(rec.name);
+        await this.fills.stop(a);
+        await a.volume.close();
+        await ctx.dirs.dropLive(rec.name);
+      }
+      const now = made ? 'the attach is undone' : `it is attached at ${size} bytes; retry with island volume resize ${rec.name} --size ${rec.virtualSize}`;
+      throw new IslandError(codeOf(err), `the image of ${rec.name} (${size} bytes) could not grow to the volume's ${rec.virtualSize} bytes: ${(err as Error).message}; ${now}`, { cause: err, details: { volume: rec.name, image: size, size: rec.virtualSize } });
+    }
+  }
+
+  async detach(name: string, req: DetachRequest = {}): Promise<string> {
     const { ctx } = this;
     const vname = parseVolumeName(name);
     return this.exclusive(vname, async () => {
@@ -242,24 +316,107 @@ export class Attachments {
       if (open > 0 && !req.force) throw new IslandError('BUSY', `${vname}.qcow2 is open (${open} handle${open > 1 ? 's' : ''}); close it or detach with --force`, { details: { volume: vname, open } });
       a.confirming?.abort();
       if (a.access.mode === 'fenced') return this.setAside(vname, a);
+      // A snapshot in progress sealed before the last writes: the final one seals after
+      // them (joining it as the final snapshot would drop those writes with the local copy).
+      while (a.job) await a.job.promise.catch(() => undefined);
+      if (req.noWait) return this.detachInBackground(vname, a, req);
       // The final snapshot: the volume's last state goes to the store before the host
       // lets go of it (its manifest is written before the detach record).
       const last = await this.snapshots.one(vname, 'crash');
       ctx.log.info({ volume: vname, snapshot: last.id }, 'final snapshot before detach');
       crashPoint('detach.final-snapshot');
       ctx.attached.delete(vname);
-      const base = a.volume.baseSnapshot;
-      await this.fills.stop(a);
-      await a.volume.close();
-      if (req.keepLocal) await ctx.dirs.keep(vname);
-      else await ctx.dirs.dropLive(vname);
-      crashPoint('detach.local-released');
-      await releaseGeneration(ctx.repo, vname, a.generation);
-      // The final snapshot holds everything the base gave: this host's pins on it can go.
-      if (base) await this.fills.releasePins(base);
-      ctx.log.info({ volume: vname, keptLocal: req.keepLocal === true }, 'detached');
+      await this.release(vname, a, req);
       return vname;
     });
+  }
+
+  /** After the final snapshot committed: close, drop (or keep) the local copy, write the detach record. */
+  private async release(name: string, a: Attached, req: DetachRequest): Promise<void> {
+    const { ctx } = this;
+    const base = a.volume.baseSnapshot;
+    await this.fills.stop(a);
+    await a.volume.close();
+    if (req.keepLocal) await ctx.dirs.keep(name);
+    else await ctx.dirs.dropLive(name);
+    crashPoint('detach.local-released');
+    await releaseGeneration(ctx.repo, name, a.generation);
+    // The final snapshot holds everything the base gave: this host's pins on it can go.
+    if (base) await this.fills.releasePins(base);
+    ctx.log.info({ volume: name, keptLocal: req.keepLocal === true }, 'detached');
+  }
+
+  /**
+   * detach --no-wait: the file leaves the mount and the final epoch is sealed (durable
+   * locally) before the caller is answered; the upload runs on. This host keeps the
+   * volume's generation (another host's attach is refused: ATTACHED_ELSEWHERE) and this
+   * daemon refuses attach and detach of it (BUSY) until the final snapshot commits, then
+   * releases it as a waiting detach does. An unreachable store is waited out (status shows
+   * it); a permanent failure puts the volume back on the mount, attached as before; a
+   * fenced volume is set aside. A daemon stopped meanwhile reopens the volume at its next
+   * start, attached (the detach is asked again).
+   */
+  private async detachInBackground(name: string, a: Attached, req: DetachRequest): Promise<string> {
+    const { ctx } = this;
+    const d: Detaching = { attached: a, started: Date.now(), waiting: null, promise: Promise.resolve() };
+    // Off the mount first (in one step with the detaching mark): no new snapshot job starts.
+    ctx.attached.delete(name);
+    ctx.detaching.set(name, d);
+    let seal: Seal;
+    try {
+      seal = await a.volume.seal();
+    } catch (err) {
+      ctx.detaching.delete(name);
+      ctx.attached.set(name, a);
+      throw err;
+    }
+    const first = this.snapshots.oneOf(name, a, 'crash', seal);
+    d.promise = this.finishInBackground(name, a, req, d, first).finally(() => ctx.detaching.delete(name));
+    ctx.log.info({ volume: name }, 'detaching: final snapshot sealed, the file is off the mount; uploading in the background');
+    return name;
+  }
+
+  private async finishInBackground(name: string, a: Attached, req: DetachRequest, d: Detaching, first: Promise<Manifest>): Promise<void> {
+    const { ctx } = this;
+    const vlog = ctx.log.child({ volume: name });
+    let job = first;
+    for (let delay = FIRST_DELAY_MS; ; delay = Math.min(MAX_DELAY_MS, delay * 2)) {
+      try {
+        const last = await job;
+        d.waiting = null;
+        vlog.info({ snapshot: last.id }, 'final snapshot before detach');
+        break;
+      } catch (err) {
+        if (this.closing) return;
+        if (codeOf(err) === 'FENCED') {
+          await this.setAside(name, a);
+          return;
+        }
+        if (!isTransient(err)) {
+          ctx.attached.set(name, a);
+          vlog.error({ err, code: codeOf(err) }, 'the final snapshot of a detach failed: the volume is attached again (detach it again)');
+          return;
+        }
+        d.waiting = { code: codeOf(err), message: (err as Error).message };
+        vlog.warn({ err, retryInMs: delay }, 'the final snapshot of a detach waits for the store');
+        await sleep(delay, this.stopping.signal, { resolveOnAbort: true });
+        if (this.closing) return;
+        job = this.snapshots.oneOf(name, a, 'crash');
+      }
+    }
+    crashPoint('detach.final-snapshot');
+    try {
+      await this.release(name, a, req);
+    } catch (err) {
+      // The local copy is closed; the detach record is what is missing: the store is
+      // asked again until it takes it (a crash here leaves the generation held, as after
+      // a crash of a waiting detach at the same step).
+      if (this.closing || !isTransient(err)) {
+        vlog.error({ err, code: codeOf(err) }, 'detach: releasing the volume failed after its final snapshot');
+        return;
+      }
+      await untilAvailable(() => releaseGeneration(ctx.repo, name, a.generation), { signal: this.stopping.signal }).catch((e: unknown) => vlog.error({ err: e }, 'detach: the detach record could not be written'));
+    }
   }
 
   /**
@@ -278,6 +435,14 @@ export class Attachments {
 
   /** Stop fills and close every attached volume cleanly (the daemon stops). */
   async closeAll(): Promise<void> {
+    this.closing = true;
+    this.stopping.abort();
+    // A detach still uploading stops here; the volume is reopened, attached, at the next start.
+    for (const [name, d] of this.ctx.detaching) {
+      await this.fills.stop(d.attached);
+      // Not waited for: its upload may hang on the store as long as the store's deadline.
+      await d.attached.volume.close().catch((err: unknown) => this.ctx.log.error({ volume: name, err }, 'volume close failed'));
+    }
     for (const [name, a] of this.ctx.attached) {
       a.confirming?.abort();
       await this.fills.stop(a);

@@ -32,11 +32,16 @@ export class Catalog {
     let source: VolumeRecord['source'] = null;
     if (req.from !== undefined) {
       const src = await restoreSource(repo, req.from);
-      if (req.size !== undefined && virtualSize !== src.virtualSize) {
-        throw new IslandError('INVALID_ARGUMENT', `snapshot ${src.manifest.id} holds a ${src.virtualSize}-byte image; create the volume with that size (or no --size) and grow it afterwards with qemu-img resize`, { details: { snapshot: src.manifest.id } });
+      // A volume may be larger than its snapshot (its first attach grows the image, resize.ts),
+      // never smaller: the snapshot's data may lie past a smaller end.
+      if (req.size !== undefined && virtualSize < src.virtualSize) {
+        throw new IslandError('INVALID_ARGUMENT', `snapshot ${src.manifest.id} holds a ${src.virtualSize}-byte image; a volume made from it needs at least that size (${virtualSize} asked)`, { details: { snapshot: src.manifest.id, size: src.virtualSize, requested: virtualSize } });
       }
-      virtualSize = src.virtualSize;
+      if (req.size === undefined) virtualSize = src.virtualSize;
       clusterSize = src.manifest.clusterSize;
+      if (virtualSize > qcow2MaxVirtualSize(clusterSize)) {
+        throw new IslandError('INVALID_ARGUMENT', `volume size ${virtualSize} is larger than a qcow2 image with the snapshot's ${clusterSize}-byte clusters can address (${qcow2MaxVirtualSize(clusterSize)})`, { details: { snapshot: src.manifest.id } });
+      }
       source = { volume: src.manifest.volume, id: src.manifest.id };
       // Until the new volume has a snapshot of its own, the source holds its only copy.
       const now = repo.now();
@@ -68,6 +73,7 @@ export class Catalog {
       generation: rec.generation,
       source: rec.source,
     };
+    if (this.ctx.detaching.has(rec.name)) v.detaching = true;
     if (a) {
       const s = a.volume.stats();
       v.local = { file: mountFile(this.ctx.config, rec.name), length: a.volume.length, openHandles: this.ctx.openHandles(rec.name), dirtyClusters: s.dirtyClusters, recovery: a.volume.recovery, fill: a.fill ? fillView(a.fill) : null, access: { ...a.access } };

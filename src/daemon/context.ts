@@ -25,6 +25,11 @@ export interface DaemonContext {
   /** Volumes attached (served) on this host, by name. */
   readonly attached: Map<string, Attached>;
   readonly dirs: LocalDirectories;
+  /**
+   * Volumes detached without waiting (detach --no-wait): gone from the mount, their final
+   * snapshot still uploading; this host holds them until it commits.
+   */
+  readonly detaching: Map<string, Detaching>;
   /** Volumes with a local directory that could not be opened, and why (shown in status). */
   readonly unopened: Map<string, { code: string; why: string }>;
   /** Open handles on a file of the mount (wired to the FUSE mount by the composition root). */
@@ -43,6 +48,8 @@ export interface AttachRequest {
   discardLocal?: boolean;
   /** Accept an older snapshot when the store cannot prove which is newest (HEAD_UNCERTAIN). */
   allowRollback?: boolean;
+  /** The host the caller means to attach on: refused (WRONG_HOST) unless it is this daemon's. */
+  host?: string;
 }
 
 /** A restored volume's background fill. */
@@ -104,6 +111,30 @@ export interface Attached {
   fill?: FillJob;
   /** The parent's id, when its manifest is still to be read (see Attachments.reopen). */
   parentId?: string;
+  /** The virtual size of the image (the record's, once attach or resize grew it to that). */
+  virtualSize?: number;
+}
+
+/** A detach that returned before its final snapshot committed (attachments.ts). */
+export interface Detaching {
+  attached: Attached;
+  started: number;
+  /** The last transient failure the upload is waiting out (null: none). */
+  waiting: { code: string; message: string } | null;
+  /** Settles when the volume is released (or put back, or the daemon stops). */
+  promise: Promise<void>;
+}
+
+export interface DetachingView {
+  name: string;
+  seconds: number;
+  snapshot: { done: number; total: number } | null;
+  waiting: Detaching['waiting'];
+}
+
+export function detachingView(name: string, d: Detaching): DetachingView {
+  const job = d.attached.job;
+  return { name, seconds: (Date.now() - d.started) / 1000, snapshot: job ? { done: job.done, total: job.total } : null, waiting: d.waiting };
 }
 
 export interface VolumeView {
@@ -116,6 +147,8 @@ export interface VolumeView {
   host: string | null;
   generation: number;
   source: VolumeRecord['source'];
+  /** Present (true) while detaching without waiting: the final snapshot is uploading. */
+  detaching?: boolean;
   /** Present when attached on this host. */
   local?: { file: string; length: number; openHandles: number; dirtyClusters: number; recovery: Volume['recovery']; fill: FillView | null; access: Access };
 }

@@ -4,6 +4,7 @@
  *
  *   catalog.ts         volume records: create, show, list, delete
  *   attachments.ts     attach, detach, reopening volumes after a stop or crash
+ *   resize.ts          growing volumes: the record, and the image through QEMU
  *   fills.ts           background fills of restored volumes, and their pins
  *   snapshot-jobs.ts   snapshots of attached volumes, with QMP and the guest agent
  *   history.ts         snapshot listing, delete, prune, copy to other regions, GC
@@ -21,18 +22,24 @@ import { Repository } from '../repo/repository.js';
 import { openStore } from '../store/open.js';
 import { LocalDirectories } from '../volume/directories.js';
 import type { FuseVolume } from '../fuse/adapter.js';
-import { Attachments } from './attachments.js';
+import { Attachments, type DetachRequest } from './attachments.js';
 import { Catalog } from './catalog.js';
-import { fillView, type Access, type AttachRequest, type Attached, type DaemonContext, type FillView, type SnapshotView, type VolumeView } from './context.js';
+import { detachingView, fillView, type Access, type AttachRequest, type Attached, type DaemonContext, type FillView, type SnapshotView, type VolumeView } from './context.js';
 import { Copies, type CopyOutcome, type CopyView, type RegionOpener } from './copies.js';
 import { Fills } from './fills.js';
 import { History, type GcView } from './history.js';
 import { MountTable } from './mounts.js';
+import { capacity, type CapacityView } from './capacity.js';
+import type { DetachingView } from './context.js';
+import type { ResizeOutcome, ResizeRequest } from './resize.js';
 import { SnapshotJobs } from './snapshot-jobs.js';
 
 export { PIN_TTL_MS, snapshotView, fillView } from './context.js';
 export type { Access, AttachRequest, Attached, FillJob, FillView, SnapshotJob, SnapshotView, VolumeView } from './context.js';
 export type { GcView } from './history.js';
+export type { CapacityView } from './capacity.js';
+export type { DetachRequest } from './attachments.js';
+export type { ResizeOutcome, ResizeRequest } from './resize.js';
 
 export interface StatusView {
   host: string;
@@ -42,6 +49,10 @@ export interface StatusView {
   unopened: { name: string; code: string; why: string }[];
   gc: GcView | null;
   copies: CopyView[];
+  /** The data disk: its size and free space, what attached volumes may grow into and use. */
+  capacity: CapacityView;
+  /** Volumes detached with --no-wait whose final snapshot is still uploading (still held here). */
+  detaching: DetachingView[];
   volumes: {
     name: string;
     length: number;
@@ -75,7 +86,7 @@ export class Service {
     readonly log: Logger,
     openRegion: RegionOpener = (name, backend) => new Repository(openStore(backend).store, { host: config.hostId, region: name }),
   ) {
-    this.ctx = { config, repo, log, attached: this.attached, unopened: new Map(), dirs: new LocalDirectories(config.dataDir), openHandles: (n) => this.openHandles(n) };
+    this.ctx = { config, repo, log, attached: this.attached, detaching: new Map(), unopened: new Map(), dirs: new LocalDirectories(config.dataDir), openHandles: (n) => this.openHandles(n) };
     this.copies = new Copies(config, repo, openRegion, config.commitWindowMs, log);
     this.catalog = new Catalog(this.ctx);
     this.fills = new Fills(this.ctx);
@@ -112,17 +123,24 @@ export class Service {
     return this.catalog.delete(name, (id) => this.history.releaseClonePin(id));
   }
 
+  /** Grow a volume (never shrink): its record, and its image when attached here (resize.ts). */
+  async resizeVolume(name: string, req: ResizeRequest): Promise<VolumeView & { resize: ResizeOutcome }> {
+    const outcome = await this.attachments.resize(name, req);
+    return { ...(await this.catalog.show(outcome.name)), resize: outcome };
+  }
+
   async attach(name: string, req: AttachRequest = {}): Promise<VolumeView> {
     const rec = await this.catalog.record(name);
     await this.attachments.attach(rec, req);
     return this.catalog.show(rec.name);
   }
 
-  async detach(name: string, req: { force?: boolean; keepLocal?: boolean } = {}): Promise<VolumeView> {
+  async detach(name: string, req: DetachRequest = {}): Promise<VolumeView> {
     return this.catalog.show(await this.attachments.detach(name, req));
   }
 
-  status(): StatusView {
+  async status(): Promise<StatusView> {
+    const cap = await capacity(this.ctx);
     return {
       host: this.config.hostId,
       mount: this.config.mount,
@@ -130,6 +148,8 @@ export class Service {
       unopened: [...this.ctx.unopened].map(([name, u]) => ({ name, ...u })),
       gc: this.history.gcStatus(),
       copies: this.copies.views(),
+      capacity: cap,
+      detaching: [...this.ctx.detaching].map(([name, d]) => detachingView(name, d)),
       volumes: [...this.attached].map(([name, a]) => ({
         name,
         length: a.volume.length,

@@ -96,6 +96,11 @@ export class SnapshotJobs {
   one(name: string, consistency: Consistency, seal?: Seal, pauseMs?: number): Promise<Manifest> {
     const a = this.ctx.attached.get(name);
     if (!a) return Promise.reject(new IslandError('NOT_FOUND', `volume ${name} is not attached on this host`));
+    return this.oneOf(name, a, consistency, seal, pauseMs);
+  }
+
+  /** Snapshot a volume this host holds, attached or detaching (joins the one in progress, if any). */
+  oneOf(name: string, a: Attached, consistency: Consistency, seal?: Seal, pauseMs?: number): Promise<Manifest> {
     if (a.job) return a.job.promise;
     const job: SnapshotJob = { volume: name, started: Date.now(), done: 0, total: 0, promise: Promise.resolve(null as unknown as Manifest) };
     job.promise = (async () => {

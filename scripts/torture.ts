@@ -116,10 +116,20 @@ export async function torture(o: TortureOptions): Promise<TortureReport> {
       try {
         return await api(h, method, path, body);
       } catch (err) {
-        if (i >= 5 || !/FAULT_INJECTED|STORE_UNAVAILABLE|STORE_TIMEOUT|BUSY/.test(`${codeOf(err)} ${(err as Error).message}`)) throw new Error(`torture: ${method} ${path} on ${h.id} failed: ${codeOf(err)}: ${(err as Error).message}`);
+        if (i >= 5 || !/FAULT_INJECTED|STORE_UNAVAILABLE|STORE_TIMEOUT|BUSY/.test(`${codeOf(err)} ${(err as Error).message}`)) {
+          throw new Error(`torture: ${method} ${path} on ${h.id} failed: ${codeOf(err)}: ${(err as Error).message}${codeOf(err) === 'DAEMON_UNREACHABLE' ? await daemonState(h) : ''}`);
+        }
         await new Promise((r) => setTimeout(r, 200 * (i + 1)));
       }
     }
+  };
+  /** What became of a daemon that does not answer: its process, its mount, its last log lines. */
+  const daemonState = async (h: Host): Promise<string> => {
+    const c = h.child;
+    await waitFor(`${h.id} to exit`, () => !c || c.exitCode !== null || c.signalCode !== null, 3000).catch(() => undefined);
+    const proc = !c ? 'no process' : c.exitCode !== null || c.signalCode !== null ? `pid ${c.pid} exited: code ${c.exitCode}, signal ${c.signalCode}` : `pid ${c.pid} still running`;
+    const tail = (await readFile(h.log, 'utf8').catch(() => '')).trim().split('\n').slice(-4).map((l) => l.slice(0, 300));
+    return `; daemon: ${proc}; mounted: ${await mounted(h.mount)}; socket file: ${existsSync(h.socket)}; last log lines: ${tail.join(' | ')}`;
   };
   const status = async (h: Host): Promise<{ volumes: { name: string; access?: { mode: string } }[] }> => (await must(h, 'GET', '/v1/status')) as { volumes: { name: string; access?: { mode: string } }[] };
   const vol = `/v1/volumes/${VOLUME}`;

@@ -287,7 +287,16 @@ export class Attachments {
    */
   private async growToRecord(rec: VolumeRecord, a: Attached, made: boolean): Promise<void> {
     const { ctx } = this;
-    const size = await imageVirtualSize(a.volume);
+    let size: number;
+    try {
+      size = await imageVirtualSize(a.volume);
+    } catch (err) {
+      // A header that cannot be read (its cluster is damaged in the store, say) fails the
+      // reads of it with EIO like any other damaged cluster; it does not fail the attach,
+      // and nothing can be grown until it reads.
+      ctx.log.warn({ volume: rec.name, err, code: codeOf(err) }, 'the image header cannot be read: not grown to the size of its volume');
+      return;
+    }
     a.virtualSize = size;
     if (size >= rec.virtualSize) return;
     try {

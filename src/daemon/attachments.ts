@@ -10,7 +10,7 @@ import { parseVolumeName } from '../format/names.js';
 import type { Manifest, VolumeRecord } from '../format/records.js';
 import { acquireGeneration, releaseGeneration } from '../repo/attach.js';
 import { checkHolds } from '../repo/fencing.js';
-import { FIRST_DELAY_MS, MAX_DELAY_MS, untilAvailable } from '../util/backoff.js';
+import { untilAvailable } from '../util/backoff.js';
 import { sleep } from '../util/sleep.js';
 import { treeFetcher } from '../snapshot/restore.js';
 import { Volume, hasVolumeState, type Seal } from '../volume/engine.js';
@@ -388,30 +388,34 @@ export class Attachments {
   private async finishInBackground(name: string, a: Attached, req: DetachRequest, d: Detaching, first: Promise<Manifest>): Promise<void> {
     const { ctx } = this;
     const vlog = ctx.log.child({ volume: name });
-    let job = first;
-    for (let delay = FIRST_DELAY_MS; ; delay = Math.min(MAX_DELAY_MS, delay * 2)) {
-      try {
-        const last = await job;
-        d.waiting = null;
-        vlog.info({ snapshot: last.id }, 'final snapshot before detach');
-        break;
-      } catch (err) {
-        if (this.closing) return;
-        if (codeOf(err) === 'FENCED') {
-          await this.setAside(name, a);
-          return;
-        }
-        if (!isTransient(err)) {
-          ctx.attached.set(name, a);
-          vlog.error({ err, code: codeOf(err) }, 'the final snapshot of a detach failed: the volume is attached again (detach it again)');
-          return;
-        }
-        d.waiting = { code: codeOf(err), message: (err as Error).message };
-        vlog.warn({ err, retryInMs: delay }, 'the final snapshot of a detach waits for the store');
-        await sleep(delay, this.stopping.signal, { resolveOnAbort: true });
-        if (this.closing) return;
-        job = this.snapshots.oneOf(name, a, 'crash');
+    // The first try is the sealed snapshot already under way; a retry snapshots again.
+    let next: Promise<Manifest> | undefined = first;
+    try {
+      const last = await untilAvailable(
+        () => {
+          const job = next ?? this.snapshots.oneOf(name, a, 'crash');
+          next = undefined;
+          return job;
+        },
+        {
+          signal: this.stopping.signal,
+          onWait: (err, delay) => {
+            d.waiting = { code: codeOf(err), message: (err as Error).message };
+            vlog.warn({ err, retryInMs: delay }, 'the final snapshot of a detach waits for the store');
+          },
+        },
+      );
+      d.waiting = null;
+      vlog.info({ snapshot: last.id }, 'final snapshot before detach');
+    } catch (err) {
+      if (this.closing) return;
+      if (codeOf(err) === 'FENCED') {
+        await this.setAside(name, a);
+        return;
       }
+      ctx.attached.set(name, a);
+      vlog.error({ err, code: codeOf(err) }, 'the final snapshot of a detach failed: the volume is attached again (detach it again)');
+      return;
     }
     crashPoint('detach.final-snapshot');
     try {

@@ -75,7 +75,8 @@ export class Virsh {
   /** Run `virsh -c URI ...args`; its standard output, or an island error. */
   run(args: string[], opts: VirshOptions = {}): Promise<string> {
     const timeout = opts.timeoutMs ?? VIRSH_TIMEOUT_MS;
-    const argv = ['-q', '-c', this.uri, ...args];
+    // Not -q: it also drops the messages that say what a command did ("Froze 1 filesystem(s)").
+    const argv = ['-c', this.uri, ...args];
     return new Promise((done, fail) => {
       execFile('virsh', argv, { timeout, killSignal: 'SIGKILL', maxBuffer: MAX_OUTPUT, env: { ...process.env, LC_ALL: 'C' } }, (err, stdout, stderr) => {
         if (!err) return done(String(stdout));
@@ -110,7 +111,8 @@ export class Virsh {
     const out = await this.run(['domblklist', '--domain', domain, '--details']);
     const files: string[] = [];
     for (const line of out.split('\n')) {
-      // "file  disk  vda  /run/island/mnt/web1.qcow2": the source may hold spaces.
+      // "file  disk  vda  /run/island/mnt/web1.qcow2" (the header and rule lines are not
+      // file disks); the source may hold spaces.
       const m = /^\s*(\S+)\s+(\S+)\s+(\S+)\s+(.+?)\s*$/.exec(line);
       if (!m || m[1] !== 'file' || m[4] === '-') continue;
       files.push(resolve(m[4] as string));

@@ -64,8 +64,9 @@ export function classify(message: string): { code: 'DOMAIN_NOT_FOUND' | 'LIBVIRT
   if (/failed to connect to the hypervisor|Failed to connect socket|no connection driver available|End of file while reading data|Cannot recv data|unable to connect to server/i.test(message)) {
     return { code: 'LIBVIRT_UNAVAILABLE' };
   }
-  if (/guest agent|QEMU guest agent is not|agent is not (connected|responding|configured)|Unable to freeze filesystems|Unable to thaw/i.test(message)) return { code: 'LIBVIRT_ERROR', reason: 'agent' };
-  if (/domain is not running|not running|is already paused|is not paused|Requested operation is not valid/i.test(message)) return { code: 'LIBVIRT_ERROR', reason: 'not-running' };
+  // Before the agent: a freeze of a paused domain says "Unable to freeze filesystems" too.
+  if (/domain is not running|is already paused|is not paused/i.test(message)) return { code: 'LIBVIRT_ERROR', reason: 'not-running' };
+  if (/guest agent|agent is not (connected|responding|configured)|Unable to freeze filesystems|Unable to thaw/i.test(message)) return { code: 'LIBVIRT_ERROR', reason: 'agent' };
   return { code: 'LIBVIRT_ERROR' };
 }
 

@@ -9,7 +9,9 @@
  * snapshots and checks every file: the final one by booting the guest again (every file
  * against the checksums the first boot recorded), the frozen one by reading its file
  * system (clean for e2fsck; the files written before the freeze have their checksums).
- * Bad input: an unknown domain, a domain that does not use the volume.
+ * Bad input: an unknown domain, a domain that does not use the volume. Without a guest agent,
+ * a snapshot records the pause it got, an explicit freeze fails, a destroyed domain's final
+ * snapshot is crash-consistent.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -60,7 +62,7 @@ async function stop(child: ChildProcess): Promise<void> {
 }
 
 /** libvirtd and virtlogd, private socket directory, default QEMU driver configuration. */
-async function startLibvirt(tt: typeof t): Promise<Libvirt> {
+async function startLibvirt(tt: Pick<typeof t, 'teardown'>): Promise<Libvirt> {
   const dir = await mkdtemp(join(tmpdir(), 'island-libvirt-'));
   // libvirt-qemu reads the kernel, initramfs and channels from here.
   await chmod(dir, 0o755);
@@ -72,7 +74,7 @@ async function startLibvirt(tt: typeof t): Promise<Libvirt> {
   const lvd = daemon('/usr/sbin/libvirtd', ['-f', join(dir, 'libvirtd.conf'), '-p', join(dir, 'libvirtd.pid')], join(dir, 'libvirtd.log'));
   tt.teardown(async () => {
     // Domains first: QEMU outlives a libvirtd that stops.
-    for (const name of ['island-lv-vm', 'island-lv-other']) {
+    for (const name of ['island-lv-vm', 'island-lv-other', 'island-lv-noagent']) {
       await virsh('destroy', '--domain', name).catch(() => undefined);
       await virsh('undefine', '--domain', name).catch(() => undefined);
     }
@@ -94,7 +96,7 @@ async function startLibvirt(tt: typeof t): Promise<Libvirt> {
   return { dir, uri, virsh };
 }
 
-function domainXml(name: string, img: GuestImage, disk: string, lv: Libvirt, cmdline: string): string {
+function domainXml(name: string, img: GuestImage, disk: string, lv: Libvirt, cmdline: string, agent = true): string {
   return `<domain type='qemu'>
   <name>${name}</name>
   <memory unit='MiB'>256</memory>
@@ -115,7 +117,7 @@ function domainXml(name: string, img: GuestImage, disk: string, lv: Libvirt, cmd
       <target dev='vda' bus='virtio'/>
     </disk>
     <serial type='file'><source path='${join(lv.dir, `${name}.console`)}'/><target port='0'/></serial>
-    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
+    ${agent ? "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>" : ''}
     <channel type='unix'><source mode='bind' path='${join(lv.dir, `${name}.control`)}'/><target type='virtio' name='org.island.control'/></channel>
     <memballoon model='none'/>
   </devices>
@@ -165,15 +167,15 @@ if ('skip' in guest) {
   if (process.env.ISLAND_REQUIRE_SWIFT === '1') throw new Error(guest.skip);
   t.skip(`the libvirt test needs libvirt, QEMU and a guest image: ${guest.skip}`);
 } else {
+  const lv = await startLibvirt(t);
+  // The guest's kernel and initramfs where libvirt-qemu can read them (libvirt relabels them).
+  const img: GuestImage = { kernel: join(lv.dir, 'vmlinuz'), initrd: join(lv.dir, 'initrd.gz'), agent: guest.image.agent };
+  await copyFile(guest.image.kernel, img.kernel);
+  await copyFile(guest.image.initrd, img.initrd);
+
   t.test('a guest under libvirt on an island volume: freeze snapshot, online growth, final snapshot at shutdown, both restored elsewhere', async (t) => {
     const started = Date.now();
     const phase = (what: string): void => t.comment(`${what} after ${((Date.now() - started) / 1000).toFixed(1)} s`);
-    const lv = await startLibvirt(t);
-    phase('libvirtd answers');
-    // The guest's kernel and initramfs where libvirt-qemu can read them (libvirt relabels them).
-    const img: GuestImage = { kernel: join(lv.dir, 'vmlinuz'), initrd: join(lv.dir, 'initrd.gz'), agent: guest.image.agent };
-    await copyFile(guest.image.kernel, img.kernel);
-    await copyFile(guest.image.initrd, img.initrd);
 
     const a = await makeHost(t, 'lv-host-a');
     const b = await makeHost(t, 'lv-host-b', a.storeDir);
@@ -284,5 +286,43 @@ if ('skip' in guest) {
     await rm(raw, { force: true });
     phase('frozen snapshot verified');
   });
-}
+  t.test('without a guest agent: the snapshot records the pause it got, an explicit freeze fails, a destroyed domain gets a crash-consistent final snapshot', async (t) => {
+    const h = await makeHost(t, 'lv-host-c');
+    await chmod(h.dataDir, 0o711);
+    h.env = { ISLAND_LIBVIRT_URI: lv.uri };
+    await serve(h);
+    await cliJson(h, 'volume', 'create', 'na', '--size', '128M');
+    const xml = join(lv.dir, 'noagent.xml');
+    await writeFile(xml, domainXml('island-lv-noagent', img, image(h, 'na'), lv, 'console=ttyS0 panic=-1 quiet island.step=write island.files=2 island.mib=1 island.churn=300', false));
+    await lv.virsh('define', xml);
+    await cliJson(h, 'attach', 'na', '--domain', 'island-lv-noagent');
+    await lv.virsh('start', '--domain', 'island-lv-noagent');
+    const consolePath = join(lv.dir, 'island-lv-noagent.console');
+    await waitFor('the guest to write its files', async () => /island: churn start/.test(await readFile(consolePath, 'utf8').catch(() => '')), BOOT_MS);
+    const list = async (): Promise<Snap[]> => (await cliJson(h, 'snapshot', 'list', 'na')).snapshots as Snap[];
 
+    const strict = await cli(h, 'snapshot', 'create', 'na', '--consistency', 'freeze', '--json');
+    t.equal(strict.code, 1, 'an explicit freeze fails without an agent');
+    t.comment(`virsh said: ${(JSON.parse(strict.stdout) as { error: { message: string } }).error.message}`);
+    t.match(JSON.parse(strict.stdout), { error: { code: 'LIBVIRT_ERROR', details: { reason: 'agent', command: 'domfsfreeze' } } }, 'LIBVIRT_ERROR, reason agent');
+    t.same(await list(), [], 'and takes no snapshot');
+    t.equal((await lv.virsh('domstate', '--domain', 'island-lv-noagent')).trim(), 'running', 'the domain was not left paused');
+
+    const paused = ((await cliJson(h, 'snapshot', 'create', 'na')).snapshots as Snap[])[0] as Snap;
+    t.equal(paused.consistency, 'qemu-flushed', 'without a level: the pause it got, recorded as qemu-flushed');
+    t.ok(paused.pauseMs !== null, `with its pause (${paused.pauseMs} ms)`);
+    t.match(await log(h), /"msg":"the guest agent did not freeze the file systems: the snapshot is flushed only"/, 'the missing agent is logged');
+
+    await lv.virsh('destroy', '--domain', 'island-lv-noagent');
+    let snaps: Snap[] = [];
+    await waitFor('the final snapshot after destroy', async () => (snaps = await list()).length >= 2, STOP_MS);
+    t.equal(snaps.find((s) => s.id !== paused.id)?.consistency, 'crash', 'a destroyed domain: crash-consistent final snapshot');
+    t.match(await log(h), /"reason":"Destroyed".*"msg":"domain stopped: final snapshot"/, 'the lifecycle event said why');
+
+    const off = ((await cliJson(h, 'snapshot', 'create', 'na')).snapshots as Snap[])[0] as Snap;
+    t.equal(off.consistency, 'crash', 'a domain shut off: crash');
+    const flush = await cli(h, 'snapshot', 'create', 'na', '--consistency', 'flush', '--json');
+    t.match(JSON.parse(flush.stdout), { error: { code: 'LIBVIRT_ERROR', details: { reason: 'not-running' } } }, 'an explicit flush of a shut off domain fails');
+    await cliJson(h, 'detach', 'na');
+  });
+}

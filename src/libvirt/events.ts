@@ -19,8 +19,14 @@ import { codeOf } from '../errors.js';
 import type { QuiesceLogger } from './quiesce.js';
 import type { Virsh } from './virsh.js';
 
-/** Pause before a watch that ended is started again (libvirtd restarting takes seconds). */
+/**
+ * Pause before a watch that ended is started again (libvirtd restarting takes seconds),
+ * doubled while each try ends within STABLE_MS (a transient domain that is gone: virsh event
+ * fails at once), up to RESTART_MAX_MS.
+ */
 const RESTART_DELAY_MS = 2_000;
+const RESTART_MAX_MS = 60_000;
+const STABLE_MS = 10_000;
 /** Bound on one line of virsh's output (a lifecycle line is under 200 bytes plus the name). */
 const MAX_LINE = 4096;
 const LIFECYCLE = /^(?:\S+ \S+: )?event 'lifecycle' for domain '(.*)': (\S+)(?: (.*))?$/;
@@ -38,6 +44,7 @@ export class LifecycleWatch extends EventEmitter<LifecycleEvents> {
   private closed = false;
   /** The domain ran when last seen (a stop while unwatched is reported only then). */
   private running = false;
+  private delayMs = RESTART_DELAY_MS;
 
   constructor(
     private readonly virsh: Virsh,
@@ -51,6 +58,7 @@ export class LifecycleWatch extends EventEmitter<LifecycleEvents> {
     if (this.closed || this.child) return;
     const child = spawn('virsh', ['-q', '-c', this.virsh.uri, 'event', '--domain', this.domain, '--event', 'lifecycle', '--loop'], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, LC_ALL: 'C' } });
     this.child = child;
+    const started = Date.now();
     let buf = '';
     let stderr = '';
     child.stdout?.setEncoding('utf8').on('data', (d: string) => {
@@ -67,12 +75,13 @@ export class LifecycleWatch extends EventEmitter<LifecycleEvents> {
     child.once('close', (code) => {
       this.child = undefined;
       if (this.closed) return;
-      this.log.warn({ domain: this.domain, code, stderr: stderr.trim().slice(0, 300) }, 'the lifecycle watch of a domain ended; starting it again');
+      this.delayMs = Date.now() - started >= STABLE_MS ? RESTART_DELAY_MS : Math.min(RESTART_MAX_MS, this.delayMs * 2);
+      this.log.warn({ domain: this.domain, code, stderr: stderr.trim().slice(0, 300), retryInMs: this.delayMs }, 'the lifecycle watch of a domain ended; starting it again');
       this.timer = setTimeout(() => {
         this.timer = undefined;
         this.start();
         void this.checkMissed();
-      }, RESTART_DELAY_MS);
+      }, this.delayMs);
     });
     // Whether it runs now: a stop missed while the watch was down is reported against this.
     void this.virsh.state(this.domain).then(

@@ -232,6 +232,9 @@ if ('skip' in guest) {
     const grown = await cliJson(a, 'volume', 'resize', 'vm', '--size', '384M');
     t.match(grown, { resize: { from: 256 * MiB, to: 384 * MiB, how: 'blockresize' } }, 'the volume grew with virsh blockresize');
     t.match(await lv.virsh('domblkinfo', '--domain', 'island-lv-vm', '--device', 'vda'), new RegExp(`Capacity:\\s+${384 * MiB}`), 'the running domain sees the new size');
+    const wrong = await cli(a, 'volume', 'resize', 'vm', '--size', '512M', '--domain', 'island-lv-other', '--json');
+    t.match(JSON.parse(wrong.stdout), { error: { code: 'DOMAIN_NOT_USING_VOLUME' } }, 'resize --domain naming a domain that does not use the volume is refused');
+    t.match(await cliJson(a, 'volume', 'show', 'vm'), { virtualSize: 384 * MiB }, 'and the volume keeps its size');
     phase('grown online');
 
     // The guest powers off; the domain's stop takes the final snapshot.

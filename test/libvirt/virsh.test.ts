@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
 import { DEFAULT_LIBVIRT_URI, loadConfig } from '../../src/config.js';
+import { cli, cliJson, makeHost, serve } from '../helpers/daemon.js';
 import { classify, parseDomainName, Virsh } from '../../src/libvirt/virsh.js';
 
 t.test('libvirtUri: qemu:///system by default, a file key or ISLAND_LIBVIRT_URI, a URI or INVALID_CONFIG', async (t) => {
@@ -52,5 +53,17 @@ if (!existsSync('/usr/bin/virsh')) {
     await t.rejects(v.state('web1'), { code: 'LIBVIRT_UNAVAILABLE', message: /virsh domstate: .*libvirt-sock/ });
     await t.rejects(v.checkUses('web1', '/run/island/mnt/web1.qcow2'), { code: 'LIBVIRT_UNAVAILABLE', details: { command: 'domblklist' } });
     await t.rejects(v.suspend('web1'), { code: 'LIBVIRT_UNAVAILABLE', details: { command: 'suspend' } });
+  });
+
+  t.test('attach --domain while libvirtd does not answer: LIBVIRT_UNAVAILABLE, nothing attached', async (t) => {
+    const h = await makeHost(t, 'virsh-down');
+    h.env = { ISLAND_LIBVIRT_URI: `qemu:///system?socket=${h.dataDir}/no-libvirt-sock` };
+    await serve(h);
+    await cliJson(h, 'volume', 'create', 'web1', '--size', '64M');
+    const r = await cli(h, 'attach', 'web1', '--domain', 'web1', '--json');
+    t.equal(r.code, 1, 'the attach fails');
+    t.match(JSON.parse(r.stdout), { error: { code: 'LIBVIRT_UNAVAILABLE', details: { command: 'domblklist' } } });
+    t.match(await cliJson(h, 'volume', 'show', 'web1'), { status: 'available', host: null }, 'the volume is still detached');
+    t.match((await cli(h, 'attach', 'web1', '--domain', 'a/b', '--json')).stdout, /INVALID_ARGUMENT/, 'a name libvirt cannot have is refused before libvirt is asked');
   });
 }

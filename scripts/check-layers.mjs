@@ -23,6 +23,7 @@ export const LAYERS = {
   fsck: 7,
   fuse: 8,
   qmp: 8,
+  libvirt: 8, // virsh: the libvirt domain of attach --domain
   daemon: 9,
   cli: 10,
 };

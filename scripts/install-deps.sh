@@ -16,8 +16,12 @@ cd "$(dirname "$0")/.."
 #   e2fsprogs               e2fsck: the guest test checks a frozen snapshot's file system
 #   g++ make python3        building island's native addon (node-gyp)
 #   fio                     the FUSE data path benchmark (scripts/bench-fuse.ts)
+#   libvirt-clients         virsh: island talks to libvirt through it (attach --domain)
+#   libvirt-daemon-system   libvirtd and virtlogd with Debian's default QEMU driver configuration
+#                           (QEMU as libvirt-qemu) for test/libvirt; started by the test itself
 PKGS=(libfuse2 fuse3 qemu-utils qemu-system-x86 swift swift-proxy swift-object swift-container
-      swift-account python3-swift memcached cpio busybox-static e2fsprogs ca-certificates g++ make python3 fio)
+      swift-account python3-swift memcached cpio busybox-static e2fsprogs ca-certificates g++ make python3 fio
+      libvirt-clients libvirt-daemon-system)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -33,8 +37,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
     trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   fi
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Others may be installing at the same time: wait for dpkg's lock instead of failing.
+  apt-get -o DPkg::Lock::Timeout=600 update -qq
+  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 else
   echo "install-deps: Debian packages already installed"
 fi

@@ -25,6 +25,8 @@
  *   file mode    fileMode     ISLAND_FILE_MODE      "0600": permission bits of the volume files,
  *                                                   an octal string; the read-only snapshot views
  *                                                   get the same owner and group, write bits cleared
+ *   libvirt URI  libvirtUri   ISLAND_LIBVIRT_URI    qemu:///system: where `attach --domain` finds its
+ *                                                   domain (virsh -c URI)
  *
  * User and group names are resolved once, here, through the system's name service (getent,
  * so /etc/passwd and /etc/group or whatever nsswitch.conf adds); a name that does not exist
@@ -72,6 +74,8 @@ export interface Config {
   fileGroup: number;
   /** Permission bits of the volume files (0o600 by default; snapshot views drop the write bits). */
   fileMode: number;
+  /** The libvirt connection URI of `attach --domain` (virsh -c). */
+  libvirtUri: string;
   /** GC acts on a tombstone, and deletes an unreferenced pack, only after this long (G). */
   gcGraceMs: number;
   /** W: a snapshot upload commits within this long of checking its parent, or re-checks. */
@@ -243,6 +247,18 @@ function fileMode(v: unknown): number {
   return parseInt(v, 8);
 }
 
+/** libvirt's own default for a system-wide QEMU driver. */
+export const DEFAULT_LIBVIRT_URI = 'qemu:///system';
+
+/** A libvirt URI (driver[+transport]://[host]/path[?params]); virsh receives it as one argument. */
+function libvirtUri(v: unknown): string {
+  if (v === undefined || v === '') return DEFAULT_LIBVIRT_URI;
+  if (typeof v !== 'string' || v.length > 1024 || !/^[a-z][a-z0-9+.-]*:\/\/[^\s]*$/i.test(v)) {
+    throw new IslandError('INVALID_CONFIG', `libvirtUri (ISLAND_LIBVIRT_URI) must be a libvirt URI such as qemu:///system, got ${JSON.stringify(String(v)).slice(0, 120)}`);
+  }
+  return v;
+}
+
 export async function loadConfig(env: NodeJS.ProcessEnv = process.env): Promise<Config> {
   let file: Record<string, unknown> = {};
   if (env.ISLAND_CONFIG) {
@@ -295,6 +311,7 @@ export async function loadConfig(env: NodeJS.ProcessEnv = process.env): Promise<
     fileOwner,
     fileGroup,
     fileMode: fileMode(pick('fileMode', 'ISLAND_FILE_MODE')),
+    libvirtUri: libvirtUri(pick('libvirtUri', 'ISLAND_LIBVIRT_URI')),
     gcGraceMs,
     commitWindowMs,
     testSwitches,

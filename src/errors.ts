@@ -67,6 +67,11 @@ export const CODES = {
   // control plane
   QMP_ERROR: { transient: false, errno: 'EIO', doc: 'QEMU returned an error or broke the QMP protocol' },
   QMP_TIMEOUT: { transient: true, errno: 'ETIMEDOUT', doc: 'QEMU did not answer within the bound' },
+  DOMAIN_NOT_FOUND: { transient: false, errno: 'ENOENT', doc: 'libvirt has no domain of that name (attach --domain, volume resize --domain)' },
+  DOMAIN_NOT_USING_VOLUME: { transient: false, errno: 'EINVAL', doc: "the libvirt domain's disks do not use this volume's file on the mount" },
+  LIBVIRT_UNAVAILABLE: { transient: true, errno: 'EIO', doc: 'virsh is missing or libvirtd does not answer on the configured URI (libvirtUri)' },
+  LIBVIRT_TIMEOUT: { transient: true, errno: 'ETIMEDOUT', doc: 'a virsh command did not finish within its bound' },
+  LIBVIRT_ERROR: { transient: false, errno: 'EIO', doc: 'libvirt refused a command (details.reason: agent, not-running)' },
   DAEMON_UNREACHABLE: { transient: true, errno: 'EIO', doc: 'the island daemon does not answer on its control socket' },
   INTERNAL: { transient: false, errno: 'EIO', doc: 'an unexpected internal error (a bug): please report it' },
 } as const satisfies Record<string, CodeInfo>;

@@ -35,17 +35,19 @@ volumes
                                          volume's); attaching it is instant, as a restore;
                                          --size may make it larger than the snapshot (the
                                          first attach grows the image)
-  volume resize NAME --size SIZE [--qmp SOCKET]
+  volume resize NAME --size SIZE [--qmp SOCKET] [--domain DOM]
                                          grow a volume (never shrink): a detached one's
                                          image follows at its next attach; an attached one
                                          grows now, through qemu-img when its file is not
                                          open, through QEMU's block_resize (--qmp, or the
-                                         socket given at attach) when a VM has it open
+                                         socket given at attach) when a VM has it open,
+                                         or libvirt's blockresize (--domain, or the domain
+                                         given at attach)
   volume list
   volume show NAME
   volume delete NAME                     refused while attached; its snapshots remain
   attach NAME [--qmp SOCKET] [--qga SOCKET] [--force] [--wait-filled] [--fill-rate RATE] [--no-fill]
-             [--discard-local] [--allow-rollback] [--host HOST]
+             [--discard-local] [--allow-rollback] [--host HOST] [--domain DOM]
                                          show NAME.qcow2 on the mount; --force takes over a
                                          volume attached on another host (fence it first!);
                                          a volume with snapshots is usable at once and fills
@@ -56,7 +58,11 @@ volumes
                                          --allow-rollback accepts an older snapshot when the
                                          store cannot prove the newest (HEAD_UNCERTAIN: run
                                          island fsck --repair first); --host refuses
-                                         (WRONG_HOST) unless HOST is this daemon's host id
+                                         (WRONG_HOST) unless HOST is this daemon's host id;
+                                         --domain names the libvirt domain using the file
+                                         (checked): snapshots freeze and suspend it through
+                                         virsh, its shutdown takes a final snapshot, resize
+                                         grows it with blockresize ($ISLAND_LIBVIRT_URI)
   detach NAME [--force] [--keep-local] [--no-wait]
                                          final snapshot, then drop the local copy (or keep it
                                          warm); refused while the file is open unless --force;
@@ -113,7 +119,7 @@ options: --json (machine-readable output), -h/--help
 sizes take K, M, G, T suffixes (powers of 1024).
 environment: ISLAND_CONFIG ISLAND_DATA_DIR ISLAND_MOUNT ISLAND_SOCKET ISLAND_HOST_ID
              ISLAND_STORE_DIR ISLAND_LOG_LEVEL ISLAND_METRICS_PORT ISLAND_METRICS_ADDRESS
-             ISLAND_REGION ISLAND_GC_GRACE
+             ISLAND_REGION ISLAND_GC_GRACE ISLAND_LIBVIRT_URI
 `;
 
 interface VolumeOut {
@@ -264,6 +270,7 @@ async function main(argv: string[]): Promise<number> {
       'discard-local': { type: 'boolean' },
       'allow-rollback': { type: 'boolean' },
       host: { type: 'string' },
+      domain: { type: 'string' },
       'no-fill': { type: 'boolean' },
       'keep-last': { type: 'string' },
       'keep-hourly': { type: 'string' },
@@ -333,8 +340,8 @@ async function main(argv: string[]): Promise<number> {
     }
     if (sub === 'resize') {
       const name = need(arg, 'volume name');
-      const r = (await api('POST', `/v1/volumes/${enc(name)}/resize`, { size: need(values.size, '--size'), qmp: values.qmp })) as VolumeOut & { resize: { from: number; to: number; how: string } };
-      const how = { record: 'the image follows at the next attach', 'qemu-img': 'the image grew (qemu-img)', block_resize: 'the image grew in the running VM (block_resize)', unchanged: 'already that size' }[r.resize.how] ?? r.resize.how;
+      const r = (await api('POST', `/v1/volumes/${enc(name)}/resize`, { size: need(values.size, '--size'), qmp: values.qmp, domain: values.domain })) as VolumeOut & { resize: { from: number; to: number; how: string } };
+      const how = { record: 'the image follows at the next attach', 'qemu-img': 'the image grew (qemu-img)', block_resize: 'the image grew in the running VM (block_resize)', blockresize: 'the image grew in the running domain (virsh blockresize)', unchanged: 'already that size' }[r.resize.how] ?? r.resize.how;
       out(`resized ${name}: ${formatSize(r.resize.from)} -> ${formatSize(r.resize.to)}; ${how}`, r);
       return 0;
     }
@@ -418,7 +425,7 @@ async function main(argv: string[]): Promise<number> {
   }
   if (cmd === 'attach') {
     const name = need(sub, 'volume name');
-    const v = (await api('POST', `/v1/volumes/${enc(name)}/attach`, { qmp: values.qmp, qga: values.qga, force: values.force, fill: values['no-fill'] ? false : undefined, fillRate: values['fill-rate'], discardLocal: values['discard-local'], allowRollback: values['allow-rollback'], host: values.host })) as VolumeOut;
+    const v = (await api('POST', `/v1/volumes/${enc(name)}/attach`, { qmp: values.qmp, qga: values.qga, force: values.force, fill: values['no-fill'] ? false : undefined, fillRate: values['fill-rate'], discardLocal: values['discard-local'], allowRollback: values['allow-rollback'], host: values.host, domain: values.domain })) as VolumeOut;
     if (!values['wait-filled']) {
       out(`attached ${name}: ${v.local?.file ?? '?'}`, v);
       return 0;

@@ -6,9 +6,9 @@
  *   POST   /v1/volumes                      {name, size, clusterSize?, region?, from?} -> 201
  *   GET    /v1/volumes/{name}
  *   DELETE /v1/volumes/{name}
- *   POST   /v1/volumes/{name}/attach        {qmp?, qga?, force?, fill?, fillRate?, discardLocal?, allowRollback?, host?}
+ *   POST   /v1/volumes/{name}/attach        {qmp?, qga?, force?, fill?, fillRate?, discardLocal?, allowRollback?, host?, domain?}
  *   POST   /v1/volumes/{name}/detach        {force?, keepLocal?, noWait?}
- *   POST   /v1/volumes/{name}/resize        {size, qmp?} -> the volume, with {resize: {from, to, how}}
+ *   POST   /v1/volumes/{name}/resize        {size, qmp?, domain?} -> the volume, with {resize: {from, to, how}}
  *   POST   /v1/snapshots                    {volumes: [name...], consistency?, wait?, qmp?}
  *   GET    /v1/snapshots[?volume=name]
  *   GET    /v1/snapshots/{id}
@@ -47,6 +47,10 @@ const STATUS_OF: Partial<Record<ErrorCode, number>> = {
   SNAPSHOT_DELETED: 410,
   TOO_LARGE: 413,
   STORE_UNAVAILABLE: 503,
+  DOMAIN_NOT_FOUND: 404,
+  DOMAIN_NOT_USING_VOLUME: 409,
+  LIBVIRT_UNAVAILABLE: 503,
+  LIBVIRT_TIMEOUT: 504,
   STORE_TIMEOUT: 504,
 };
 
@@ -134,12 +138,12 @@ async function route(svc: Service, method: string, url: string, body: () => Prom
     }
     if (name !== undefined && parts.length === 4 && method === 'POST' && action === 'attach') {
       const b = await body();
-      return [200, await svc.attach(name, { qmp: str(b.qmp, 'qmp'), qga: str(b.qga, 'qga'), force: bool(b.force, 'force'), fill: bool(b.fill, 'fill'), fillRate: typeof b.fillRate === 'number' ? b.fillRate : str(b.fillRate, 'fillRate'), discardLocal: bool(b.discardLocal, 'discardLocal'), allowRollback: bool(b.allowRollback, 'allowRollback'), host: str(b.host, 'host') })];
+      return [200, await svc.attach(name, { qmp: str(b.qmp, 'qmp'), qga: str(b.qga, 'qga'), force: bool(b.force, 'force'), fill: bool(b.fill, 'fill'), fillRate: typeof b.fillRate === 'number' ? b.fillRate : str(b.fillRate, 'fillRate'), discardLocal: bool(b.discardLocal, 'discardLocal'), allowRollback: bool(b.allowRollback, 'allowRollback'), host: str(b.host, 'host'), domain: str(b.domain, 'domain') })];
     }
     if (name !== undefined && parts.length === 4 && method === 'POST' && action === 'resize') {
       const b = await body();
       if (typeof b.size !== 'string' && typeof b.size !== 'number') throw new IslandError('INVALID_ARGUMENT', `size must be a byte count or a size like 20G, got ${quoteInput(b.size)}`);
-      return [200, await svc.resizeVolume(name, { size: b.size, qmp: str(b.qmp, 'qmp') })];
+      return [200, await svc.resizeVolume(name, { size: b.size, qmp: str(b.qmp, 'qmp'), domain: str(b.domain, 'domain') })];
     }
     if (name !== undefined && parts.length === 4 && method === 'POST' && action === 'detach') {
       const b = await body();

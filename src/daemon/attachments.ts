@@ -14,12 +14,13 @@ import { untilAvailable } from '../util/backoff.js';
 import { sleep } from '../util/sleep.js';
 import { treeFetcher } from '../snapshot/restore.js';
 import { Volume, hasVolumeState, type Seal } from '../volume/engine.js';
-import { type Attached, type AttachRequest, type DaemonContext, type Detaching } from './context.js';
+import { mountFile, type Attached, type AttachRequest, type DaemonContext, type Detaching } from './context.js';
 import { LazyFetcher, parseFillRate, type Fills } from './fills.js';
 import type { SnapshotJobs } from './snapshot-jobs.js';
 import { checkRestorable, checkUndamaged } from './sources.js';
 import { crashPoint } from '../util/crash.js';
 import { imageVirtualSize, Resizes, type ResizeOutcome, type ResizeRequest } from './resize.js';
+import { parseDomainName } from '../libvirt/virsh.js';
 
 export interface DetachRequest {
   force?: boolean;
@@ -58,7 +59,7 @@ export class Attachments {
     private readonly fills: Fills,
     private readonly snapshots: SnapshotJobs,
   ) {
-    this.resizes = new Resizes(ctx, (name, fn) => this.exclusive(name, fn), (path) => snapshots.qmpSession(path));
+    this.resizes = new Resizes(ctx, (name, fn) => this.exclusive(name, fn), (path) => snapshots.qmpSession(path), () => snapshots.virsh());
   }
 
   /** Grow a volume (resize.ts): never while it is being attached or detached here. */
@@ -171,6 +172,9 @@ export class Attachments {
     // Everything the request says is checked before anything changes.
     parseFillRate(req.fillRate);
     checkHost(ctx.config.hostId, rec.name, req.host);
+    // attach --domain: the domain exists and its disks use this volume's file on the mount.
+    const domain = req.domain === undefined ? undefined : parseDomainName(req.domain);
+    if (domain !== undefined) await this.snapshots.virsh().checkUses(domain, mountFile(ctx.config, rec.name));
     await this.exclusive(rec.name, async () => {
       if (ctx.attached.has(rec.name)) throw new IslandError('BUSY', `volume ${rec.name} is already attached on this host`, { details: { volume: rec.name } });
       const att = await acquireGeneration(ctx.repo, rec.name, { force: req.force ?? false, allowRollback: req.allowRollback ?? false });
@@ -181,7 +185,8 @@ export class Attachments {
       if (att.head.unlinked.length) alog.warn({ unlinked: att.head.unlinked }, 'the chain of snapshots has a lost or damaged link (the manifest stood in for it): run island fsck --repair');
       if (req.allowRollback && att.head.uncertain.length) alog.warn({ evidence: att.head.uncertain, base: att.base?.id ?? null }, 'attach allowed to roll back to an older snapshot on request');
       try {
-        await this.attachAs(rec, req, att.generation, att.base);
+        await this.attachAs(rec, { ...req, domain }, att.generation, att.base);
+        if (domain !== undefined) this.snapshots.watchDomain(domain);
       } catch (err) {
         // Nothing was served under the generation just taken: hand it back, so a later
         // attach (here or elsewhere) is not blocked by it.
@@ -270,7 +275,7 @@ export class Attachments {
     const committed = volume.committedSnapshot;
     const parent = committed ? await this.snapshots.parentById(name, committed, volume) : null;
     crashPoint('attach.recorded');
-    const a: Attached = { volume, generation, access: { mode: 'read-write', why: null }, qmp: req.qmp, qga: req.qga, parent, job: undefined };
+    const a: Attached = { volume, generation, access: { mode: 'read-write', why: null }, qmp: req.qmp, qga: req.qga, domain: req.domain, parent, job: undefined };
     ctx.attached.set(name, a);
     ctx.unopened.delete(name);
     if (fillFrom) await fills.resume(name, a, fillFrom, req);
@@ -350,6 +355,7 @@ export class Attachments {
     else await ctx.dirs.dropLive(name);
     crashPoint('detach.local-released');
     await releaseGeneration(ctx.repo, name, a.generation);
+    if (a.domain !== undefined) this.snapshots.unwatchDomain(a.domain);
     // The final snapshot holds everything the base gave: this host's pins on it can go.
     if (base) await this.fills.releasePins(base);
     ctx.log.info({ volume: name, keptLocal: req.keepLocal === true }, 'detached');
@@ -442,6 +448,7 @@ export class Attachments {
     await this.fills.stop(a);
     await a.volume.close();
     const dir = await this.ctx.dirs.setAside(name, 'fenced', a.generation);
+    if (a.domain !== undefined) this.snapshots.unwatchDomain(a.domain);
     this.ctx.log.warn({ volume: name, generation: a.generation, dir }, 'fenced volume detached: its local copy is kept aside, not uploaded');
     return name;
   }

@@ -50,6 +50,8 @@ export interface AttachRequest {
   allowRollback?: boolean;
   /** The host the caller means to attach on: refused (WRONG_HOST) unless it is this daemon's. */
   host?: string;
+  /** The libvirt domain using the volume: snapshots and resizes go through libvirt (virsh). */
+  domain?: string;
 }
 
 /** A restored volume's background fill. */
@@ -103,6 +105,8 @@ export interface Attached {
   generation: number;
   qmp: string | undefined;
   qga: string | undefined;
+  /** The libvirt domain given at attach (checked to use the volume's file), if any. */
+  domain?: string;
   /** The snapshot the local image's change tracking is relative to (null: none yet). */
   parent: Manifest | null;
   /** A snapshot in progress: at most one per volume. */

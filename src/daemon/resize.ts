@@ -15,7 +15,9 @@
  *                               for an attached volume that is not in use)
  *   a VM has it open            QMP `block_resize` on the VM's qcow2 node for the file
  *                               (the QMP socket of attach --qmp, or of the request)
- *   open, no QMP socket         refused: nothing else may write the image under QEMU
+ *   a libvirt domain has it     `virsh blockresize` of the domain's disk on that file
+ *                               (the domain of attach --domain, or of the request)
+ *   open, neither               refused: nothing else may write the image under QEMU
  *
  * A detached volume's record is rewritten while this host holds the volume's next
  * generation (taken and released as an attach would): an attach elsewhere meanwhile is
@@ -28,6 +30,7 @@ import { parseQcow2Header, qcow2MaxVirtualSize, QCOW2_MAX_HEADER_BYTES } from '.
 import type { VolumeRecord } from '../format/records.js';
 import { acquireGeneration, releaseGeneration } from '../repo/attach.js';
 import type { QmpSession } from '../qmp/session.js';
+import { parseDomainName, type Virsh } from '../libvirt/virsh.js';
 import type { Volume } from '../volume/engine.js';
 import { mountFile, type Attached, type DaemonContext } from './context.js';
 
@@ -43,6 +46,8 @@ export interface ResizeRequest {
   size: unknown;
   /** QEMU's QMP socket for a volume a VM has open (default: the one given at attach). */
   qmp?: string;
+  /** The libvirt domain that has it open (default: the one given at attach). */
+  domain?: string;
 }
 
 export interface ResizeOutcome {
@@ -51,7 +56,7 @@ export interface ResizeOutcome {
   from: number;
   to: number;
   /** How the image grew: now (qemu-img, QMP), at the next attach, or not at all (same size). */
-  how: 'record' | 'qemu-img' | 'block_resize' | 'unchanged';
+  how: 'record' | 'qemu-img' | 'block_resize' | 'blockresize' | 'unchanged';
 }
 
 /** The virtual size the qcow2 header of an attached volume's image says. */
@@ -98,18 +103,20 @@ export class Resizes {
     /** Runs `fn` with no attach or detach of `name` in progress (refuses with BUSY otherwise). */
     private readonly exclusive: <T>(name: string, fn: () => Promise<T>) => Promise<T>,
     private readonly qmpSession: (path: string) => QmpSession,
+    private readonly virsh: () => Virsh,
   ) {}
 
   async resize(nameIn: unknown, req: ResizeRequest): Promise<ResizeOutcome> {
     const name = parseVolumeName(nameIn);
     if (req.size === undefined) throw new IslandError('INVALID_ARGUMENT', 'resize needs a size');
     const size = parseVolumeSize(req.size as string | number);
+    const domain = req.domain === undefined ? undefined : parseDomainName(req.domain);
     return this.exclusive(name, async () => {
       const rec = await this.record(name);
       const max = qcow2MaxVirtualSize(rec.clusterSize);
       if (size > max) throw new IslandError('INVALID_ARGUMENT', `volume size ${size} is larger than a qcow2 image with ${rec.clusterSize}-byte clusters can address (${max})`, { details: { volume: name, size, max } });
       const a = this.ctx.attached.get(name);
-      if (a) return this.resizeAttached(name, a, rec, size, req.qmp);
+      if (a) return this.resizeAttached(name, a, rec, size, req.qmp, domain);
       const unopened = this.ctx.unopened.get(name);
       if (unopened) {
         // Its local copy may hold writes no snapshot has: the volume stays this host's until settled.
@@ -135,12 +142,12 @@ export class Resizes {
   }
 
   /** Grow the image of a volume attached here, then its record. */
-  private async resizeAttached(name: string, a: Attached, rec: VolumeRecord, size: number, qmp: string | undefined): Promise<ResizeOutcome> {
+  private async resizeAttached(name: string, a: Attached, rec: VolumeRecord, size: number, qmp: string | undefined, domain: string | undefined): Promise<ResizeOutcome> {
     if (a.access.mode !== 'read-write') throw new IslandError(a.access.mode === 'fenced' ? 'FENCED' : 'READ_ONLY', `volume ${name} is ${a.access.mode} on this host: ${a.access.why ?? ''}`, { details: { volume: name } });
     const from = await imageVirtualSize(a.volume);
     refuseShrink(name, from, size);
     let how: ResizeOutcome['how'] = 'unchanged';
-    if (size > from) how = await this.growImage(name, a, size, qmp);
+    if (size > from) how = await this.growImage(name, a, size, qmp, domain);
     a.virtualSize = size;
     if (rec.virtualSize !== size) {
       const fresh = await this.record(name);
@@ -152,21 +159,28 @@ export class Resizes {
 
   /**
    * Grow the image of an attached volume to `size` through QEMU: qemu-img when nobody has
-   * the file open, the VM's block_resize when one has and island has its QMP socket.
+   * the file open, the VM's block_resize when one has and island has its QMP socket, libvirt's
+   * blockresize when island knows the libvirt domain that has it.
    */
-  async growImage(name: string, a: Attached, size: number, qmp?: string): Promise<'qemu-img' | 'block_resize'> {
+  async growImage(name: string, a: Attached, size: number, qmp?: string, domainIn?: string): Promise<'qemu-img' | 'block_resize' | 'blockresize'> {
     const file = mountFile(this.ctx.config, name);
     const open = this.ctx.openHandles(name);
-    const path = qmp ?? a.qmp;
-    let how: 'qemu-img' | 'block_resize';
+    const path = qmp ?? (domainIn === undefined ? a.qmp : undefined);
+    const domain = domainIn ?? a.domain;
+    let how: 'qemu-img' | 'block_resize' | 'blockresize';
     if (open === 0) {
       await qemuImgResize(file, size);
       how = 'qemu-img';
     } else if (path !== undefined) {
       await qmpBlockResize(this.qmpSession(path), file, size);
       how = 'block_resize';
+    } else if (domain !== undefined) {
+      // The domain named must be the one using this file (the one of attach was checked then).
+      if (domainIn !== undefined) await this.virsh().checkUses(domain, file);
+      await this.virsh().blockResize(domain, file, size);
+      how = 'blockresize';
     } else {
-      throw new IslandError('BUSY', `${name}.qcow2 is open (${open} handle${open > 1 ? 's' : ''}) and island has no QMP socket of the VM using it: an image in use grows only through QEMU (attach --qmp, or resize --qmp)`, {
+      throw new IslandError('BUSY', `${name}.qcow2 is open (${open} handle${open > 1 ? 's' : ''}) and island has neither the QMP socket nor the libvirt domain of the VM using it: an image in use grows only through QEMU (attach --qmp or --domain, or resize --qmp or --domain)`, {
         details: { volume: name, open },
       });
     }

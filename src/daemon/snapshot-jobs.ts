@@ -4,6 +4,11 @@
  * inside a guest freeze (freeze, stop, seal, cont, thaw: guest-frozen). The QMP sessions
  * and guest agents are kept per socket path; a VM's SHUTDOWN event triggers a final
  * snapshot of its volumes. docs/qmp.md has the sequences.
+ *
+ * A volume attached with a libvirt domain (attach --domain) and no QMP socket is quiesced
+ * through libvirt instead (libvirt/quiesce.ts: domfsfreeze, suspend, seal, resume,
+ * domfsthaw), and the domain's lifecycle is watched (libvirt/events.ts): when it stops, its
+ * volumes get a final snapshot. docs/libvirt.md has the sequence.
  */
 import { IslandError, codeOf } from '../errors.js';
 import { parseVolumeName } from '../format/names.js';
@@ -12,6 +17,9 @@ import { findSnapshot } from '../repo/snapshots.js';
 import { checkHolds } from '../repo/fencing.js';
 import { takeSnapshot } from '../snapshot/create.js';
 import { EncodePool } from '../snapshot/pool.js';
+import { LifecycleWatch } from '../libvirt/events.js';
+import { quiesced, type Quiesced } from '../libvirt/quiesce.js';
+import { Virsh } from '../libvirt/virsh.js';
 import { GuestAgent } from '../qmp/guest-agent.js';
 import { QmpSession } from '../qmp/session.js';
 import type { Seal, Volume } from '../volume/engine.js';
@@ -23,6 +31,8 @@ export class SnapshotJobs {
   private pool: EncodePool | undefined;
   private readonly qmpSessions = new Map<string, QmpSession>();
   private readonly agents = new Map<string, GuestAgent>();
+  private readonly watches = new Map<string, LifecycleWatch>();
+  private virshClient: Virsh | undefined;
 
   /** Called after a snapshot of a clone's first own snapshot commits (its source can be unpinned). */
   constructor(
@@ -62,23 +72,38 @@ export class SnapshotJobs {
     }
     const qmpOf = (n: string): string | undefined => (typeof req.qmp === 'string' ? req.qmp : attached.get(n)?.qmp);
     const qgaOf = (n: string): string | undefined => (typeof req.qga === 'string' ? req.qga : attached.get(n)?.qga);
-    const consistency = req.consistency ?? (names.every((n) => qmpOf(n)) ? 'flush' : 'crash');
-    if (consistency !== 'crash' && consistency !== 'flush' && consistency !== 'freeze') {
-      throw new IslandError('INVALID_ARGUMENT', `consistency must be crash, flush or freeze, got ${JSON.stringify(String(consistency)).slice(0, 30)}`);
+    // A QMP socket wins over a domain: island then talks to QEMU itself.
+    const domainOf = (n: string): string | undefined => (qmpOf(n) === undefined ? attached.get(n)?.domain : undefined);
+    const requested = req.consistency;
+    if (requested !== undefined && requested !== 'crash' && requested !== 'flush' && requested !== 'freeze') {
+      throw new IslandError('INVALID_ARGUMENT', `consistency must be crash, flush or freeze, got ${JSON.stringify(String(requested)).slice(0, 30)}`);
     }
+    const consistency = requested ?? (names.every((n) => qmpOf(n) ?? domainOf(n)) ? 'flush' : 'crash');
     let jobs: Promise<Manifest>[];
     if (consistency === 'crash') {
       jobs = names.map((n) => this.one(n, 'crash'));
     } else {
-      const missing = names.filter((n) => !qmpOf(n));
-      if (missing.length) throw new IslandError('INVALID_ARGUMENT', `${consistency} consistency needs QEMU's QMP socket (attach --qmp or snapshot --qmp) for ${missing.join(', ')}`);
-      const noAgent = consistency === 'freeze' ? names.filter((n) => !qgaOf(n)) : [];
+      const missing = names.filter((n) => !qmpOf(n) && !domainOf(n));
+      if (missing.length) throw new IslandError('INVALID_ARGUMENT', `${consistency} consistency needs QEMU's QMP socket (attach --qmp or snapshot --qmp) or the libvirt domain (attach --domain) for ${missing.join(', ')}`);
+      const noAgent = consistency === 'freeze' ? names.filter((n) => qmpOf(n) && !qgaOf(n)) : [];
       if (noAgent.length) throw new IslandError('INVALID_ARGUMENT', `freeze consistency needs the guest agent's socket (attach --qga or snapshot --qga) for ${noAgent.join(', ')}`);
-      // The volumes of one VM (one QMP socket) are sealed in one pause.
-      const groups = new Map<string, string[]>();
-      for (const n of names) groups.set(qmpOf(n) as string, [...(groups.get(qmpOf(n) as string) ?? []), n]);
+      // The volumes of one VM (one QMP socket, or one domain) are sealed in one pause.
+      const groups = new Map<string, { qmp?: string; domain?: string; vols: string[] }>();
+      for (const n of names) {
+        const key = qmpOf(n) !== undefined ? `qmp:${qmpOf(n)}` : `domain:${domainOf(n)}`;
+        const g = groups.get(key) ?? { qmp: qmpOf(n), domain: domainOf(n), vols: [] };
+        g.vols.push(n);
+        groups.set(key, g);
+      }
       jobs = [];
-      for (const [path, vols] of groups) {
+      for (const { qmp: path, domain, vols } of groups.values()) {
+        if (path === undefined) {
+          // Through libvirt: without an explicit level, the best the domain gives (freeze,
+          // or a pause when no guest agent answers), recorded as it really was.
+          const q = await this.domainSeal(domain as string, vols, requested === undefined ? undefined : consistency);
+          for (const [i, n] of vols.entries()) jobs.push(this.one(n, q.consistency, q.result[i], q.pauseMs ?? undefined));
+          continue;
+        }
         const { seals, pauseMs } = consistency === 'freeze' ? await this.frozenSeal(qgaOf(vols[0] as string) as string, path, vols) : await this.pausedSeal(path, vols);
         const level = consistency === 'freeze' ? 'guest-frozen' : 'qemu-flushed';
         for (const [i, n] of vols.entries()) jobs.push(this.one(n, level, seals[i], pauseMs));
@@ -172,6 +197,57 @@ export class SnapshotJobs {
     }
   }
 
+  /** The virsh client for the configured libvirt URI. */
+  virsh(): Virsh {
+    this.virshClient ??= new Virsh(this.ctx.config.libvirtUri);
+    return this.virshClient;
+  }
+
+  /**
+   * Seal the volumes of one libvirt domain inside libvirt's freeze and suspend (or suspend
+   * only for `flush`); `level` undefined: freeze when the agent answers, else the pause.
+   */
+  private async domainSeal(domain: string, vols: string[], level: 'flush' | 'freeze' | undefined): Promise<Quiesced<Seal[]>> {
+    const attached = this.ctx.attached;
+    for (const n of vols) await attached.get(n)?.volume.flushBitmaps();
+    const log = this.ctx.log.child({ domain, volumes: vols });
+    return quiesced(this.virsh(), domain, level ?? 'freeze', level !== undefined, log, () => Promise.all(vols.map((n) => (attached.get(n) as Attached).volume.seal())));
+  }
+
+  /** Follow a domain's lifecycle (attach --domain): its stop triggers final snapshots. */
+  watchDomain(domain: string): void {
+    if (this.watches.has(domain)) return;
+    const w = new LifecycleWatch(this.virsh(), domain, this.ctx.log.child({ domain }));
+    w.on('stopped', (reason) => this.onDomainStopped(domain, reason));
+    w.start();
+    this.watches.set(domain, w);
+  }
+
+  /** Stop following a domain once no attached volume names it. */
+  unwatchDomain(domain: string): void {
+    for (const a of this.ctx.attached.values()) if (a.domain === domain) return;
+    this.watches.get(domain)?.close();
+    this.watches.delete(domain);
+  }
+
+  /**
+   * The domain stopped: its volumes get a final snapshot, after any snapshot in progress
+   * (that one sealed before the last writes). After a guest shutdown QEMU closed its images
+   * cleanly (qemu-flushed); a domain destroyed, crashed or stopped unwatched may not have.
+   */
+  private onDomainStopped(domain: string, reason: string): void {
+    const level: Consistency = reason === 'Shutdown' ? 'qemu-flushed' : 'crash';
+    for (const [name, a] of this.ctx.attached) {
+      if (a.domain !== domain || a.qmp !== undefined) continue;
+      this.ctx.log.info({ volume: name, domain, reason, consistency: level }, 'domain stopped: final snapshot');
+      void (async () => {
+        while (a.job) await a.job.promise.catch(() => undefined);
+        if (this.ctx.attached.get(name) !== a) return;
+        await this.one(name, level);
+      })().catch(() => undefined);
+    }
+  }
+
   /**
    * stop (QEMU drains and flushes its caches), seal every volume, cont: the pause is
    * bounded by QMP timeouts, and cont is sent on every path once stop was sent.
@@ -242,6 +318,8 @@ export class SnapshotJobs {
   }
 
   async close(): Promise<void> {
+    for (const w of this.watches.values()) w.close();
+    this.watches.clear();
     for (const q of this.qmpSessions.values()) await q.close().catch(() => undefined);
     for (const g of this.agents.values()) await g.close().catch(() => undefined);
     await this.pool?.close();

@@ -9,6 +9,7 @@
  *   snapshot-jobs.ts   snapshots of attached volumes, with QMP and the guest agent
  *   history.ts         snapshot listing, delete, prune, copy to other regions, GC
  *   mounts.ts          the files the mount shows, and read-only snapshot mounts
+ *   images.ts          image files imported into volumes and snapshots exported as images
  *
  * Local directories (<dataDir>/volumes/<name>, <dataDir>/kept/<name>) are owned by
  * volume/directories.ts.
@@ -33,6 +34,7 @@ import { capacity, type CapacityView } from './capacity.js';
 import type { DetachingView } from './context.js';
 import type { ResizeOutcome, ResizeRequest } from './resize.js';
 import { SnapshotJobs } from './snapshot-jobs.js';
+import { Images } from './images.js';
 
 export { PIN_TTL_MS, snapshotView, fillView } from './context.js';
 export type { Access, AttachRequest, Attached, FillJob, FillView, SnapshotJob, SnapshotView, VolumeView } from './context.js';
@@ -79,6 +81,8 @@ export class Service {
   private readonly attachments: Attachments;
   private readonly history: History;
   private readonly mounts: MountTable;
+  /** Image import and export (images.ts), built on the operations below. */
+  readonly images: Images;
 
   constructor(
     readonly config: Config,
@@ -98,6 +102,7 @@ export class Service {
     );
     this.attachments = new Attachments(this.ctx, this.fills, this.snapshots);
     this.mounts = new MountTable(this.ctx);
+    this.images = new Images(this);
   }
 
   /** Reopen the volumes that were attached here when the daemon last stopped or crashed. */
@@ -222,6 +227,7 @@ export class Service {
 
   /** Stop everything this daemon runs; the volumes are closed cleanly. */
   async closeAll(): Promise<void> {
+    this.images.close();
     await this.mounts.closeAll();
     await this.snapshots.close();
     await this.copies.close();

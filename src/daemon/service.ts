@@ -10,6 +10,7 @@
  *   history.ts         snapshot listing, delete, prune, copy to other regions, GC
  *   mounts.ts          the files the mount shows, and read-only snapshot mounts
  *   images.ts          image files imported into volumes and snapshots exported as images
+ *   detached-snapshots.ts  snapshots of volumes attached nowhere (sharing their head's tree)
  *
  * Local directories (<dataDir>/volumes/<name>, <dataDir>/kept/<name>) are owned by
  * volume/directories.ts.
@@ -25,7 +26,7 @@ import { LocalDirectories } from '../volume/directories.js';
 import type { FuseVolume } from '../fuse/adapter.js';
 import { Attachments, type DetachRequest } from './attachments.js';
 import { Catalog } from './catalog.js';
-import { detachingView, fillView, type Access, type AttachRequest, type Attached, type DaemonContext, type FillView, type SnapshotView, type VolumeView } from './context.js';
+import { detachingView, fillView, snapshotView, type Access, type AttachRequest, type Attached, type DaemonContext, type FillView, type SnapshotView, type VolumeView } from './context.js';
 import { Copies, type CopyOutcome, type CopyView, type RegionOpener } from './copies.js';
 import { Fills } from './fills.js';
 import { History, type GcView } from './history.js';
@@ -35,6 +36,7 @@ import type { DetachingView } from './context.js';
 import type { ResizeOutcome, ResizeRequest } from './resize.js';
 import { SnapshotJobs } from './snapshot-jobs.js';
 import { Images } from './images.js';
+import { snapshotDetached } from './detached-snapshots.js';
 
 export { PIN_TTL_MS, snapshotView, fillView } from './context.js';
 export type { Access, AttachRequest, Attached, FillJob, FillView, SnapshotJob, SnapshotView, VolumeView } from './context.js';
@@ -171,8 +173,14 @@ export class Service {
 
   // ---- snapshots ----------------------------------------------------------------------
 
-  createSnapshots(req: { volumes: unknown; consistency?: unknown; wait?: unknown; qmp?: unknown; qga?: unknown }): Promise<{ snapshots: SnapshotView[] } | { started: string[] }> {
-    return this.snapshots.create(req);
+  async createSnapshots(req: { volumes: unknown; consistency?: unknown; wait?: unknown; qmp?: unknown; qga?: unknown }): Promise<{ snapshots: SnapshotView[] } | { started: string[] }> {
+    // Volumes attached nowhere here get a snapshot sharing their head's tree (detached-snapshots.ts).
+    const names = Array.isArray(req.volumes) ? (req.volumes as unknown[]) : [];
+    const detached = names.length > 0 && names.length <= 64 && names.every((n) => typeof n === 'string' && !this.attached.has(n) && !this.ctx.detaching.has(n));
+    if (!detached || req.consistency !== undefined || req.qmp !== undefined || req.qga !== undefined) return this.snapshots.create(req);
+    const out: SnapshotView[] = [];
+    for (const n of names) out.push(snapshotView(await snapshotDetached(this.ctx, n, (source) => this.history.releaseClonePin(source.id)), false));
+    return { snapshots: out };
   }
 
   listSnapshots(volume?: string): Promise<SnapshotView[]> {

@@ -16,8 +16,13 @@ cd "$(dirname "$0")/.."
 #   e2fsprogs               e2fsck: the guest test checks a frozen snapshot's file system
 #   g++ make python3        building island's native addon (node-gyp)
 #   fio                     the FUSE data path benchmark (scripts/bench-fuse.ts)
+#   python3-cinder          OpenStack Cinder's volume manager and test base: the island driver
+#                           (cinder/) is tested against it (test/cinder/)
+#   python3-nova            Nova's libvirt volume code: the driver's connection info is checked
+#                           to become a qcow2 file disk on island's mount
 PKGS=(libfuse2 fuse3 qemu-utils qemu-system-x86 swift swift-proxy swift-object swift-container
-      swift-account python3-swift memcached cpio busybox-static e2fsprogs ca-certificates g++ make python3 fio)
+      swift-account python3-swift memcached cpio busybox-static e2fsprogs ca-certificates g++ make python3 fio
+      python3-cinder python3-nova)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -33,8 +38,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
     trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   fi
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Others may be running apt at the same time: wait for the lock instead of failing.
+  apt-get -o DPkg::Lock::Timeout=600 update -qq
+  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 else
   echo "install-deps: Debian packages already installed"
 fi

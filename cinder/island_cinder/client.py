@@ -97,6 +97,9 @@ class IslandClient(object):
     def resize(self, name, size):
         return self.call('POST', '/v1/volumes/%s/resize' % _q(name), {'size': size})
 
+    def revert(self, name, snapshot_id):
+        return self.call('POST', '/v1/volumes/%s/revert' % _q(name), {'snapshot': snapshot_id})
+
     def attach(self, name, host=None):
         body = {} if host is None else {'host': host}
         return self.call('POST', '/v1/volumes/%s/attach' % _q(name), body)

@@ -305,6 +305,17 @@ class IslandDriver(driver.VolumeDriver):
             raise exception.InvalidSnapshot(reason='snapshot %s has no island snapshot id (provider_id)' % snapshot.id)
         return snapshot.provider_id
 
+    def revert_to_snapshot(self, context, volume, snapshot):
+        """island's revert of a detached volume: a new snapshot sharing the target's tree
+        becomes the one the next attach restores; no data moves."""
+        self._settled(volume.name)
+        self._call(self.client.revert, volume.name, self._snapshot_id(snapshot))
+
+    def snapshot_revert_use_temp_snapshot(self):
+        # island's revert is one commit, and the snapshots it leaves behind stay whole
+        # until deleted: no backup snapshot is needed.
+        return False
+
     def create_group_snapshot(self, context, group_snapshot, snapshots):
         """A consistency group's volumes snapshotted in one island request: sealed back
         to back, or (detached volumes) sharing their trees; island snapshots the volumes of

@@ -191,6 +191,33 @@ class IslandDriverTestCase(test.TestCase):
             self.assertEqual([], left, 'every island snapshot of %s tombstoned' % v.name)
             self.assertRaises(exception.VolumeNotFound, objects.Volume.get_by_id, self.ctx, v.id)
 
+    def test_revert_to_snapshot(self):
+        v = self._create(size=1)
+        _, path = self._attach(v)
+        qemu_io(path, 'write -P 0x11 0 64k')
+        self.manager.terminate_connection(self.ctx, v.id, self.connector)
+        snap = self._snapshot(v)
+        _, path = self._attach(v)
+        qemu_io(path, 'write -P 0x22 0 64k')
+        self.manager.terminate_connection(self.ctx, v.id, self.connector)
+        v.status = 'reverting'
+        v.save()
+        snap.status = 'restoring'
+        snap.save()
+        # A context of its own, as each RPC call has: the revert's usage notification
+        # switches its context to reading deleted rows.
+        self.manager.revert_to_snapshot(context.get_admin_context(), v, snap)
+        v.refresh()
+        snap.refresh()
+        self.assertEqual('available', v.status)
+        self.assertEqual('available', snap.status)
+        _, path = self._attach(v)
+        self.assertIn('read 65536/65536', qemu_io(path, 'read -P 0x11 0 64k'))
+        self.manager.terminate_connection(self.ctx, v.id, self.connector)
+        self.manager.delete_snapshot(self.ctx, snap)
+        self.manager.delete_volume(self.ctx, v)
+        self.assertIsNone(self._island_volume(v.name))
+
     def test_delete_volume_refused_while_cinder_snapshots_exist(self):
         v = self._create(size=1)
         _, path = self._attach(v)

@@ -47,6 +47,9 @@ volumes
                                          grows now, through qemu-img when its file is not
                                          open, through QEMU's block_resize (--qmp, or the
                                          socket given at attach) when a VM has it open
+  volume revert NAME --to SNAPSHOT       a detached volume back to one of its snapshots (a new
+                                         snapshot sharing its tree becomes the one the next
+                                         attach restores; later snapshots stay until deleted)
   volume list
   volume show NAME
   volume delete NAME                     refused while attached; its snapshots remain
@@ -381,6 +384,12 @@ async function main(argv: string[]): Promise<number> {
       const r = (await api('POST', `/v1/volumes/${enc(name)}/resize`, { size: need(values.size, '--size'), qmp: values.qmp })) as VolumeOut & { resize: { from: number; to: number; how: string } };
       const how = { record: 'the image follows at the next attach', 'qemu-img': 'the image grew (qemu-img)', block_resize: 'the image grew in the running VM (block_resize)', unchanged: 'already that size' }[r.resize.how] ?? r.resize.how;
       out(`resized ${name}: ${formatSize(r.resize.from)} -> ${formatSize(r.resize.to)}; ${how}`, r);
+      return 0;
+    }
+    if (sub === 'revert') {
+      const name = need(arg, 'volume name');
+      const r = (await api('POST', `/v1/volumes/${enc(name)}/revert`, { snapshot: need(values.to, '--to SNAPSHOT') })) as { volume: VolumeOut; snapshot: SnapshotOut };
+      out(`reverted ${name} to ${values.to}: its next attach restores snapshot ${r.snapshot.id}`, r);
       return 0;
     }
     if (sub === 'list') {

@@ -11,6 +11,7 @@
  *   POST   /v1/volumes/{name}/attach        {qmp?, qga?, force?, fill?, fillRate?, discardLocal?, allowRollback?, host?}
  *   POST   /v1/volumes/{name}/detach        {force?, keepLocal?, noWait?}
  *   POST   /v1/volumes/{name}/resize        {size, qmp?} -> the volume, with {resize: {from, to, how}}
+ *   POST   /v1/volumes/{name}/revert        {snapshot}: a detached volume back to one of its snapshots -> {volume, snapshot}
  *   POST   /v1/snapshots                    {volumes: [name...], consistency?, wait?, qmp?}
  *   GET    /v1/snapshots[?volume=name]
  *   GET    /v1/snapshots/{id}
@@ -140,6 +141,10 @@ async function route(svc: Service, method: string, url: string, body: () => Prom
     if (name !== undefined && parts.length === 4 && method === 'POST' && action === 'attach') {
       const b = await body();
       return [200, await svc.attach(name, { qmp: str(b.qmp, 'qmp'), qga: str(b.qga, 'qga'), force: bool(b.force, 'force'), fill: bool(b.fill, 'fill'), fillRate: typeof b.fillRate === 'number' ? b.fillRate : str(b.fillRate, 'fillRate'), discardLocal: bool(b.discardLocal, 'discardLocal'), allowRollback: bool(b.allowRollback, 'allowRollback'), host: str(b.host, 'host') })];
+    }
+    if (name !== undefined && parts.length === 4 && method === 'POST' && action === 'revert') {
+      const b = await body();
+      return [200, await svc.revertVolume(name, { snapshot: b.snapshot })];
     }
     if (name !== undefined && parts.length === 4 && method === 'POST' && action === 'import') {
       const b = await body();

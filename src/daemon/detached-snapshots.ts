@@ -13,9 +13,12 @@
  *
  * A volume that never held data (never attached, not created from a snapshot) has no
  * image to share: refused with NOT_FOUND (attach it once, or snapshot it attached).
+ *
+ * A revert (a Cinder revert_to_snapshot) is the same commit with the target snapshot as
+ * parent and tree, instead of the head.
  */
 import { IslandError } from '../errors.js';
-import { parseVolumeName } from '../format/names.js';
+import { parseSnapshotId, parseVolumeName } from '../format/names.js';
 import type { Manifest } from '../format/records.js';
 import { acquireGeneration, releaseGeneration } from '../repo/attach.js';
 import { commitSnapshot } from '../repo/commit.js';
@@ -25,17 +28,38 @@ import type { DaemonContext } from './context.js';
 import { checkRestorable } from './sources.js';
 
 export async function snapshotDetached(ctx: DaemonContext, nameIn: unknown, onFirstOwnSnapshot: (source: Manifest) => Promise<void>): Promise<Manifest> {
-  const repo = ctx.repo;
+  return commitDetached(ctx, parseVolumeName(nameIn), null, onFirstOwnSnapshot);
+}
+
+/**
+ * Revert a volume attached nowhere to one of its own snapshots: a new snapshot whose
+ * parent is that snapshot and which shares its tree (no data moves). Committed under the
+ * volume's next generation, it is the child of the target with the highest generation, so
+ * the head resolves to it (docs/protocols.md, "Attach", step 4); the snapshots taken after
+ * the target stay whole on their now losing fork, listed and restorable by id until they
+ * are deleted. A volume grown since keeps its size (its next attach grows the image).
+ */
+export async function revertDetached(ctx: DaemonContext, nameIn: unknown, snapshotIn: unknown): Promise<Manifest> {
   const name = parseVolumeName(nameIn);
-  if (ctx.attached.has(name)) throw new IslandError('BUSY', `volume ${name} is attached on this host; snapshot it attached`, { details: { volume: name } });
+  const id = parseSnapshotId(snapshotIn);
+  const target = await ctx.repo.getManifest(name, id);
+  if (!target) throw new IslandError('NOT_FOUND', `no snapshot ${id} of volume ${name}`, { details: { volume: name, snapshot: id } });
+  return commitDetached(ctx, name, target, async () => undefined);
+}
+
+async function commitDetached(ctx: DaemonContext, name: string, target: Manifest | null, onFirstOwnSnapshot: (source: Manifest) => Promise<void>): Promise<Manifest> {
+  const repo = ctx.repo;
+  const what = target ? 'revert' : 'snapshot';
+  if (ctx.attached.has(name)) throw new IslandError('BUSY', `volume ${name} is attached on this host; ${target ? 'detach it before a revert' : 'snapshot it attached'}`, { details: { volume: name } });
   if (ctx.detaching.has(name)) throw new IslandError('BUSY', `volume ${name} is detaching: its final snapshot is uploading`, { details: { volume: name, detaching: true } });
   const unopened = ctx.unopened.get(name);
   if (unopened) throw new IslandError('BUSY', `volume ${name} has a local copy on this host that is not served (${unopened.code}); settle it first`, { details: { volume: name } });
   const rec = await repo.getVolume(name);
   if (!rec) throw new IslandError('NOT_FOUND', `no volume named ${name}`, { details: { volume: name } });
+  if (target) await checkRestorable(repo, target);
   const att = await acquireGeneration(repo, name);
   try {
-    let base = att.base;
+    let base = target ?? att.base;
     if (!base && rec.source) base = (await repo.getManifest(rec.source.volume, rec.source.id)) ?? null;
     if (!base) {
       throw new IslandError('NOT_FOUND', `volume ${name} holds no data yet (never attached, not created from a snapshot): there is nothing to snapshot`, { details: { volume: name, empty: true } });
@@ -57,7 +81,7 @@ export async function snapshotDetached(ctx: DaemonContext, nameIn: unknown, onFi
       windowMs: ctx.config.commitWindowMs,
     });
     if (!own) await onFirstOwnSnapshot(base);
-    ctx.log.info({ volume: name, snapshot: m.id, shares: base.id }, 'snapshot of a detached volume (shares the tree of the snapshot it restores from)');
+    ctx.log.info({ volume: name, snapshot: m.id, shares: base.id, what }, target ? 'detached volume reverted to a snapshot' : 'snapshot of a detached volume (shares the tree of the snapshot it restores from)');
     return m;
   } finally {
     await releaseGeneration(repo, name, att.generation);

@@ -227,7 +227,7 @@ export class Images {
     if (await this.svc.repo.getVolume(name)) throw new IslandError('ALREADY_EXISTS', `volume ${name} already exists`, { details: { volume: name } });
     await this.svc.createVolume({ name, size, clusterSize });
     try {
-      return await this.fill(name, info);
+      return await this.convertInto(name, info);
     } catch (err) {
       await this.undoCreate(name);
       throw err;
@@ -249,15 +249,15 @@ export class Images {
       throw new IslandError('ALREADY_EXISTS', `volume ${name} already holds data (${v.source ? `created from snapshot ${v.source.id}` : 'it has snapshots'}); an image is imported into an empty volume`, { details: { volume: name } });
     }
     if (v.virtualSize < info.virtualSize) throw invalid(`${file} holds a ${info.virtualSize}-byte image, larger than volume ${name} (${v.virtualSize} bytes); grow the volume first`, { file, volume: name, size: info.virtualSize });
-    return this.fill(name, info);
+    return this.convertInto(name, info);
   }
 
   /** Attach, convert into the file on the mount, snapshot, detach. */
-  private async fill(name: string, info: ImageInfo): Promise<ImportOutcome> {
+  private async convertInto(name: string, info: ImageInfo): Promise<ImportOutcome> {
     const svc = this.svc;
     const t = this.track({ kind: 'import', volume: name, snapshot: null, file: info.file, format: info.format, done: 0, total: info.virtualSize });
     try {
-      await svc.attach(name, { fill: false });
+      await svc.attach(name);
       let snapshot: SnapshotView;
       try {
         // The attach made a fresh, all-zero image: qemu-img need not write the zeros.

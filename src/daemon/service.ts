@@ -36,7 +36,7 @@ import type { DetachingView } from './context.js';
 import type { ResizeOutcome, ResizeRequest } from './resize.js';
 import { SnapshotJobs } from './snapshot-jobs.js';
 import { Images } from './images.js';
-import { snapshotDetached } from './detached-snapshots.js';
+import { revertDetached, snapshotDetached } from './detached-snapshots.js';
 
 export { PIN_TTL_MS, snapshotView, fillView } from './context.js';
 export type { Access, AttachRequest, Attached, FillJob, FillView, SnapshotJob, SnapshotView, VolumeView } from './context.js';
@@ -134,6 +134,12 @@ export class Service {
   async resizeVolume(name: string, req: ResizeRequest): Promise<VolumeView & { resize: ResizeOutcome }> {
     const outcome = await this.attachments.resize(name, req);
     return { ...(await this.catalog.show(outcome.name)), resize: outcome };
+  }
+
+  /** Revert a volume attached nowhere to one of its snapshots (detached-snapshots.ts). */
+  async revertVolume(name: string, req: { snapshot: unknown }): Promise<{ volume: VolumeView; snapshot: SnapshotView }> {
+    const m = await revertDetached(this.ctx, name, req.snapshot);
+    return { volume: await this.catalog.show(m.volume), snapshot: snapshotView(m, false) };
   }
 
   async attach(name: string, req: AttachRequest = {}): Promise<VolumeView> {

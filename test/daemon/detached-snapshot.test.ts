@@ -97,3 +97,42 @@ t.test('the snapshot a detached volume restores from is not deleted when that wo
   for (const s of last) t.equal((await cli(h, 'snapshot', 'delete', s.id)).code, 0, 'deleted once the volume is gone');
   await kill(h, 'SIGTERM');
 });
+
+t.test('revert a detached volume to one of its snapshots', async (t) => {
+  const h = await makeHost(t, 'host-a');
+  await serve(h);
+  t.equal((await cli(h, 'volume', 'create', 'vol', '--size', '8M')).code, 0);
+  t.equal((await cli(h, 'volume', 'create', 'other', '--size', '8M')).code, 0);
+  const writeAndDetach = async (pattern: number): Promise<string> => {
+    t.equal((await cli(h, 'attach', 'vol')).code, 0);
+    await run('qemu-io', ['-f', 'qcow2', '-c', `write -P ${pattern} 0 64k`, image(h, 'vol')]);
+    t.equal((await cli(h, 'detach', 'vol')).code, 0);
+    return (((await cliJson(h, 'snapshot', 'list', 'vol')) as { snapshots: Snap[] }).snapshots.at(-1) as Snap).id;
+  };
+  const f1 = await writeAndDetach(0x11);
+  const f2 = await writeAndDetach(0x22);
+
+  const refused = async (args: string[], code: string, what: string): Promise<void> => {
+    const r = await cli(h, ...args, '--json');
+    t.equal((JSON.parse(r.stdout) as { error: { code: string } }).error.code, code, what);
+  };
+  await refused(['volume', 'revert', 'other', '--to', f1], 'NOT_FOUND', "another volume's snapshot");
+  await refused(['volume', 'revert', 'vol', '--to', 'not-an-id'], 'INVALID_ARGUMENT', 'a malformed id');
+  await refused(['volume', 'revert', 'nobody', '--to', f1], 'NOT_FOUND', 'an unknown volume');
+  t.equal((await cli(h, 'attach', 'vol')).code, 0);
+  await refused(['volume', 'revert', 'vol', '--to', f1], 'BUSY', 'an attached volume');
+  t.equal((await cli(h, 'detach', 'vol')).code, 0);
+  const f3 = (((await cliJson(h, 'snapshot', 'list', 'vol')) as { snapshots: Snap[] }).snapshots.at(-1) as Snap).id;
+
+  const r = (await cliJson(h, 'volume', 'revert', 'vol', '--to', f1)) as { snapshot: Snap; volume: { status: string } };
+  t.equal(r.snapshot.parent, f1, 'the new snapshot follows the target');
+  t.equal(r.snapshot.uploadedBytes, 0, 'nothing uploaded');
+  t.equal(r.volume.status, 'available');
+  t.equal((await cli(h, 'attach', 'vol')).code, 0);
+  t.match((await run('qemu-io', ['-f', 'qcow2', '-c', 'read -P 0x11 0 64k', image(h, 'vol')])).stdout, /read 65536\/65536/, 'the next attach restores the target\'s data');
+  t.equal((await cli(h, 'detach', 'vol')).code, 0);
+  const ids = ((await cliJson(h, 'snapshot', 'list', 'vol')) as { snapshots: Snap[] }).snapshots.map((s) => s.id);
+  t.ok(ids.includes(f2) && ids.includes(f3), 'the snapshots after the target remain');
+  t.equal((await cli(h, 'snapshot', 'delete', f2, f3)).code, 0, 'and can be deleted: the volume no longer restores from them');
+  await kill(h, 'SIGTERM');
+});

@@ -71,7 +71,12 @@ CONF.register_opts(island_opts, group=configuration.SHARED_CONF_GROUP)
 # -- island's errors as Cinder exceptions -----------------------------------------------
 
 class _IslandFailure(object):
-    """Mixed into each exception below: island's code, message and details."""
+    """Mixed into each exception below: island's code, message and details (None and
+    empty when the driver raised it without an answer of island)."""
+
+    island_code = None
+    island_message = None
+    island_details = {}
 
     def _island(self, err):
         self.island_code = err.code
@@ -292,8 +297,17 @@ class IslandDriver(driver.VolumeDriver):
         if not sid:
             LOG.info('snapshot %s has no island id: nothing to delete', snapshot.id)
             return
+        self._settled(snapshot.volume_name)
         try:
-            self._call(self.client.delete_snapshots, [sid], snapshot=True)
+            try:
+                self._call(self.client.delete_snapshots, [sid], snapshot=True)
+            except IslandSnapshotBusy as e:
+                if e.island_details.get('reason') != 'parent':
+                    raise
+                # The next snapshot of the volume (attached here) builds on this one: take
+                # that next snapshot now (island's own), then this one can go.
+                self._call(self.client.snapshot, [snapshot.volume_name])
+                self._call(self.client.delete_snapshots, [sid], snapshot=True)
         except IslandNotFound:
             LOG.info('island has no snapshot %s: nothing to delete', sid)
         except IslandBackendError as e:

@@ -34,8 +34,9 @@ from cinder.tests.unit import fake_volume
 from cinder.tests.unit.image import fake as fake_image
 from cinder.tests.unit import test
 from cinder.tests.unit import utils as tests_utils
+from cinder.volume import group_types
 
-from island_cinder import driver as island_driver
+from island_cinder import driver  # noqa: F401  (registers island's options before setUp overrides them)
 from island_cinder.client import IslandClient
 from island_cinder.client import IslandAPIError
 
@@ -165,6 +166,13 @@ class IslandDriverTestCase(test.TestCase):
         _, path_c = self._attach(c)
         self.assertIn('read 65536/65536', qemu_io(path_c, 'read -P 0xa5 768M 64k'))
 
+        # a snapshot of an attached volume deleted while it is attached (island takes the
+        # next snapshot its changes build on first)
+        snap3 = self._snapshot(c)
+        qemu_io(path_c, 'write -P 0x77 4M 64k')
+        self.manager.delete_snapshot(self.ctx, snap3)
+        self.assertTrue(all(x['deleted'] for x in self._island_snapshots(c.name) if x['id'] == snap3.provider_id))
+
         # terminate: each detach returns once its final snapshot is sealed
         for v in (a, b, c):
             self.manager.terminate_connection(self.ctx, v.id, self.connector)
@@ -177,6 +185,9 @@ class IslandDriverTestCase(test.TestCase):
         _, path_d = self._attach(d)
         self.assertEqual(2 * GiB, image_info(path_d)['virtual-size'])
         self.assertIn('read 65536/65536', qemu_io(path_d, 'read -P 0xa5 768M 64k'))
+        _, path_c = self._attach(c)
+        self.assertIn('read 65536/65536', qemu_io(path_c, 'read -P 0x77 4M 64k'), 'the write after the deleted snapshot is kept')
+        self.manager.terminate_connection(self.ctx, c.id, self.connector)
         self.manager.terminate_connection(self.ctx, d.id, self.connector)
 
         # delete the snapshots, then the volumes: island tombstones every snapshot of each
@@ -217,6 +228,33 @@ class IslandDriverTestCase(test.TestCase):
         self.manager.delete_snapshot(self.ctx, snap)
         self.manager.delete_volume(self.ctx, v)
         self.assertIsNone(self._island_volume(v.name))
+
+    def test_consistency_group_snapshot(self):
+        gtype = group_types.create(self.ctx, 'island-cg', {'consistent_group_snapshot_enabled': '<is> True'})
+        group = tests_utils.create_group(self.ctx, host=CONF.host, group_type_id=gtype['id'], volume_type_ids=[self.vtype.id])
+        vols = [self._create(size=1, group_id=group.id) for _ in range(2)]
+        for i, v in enumerate(vols):
+            _, path = self._attach(v)
+            qemu_io(path, 'write -P %d 0 64k' % (0x31 + i))
+        # one attached, one detached: both in one request
+        self.manager.terminate_connection(self.ctx, vols[1].id, self.connector)
+        gs = tests_utils.create_group_snapshot(self.ctx, group.id, group_type_id=gtype['id'])
+        snaps = [tests_utils.create_snapshot(self.ctx, v.id, group_snapshot_id=gs.id, status='creating') for v in vols]
+        self.manager.create_group_snapshot(self.ctx, gs)
+        gs.refresh()
+        self.assertEqual('available', gs.status)
+        for v, s in zip(vols, snaps):
+            s.refresh()
+            self.assertEqual('available', s.status)
+            self.assertIn(s.provider_id, [x['id'] for x in self._island_snapshots(v.name)], 'an island snapshot of %s' % v.name)
+        self.manager.terminate_connection(self.ctx, vols[0].id, self.connector)
+        self.manager.delete_group_snapshot(self.ctx, gs)
+        for v, s in zip(vols, snaps):
+            self.assertTrue(all(x['deleted'] for x in self._island_snapshots(v.name) if x['id'] == s.provider_id))
+            self.manager.delete_volume(self.ctx, v)
+            self.assertIsNone(self._island_volume(v.name))
+        group.destroy()
+        group_types.destroy(self.ctx, gtype['id'])
 
     def test_delete_volume_refused_while_cinder_snapshots_exist(self):
         v = self._create(size=1)

@@ -106,7 +106,7 @@ export async function refuseHeadDelete(ctx: DaemonContext, doomed: readonly Mani
     // commit refuses a parent that was deleted meanwhile (commit protocol, step 1).
     const parent = (ctx.attached.get(volume) ?? ctx.detaching.get(volume)?.attached)?.parent;
     if (parent && ids.has(parent.id)) {
-      throw new IslandError('BUSY', `snapshot ${parent.id} is the one the next snapshot of ${volume} (attached here) builds on; delete it after ${volume}'s next snapshot or its detach`, { details: { volume, snapshot: parent.id } });
+      throw new IslandError('BUSY', `snapshot ${parent.id} is the one the next snapshot of ${volume} (attached here) builds on; delete it after ${volume}'s next snapshot or its detach`, { details: { volume, snapshot: parent.id, reason: 'parent' } });
     }
     const rec = await repo.getVolume(volume);
     if (!rec || rec.status === 'attached' || ctx.attached.has(volume) || ctx.detaching.has(volume)) continue;
@@ -126,7 +126,7 @@ export async function refuseHeadDelete(ctx: DaemonContext, doomed: readonly Mani
     }
     if (next && sameImage(next, base)) continue;
     throw new IslandError('BUSY', `snapshot ${base.id} is what volume ${volume} restores from (its newest snapshot); deleting it would roll ${volume} back to ${next ? `snapshot ${next.id}` : 'an empty disk'} and lose what changed since. Delete the volume first, or take another snapshot of it`, {
-      details: { volume, snapshot: base.id, fallback: next?.id ?? null },
+      details: { volume, snapshot: base.id, reason: 'head', fallback: next?.id ?? null },
     });
   }
 }

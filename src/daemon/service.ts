@@ -180,13 +180,21 @@ export class Service {
   // ---- snapshots ----------------------------------------------------------------------
 
   async createSnapshots(req: { volumes: unknown; consistency?: unknown; wait?: unknown; qmp?: unknown; qga?: unknown }): Promise<{ snapshots: SnapshotView[] } | { started: string[] }> {
-    // Volumes attached nowhere here get a snapshot sharing their head's tree (detached-snapshots.ts).
-    const names = Array.isArray(req.volumes) ? (req.volumes as unknown[]) : [];
-    const detached = names.length > 0 && names.length <= 64 && names.every((n) => typeof n === 'string' && !this.attached.has(n) && !this.ctx.detaching.has(n));
-    if (!detached || req.consistency !== undefined || req.qmp !== undefined || req.qga !== undefined) return this.snapshots.create(req);
+    // Volumes attached nowhere here get a snapshot sharing their head's tree
+    // (detached-snapshots.ts): nothing writes them, so they are consistent with any moment
+    // the attached ones are sealed at. Those are taken first (a volume attached on another
+    // host is refused before any attached one is sealed).
+    const names = Array.isArray(req.volumes) && req.volumes.length <= 64 ? (req.volumes as unknown[]) : [];
+    const here = (n: unknown): boolean => typeof n === 'string' && (this.attached.has(n) || this.ctx.detaching.has(n));
+    const detached = names.filter((n) => !here(n));
+    if (detached.length === 0) return this.snapshots.create(req);
     const out: SnapshotView[] = [];
-    for (const n of names) out.push(snapshotView(await snapshotDetached(this.ctx, n, (source) => this.history.releaseClonePin(source.id)), false));
-    return { snapshots: out };
+    for (const n of detached) out.push(snapshotView(await snapshotDetached(this.ctx, n, (source) => this.history.releaseClonePin(source.id)), false));
+    const rest = names.filter(here);
+    if (rest.length === 0) return req.wait === false ? { started: out.map((s) => s.volume) } : { snapshots: out };
+    const r = await this.snapshots.create({ ...req, volumes: rest });
+    if ('started' in r) return { started: [...out.map((s) => s.volume), ...r.started] };
+    return { snapshots: [...out, ...r.snapshots] };
   }
 
   listSnapshots(volume?: string): Promise<SnapshotView[]> {

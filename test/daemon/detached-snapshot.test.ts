@@ -77,7 +77,7 @@ t.test('the snapshot a detached volume restores from is not deleted when that wo
   const err = (JSON.parse(r.stdout) as { error: { code: string; message: string; details: Record<string, unknown> } }).error;
   t.equal(err.code, 'BUSY', 'the head of a detached volume is not deleted');
   t.match(err.message, /restores from/, 'and the message says why');
-  t.same(err.details, { volume: 'vol', snapshot: f2, fallback: f1 }, 'naming the snapshot it would roll back to');
+  t.same(err.details, { volume: 'vol', snapshot: f2, reason: 'head', fallback: f1 }, 'naming the snapshot it would roll back to');
   t.equal((await cli(h, 'snapshot', 'delete', f1)).code, 0, 'an older snapshot is deleted');
 
   // A snapshot of the detached volume holds the same image as the one before it: deleting it loses nothing.
@@ -87,7 +87,7 @@ t.test('the snapshot a detached volume restores from is not deleted when that wo
   t.equal((await cli(h, 'attach', 'vol')).code, 0);
   t.match((await run('qemu-io', ['-f', 'qcow2', '-c', 'read -P 0x22 0 64k', image(h, 'vol')])).stdout, /read 65536\/65536/, 'the volume still restores its newest data');
   // While attached here, the snapshot the next one builds on stays until that next one exists.
-  t.match(JSON.parse((await cli(h, 'snapshot', 'delete', f2, '--json')).stdout), { error: { code: 'BUSY', message: /builds on/ } }, 'the parent of an attached volume is not deleted');
+  t.match(JSON.parse((await cli(h, 'snapshot', 'delete', f2, '--json')).stdout), { error: { code: 'BUSY', message: /builds on/, details: { reason: 'parent' } } }, 'the parent of an attached volume is not deleted');
   t.equal((await cli(h, 'snapshot', 'create', 'vol')).code, 0);
   t.equal((await cli(h, 'snapshot', 'delete', f2)).code, 0, 'after the next snapshot it is deleted');
   t.equal((await cli(h, 'detach', 'vol')).code, 0);

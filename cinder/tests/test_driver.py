@@ -256,6 +256,23 @@ class IslandDriverTestCase(test.TestCase):
         group.destroy()
         group_types.destroy(self.ctx, gtype['id'])
 
+    def test_volume_that_never_held_data(self):
+        v = self._create(size=1)
+        c = self._create(size=1, source_volid=v.id)
+        self.assertEqual([], self._island_snapshots(c.name), 'a clone of an empty volume is empty')
+        snap = self._snapshot(v)
+        self.assertEqual(v.name, [x for x in self._island_snapshots(v.name) if x['id'] == snap.provider_id][0]['volume'])
+        d = self._create(size=1, snapshot_id=snap.id)
+        _, path = self._attach(d)
+        info = image_info(path)
+        self.assertEqual(1 * GiB, info['virtual-size'], 'an empty 1 GiB disk')
+        self.assertEqual('qcow2', info['format'])
+        self.manager.terminate_connection(self.ctx, d.id, self.connector)
+        self.manager.delete_snapshot(self.ctx, snap)
+        for x in (v, c, d):
+            self.manager.delete_volume(self.ctx, x)
+            self.assertIsNone(self._island_volume(x.name))
+
     def test_delete_volume_refused_while_cinder_snapshots_exist(self):
         v = self._create(size=1)
         _, path = self._attach(v)

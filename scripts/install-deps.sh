@@ -19,9 +19,13 @@ cd "$(dirname "$0")/.."
 #   libvirt-clients         virsh: island talks to libvirt through it (attach --domain)
 #   libvirt-daemon-system   libvirtd and virtlogd with Debian's default QEMU driver configuration
 #                           (QEMU as libvirt-qemu) for test/libvirt; started by the test itself
+#   python3-cinder          OpenStack Cinder's volume manager and test base: the island driver
+#                           (cinder/) is tested against it (test/cinder/)
+#   python3-nova            Nova's libvirt volume code: the driver's connection info is checked
+#                           to become a qcow2 file disk on island's mount
 PKGS=(libfuse2 fuse3 qemu-utils qemu-system-x86 swift swift-proxy swift-object swift-container
       swift-account python3-swift memcached cpio busybox-static e2fsprogs ca-certificates g++ make python3 fio
-      libvirt-clients libvirt-daemon-system)
+      libvirt-clients libvirt-daemon-system python3-cinder python3-nova)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -7,6 +7,7 @@ process.env.UV_THREADPOOL_SIZE ??= '32';
  * `island: CODE: message` (or {"error": ...} with --json) and exits non-zero
  * (2 for invalid input, 1 otherwise).
  */
+import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { loadConfig } from '../config.js';
 import { serveForever } from '../daemon/serve.js';
@@ -35,6 +36,11 @@ volumes
                                          volume's); attaching it is instant, as a restore;
                                          --size may make it larger than the snapshot (the
                                          first attach grows the image)
+  volume create NAME --from-image FILE [--format FORMAT] [--size SIZE] [--cluster-size 64K]
+                                         a new volume whose first snapshot holds an image
+                                         file (any format qemu-img reads: raw, qcow2, vmdk,
+                                         vdi, vhdx, ...; detected unless --format), converted
+                                         into island's own qcow2; usable on any host at once
   volume resize NAME --size SIZE [--qmp SOCKET] [--domain DOM]
                                          grow a volume (never shrink): a detached one's
                                          image follows at its next attach; an attached one
@@ -43,6 +49,9 @@ volumes
                                          socket given at attach) when a VM has it open,
                                          or libvirt's blockresize (--domain, or the domain
                                          given at attach)
+  volume revert NAME --to SNAPSHOT       a detached volume back to one of its snapshots (a new
+                                         snapshot sharing its tree becomes the one the next
+                                         attach restores; later snapshots stay until deleted)
   volume list
   volume show NAME
   volume delete NAME                     refused while attached; its snapshots remain
@@ -83,6 +92,9 @@ snapshots
   snapshot mount ID                      show it read-only as VOLUME@ID.qcow2 on the mount,
                                          fetched lazily (qemu-img check, qemu-nbd, guestfish)
   snapshot unmount ID [--force]
+  snapshot export ID FILE [--format raw|qcow2]
+                                         write the snapshot's image to FILE (raw by default),
+                                         with a progress bar; an existing FILE is not replaced
   snapshot delete ID... [--force]        write tombstones; refused while pinned unless --force
                                          (forcing may break a restore still filling from it)
   snapshot prune VOLUME [--keep-last N] [--keep-hourly N] [--keep-daily N] [--keep-weekly N] [--dry-run]
@@ -231,6 +243,28 @@ async function gcProgress(api: Api): Promise<ProgressSample | null> {
   return { done: s.gc.done, total: s.gc.total, note: s.gc.phase === 'mark' ? 'snapshots marked' : 'packs deleted' };
 }
 
+/**
+ * Progress of an image import or export in the daemon (GET /v1/images). A transfer that
+ * ended is gone from the list: once seen (or once its request answered with the image's
+ * size, `ended`), it reads as done.
+ */
+function transferProgress(api: Api, kind: 'import' | 'export', file: string): { poll: () => Promise<ProgressSample | null>; ended: (total: number) => void } {
+  let total = 0;
+  let ended = false;
+  return {
+    poll: async () => {
+      const r = ended ? { transfers: [] } : ((await api('GET', '/v1/images')) as { transfers: { kind: string; file: string; done: number; total: number }[] });
+      const t = r.transfers.find((x) => x.kind === kind && x.file === file);
+      if (t) total = t.total;
+      return total === 0 ? null : { done: t ? t.done : total, total, bytes: true };
+    },
+    ended: (size) => {
+      ended = true;
+      total = size;
+    },
+  };
+}
+
 /** A --keep-* count: a decimal integer (the daemon checks the range). */
 function keepCount(v: string | undefined, flag: string): number | undefined {
   if (v === undefined) return undefined;
@@ -257,6 +291,8 @@ async function main(argv: string[]): Promise<number> {
       region: { type: 'string' },
       to: { type: 'string' },
       from: { type: 'string' },
+      'from-image': { type: 'string' },
+      format: { type: 'string' },
       qmp: { type: 'string' },
       qga: { type: 'string' },
       force: { type: 'boolean' },
@@ -332,6 +368,18 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   if (cmd === 'volume') {
+    if (sub === 'create' && values['from-image'] !== undefined) {
+      const name = need(arg, 'volume name');
+      const fromImage = resolve(values['from-image']); // the daemon needs it absolute
+      const progress = transferProgress(api, 'import', fromImage);
+      const request = (api('POST', '/v1/volumes', { name, fromImage, format: values.format, size: values.size, clusterSize: values['cluster-size'] }) as Promise<{ volume: VolumeOut; snapshot: SnapshotOut; image: { virtualSize: number } }>).then((r) => {
+        progress.ended(r.image.virtualSize);
+        return r;
+      });
+      const r = json ? await request : await withProgress(`import ${name}`, request, progress.poll);
+      out(`created ${volumeLine(r.volume)}\nfirst snapshot ${r.snapshot.id} holds ${fromImage}`, r);
+      return 0;
+    }
     if (sub === 'create') {
       const body = { name: need(arg, 'volume name'), size: values.from === undefined ? need(values.size, '--size') : values.size, clusterSize: values['cluster-size'], region: values.region, from: values.from };
       const v = (await api('POST', '/v1/volumes', body)) as VolumeOut;
@@ -343,6 +391,12 @@ async function main(argv: string[]): Promise<number> {
       const r = (await api('POST', `/v1/volumes/${enc(name)}/resize`, { size: need(values.size, '--size'), qmp: values.qmp, domain: values.domain })) as VolumeOut & { resize: { from: number; to: number; how: string } };
       const how = { record: 'the image follows at the next attach', 'qemu-img': 'the image grew (qemu-img)', block_resize: 'the image grew in the running VM (block_resize)', blockresize: 'the image grew in the running domain (virsh blockresize)', unchanged: 'already that size' }[r.resize.how] ?? r.resize.how;
       out(`resized ${name}: ${formatSize(r.resize.from)} -> ${formatSize(r.resize.to)}; ${how}`, r);
+      return 0;
+    }
+    if (sub === 'revert') {
+      const name = need(arg, 'volume name');
+      const r = (await api('POST', `/v1/volumes/${enc(name)}/revert`, { snapshot: need(values.to, '--to SNAPSHOT') })) as { volume: VolumeOut; snapshot: SnapshotOut };
+      out(`reverted ${name} to ${values.to}: its next attach restores snapshot ${r.snapshot.id}`, r);
       return 0;
     }
     if (sub === 'list') {
@@ -375,6 +429,19 @@ async function main(argv: string[]): Promise<number> {
     if (sub === 'list') {
       const r = (await api('GET', `/v1/snapshots${arg ? `?volume=${enc(arg)}` : ''}`)) as { snapshots: SnapshotOut[] };
       out(r.snapshots.map(snapshotLine).join('\n') || '(no snapshots)', r);
+      return 0;
+    }
+    if (sub === 'export') {
+      const id = need(arg, 'snapshot id');
+      if (positionals.length !== 4) throw new IslandError('INVALID_ARGUMENT', 'snapshot export takes a snapshot id and a file (try island help)');
+      const file = resolve(positionals[3] as string);
+      const progress = transferProgress(api, 'export', file);
+      const request = (api('POST', `/v1/snapshots/${enc(id)}/export`, { file, format: values.format }) as Promise<{ file: string; format: string; virtualSize: number; allocatedBytes: number }>).then((r) => {
+        progress.ended(r.virtualSize);
+        return r;
+      });
+      const r = json ? await request : await withProgress(`export ${id}`, request, progress.poll);
+      out(`exported ${id} to ${r.file} (${r.format}, ${formatSize(r.virtualSize)} image, ${humanSize(r.allocatedBytes)} on disk)`, r);
       return 0;
     }
     if (sub === 'delete') {

@@ -4,11 +4,14 @@
  *   GET    /v1/status                       daemon, data disk capacity, attached volumes
  *   GET    /v1/volumes                      catalog (a listing: may lag on Swift)
  *   POST   /v1/volumes                      {name, size, clusterSize?, region?, from?} -> 201
+ *   POST   /v1/volumes                      {name, fromImage, format?, size?, clusterSize?} -> 201 {volume, snapshot, image}
+ *   POST   /v1/volumes/{name}/import        {file, format?}: an image into an empty volume -> {volume, snapshot, image}
  *   GET    /v1/volumes/{name}
  *   DELETE /v1/volumes/{name}
  *   POST   /v1/volumes/{name}/attach        {qmp?, qga?, force?, fill?, fillRate?, discardLocal?, allowRollback?, host?, domain?}
  *   POST   /v1/volumes/{name}/detach        {force?, keepLocal?, noWait?}
  *   POST   /v1/volumes/{name}/resize        {size, qmp?, domain?} -> the volume, with {resize: {from, to, how}}
+ *   POST   /v1/volumes/{name}/revert        {snapshot}: a detached volume back to one of its snapshots -> {volume, snapshot}
  *   POST   /v1/snapshots                    {volumes: [name...], consistency?, wait?, qmp?}
  *   GET    /v1/snapshots[?volume=name]
  *   GET    /v1/snapshots/{id}
@@ -17,6 +20,8 @@
  *   POST   /v1/snapshots/{id}/mount         show it read-only as <volume>@<id>.qcow2
  *   POST   /v1/snapshots/{id}/unmount       {force?}
  *   POST   /v1/snapshots/{id}/copy          {to: region, wait?} -> the copy, or {started} without wait
+ *   POST   /v1/snapshots/{id}/export        {file, format?: raw|qcow2} -> {snapshot, volume, file, format, ...}
+ *   GET    /v1/images                       image imports and exports in progress
  *   POST   /v1/gc                           {dryRun?}
  *
  * Success: 200/201 with a JSON body. Failure: {"error": {"code", "message", "details"}}
@@ -129,6 +134,7 @@ async function route(svc: Service, method: string, url: string, body: () => Prom
     if (parts.length === 2 && method === 'GET') return [200, { volumes: await svc.listVolumes() }];
     if (parts.length === 2 && method === 'POST') {
       const b = await body();
+      if (b.fromImage !== undefined) return [201, await svc.images.createFromImage({ name: b.name, fromImage: b.fromImage, format: b.format, size: b.size, clusterSize: b.clusterSize })];
       return [201, await svc.createVolume({ name: b.name, size: b.size, clusterSize: b.clusterSize, region: str(b.region, 'region'), from: b.from })];
     }
     if (name !== undefined && parts.length === 3 && method === 'GET') return [200, await svc.showVolume(name)];
@@ -139,6 +145,14 @@ async function route(svc: Service, method: string, url: string, body: () => Prom
     if (name !== undefined && parts.length === 4 && method === 'POST' && action === 'attach') {
       const b = await body();
       return [200, await svc.attach(name, { qmp: str(b.qmp, 'qmp'), qga: str(b.qga, 'qga'), force: bool(b.force, 'force'), fill: bool(b.fill, 'fill'), fillRate: typeof b.fillRate === 'number' ? b.fillRate : str(b.fillRate, 'fillRate'), discardLocal: bool(b.discardLocal, 'discardLocal'), allowRollback: bool(b.allowRollback, 'allowRollback'), host: str(b.host, 'host'), domain: str(b.domain, 'domain') })];
+    }
+    if (name !== undefined && parts.length === 4 && method === 'POST' && action === 'revert') {
+      const b = await body();
+      return [200, await svc.revertVolume(name, { snapshot: b.snapshot })];
+    }
+    if (name !== undefined && parts.length === 4 && method === 'POST' && action === 'import') {
+      const b = await body();
+      return [200, await svc.images.importInto(name, { file: b.file, format: b.format })];
     }
     if (name !== undefined && parts.length === 4 && method === 'POST' && action === 'resize') {
       const b = await body();
@@ -175,11 +189,16 @@ async function route(svc: Service, method: string, url: string, body: () => Prom
       const b = await body();
       return [200, await svc.unmountSnapshot(name, { force: bool(b.force, 'force') })];
     }
+    if (name !== undefined && parts.length === 4 && method === 'POST' && action === 'export') {
+      const b = await body();
+      return [200, await svc.images.exportSnapshot(name, { file: b.file, format: b.format })];
+    }
     if (name !== undefined && parts.length === 4 && method === 'POST' && action === 'copy') {
       const b = await body();
       return [200, await svc.copySnapshot({ id: name, to: str(b.to, 'to'), wait: bool(b.wait, 'wait') })];
     }
   }
+  if (res === 'images' && parts.length === 2 && method === 'GET') return [200, { transfers: svc.images.views() }];
   if (res === 'gc' && parts.length === 2 && method === 'POST') {
     const b = await body();
     return [200, await svc.gc({ dryRun: bool(b.dryRun, 'dryRun') })];

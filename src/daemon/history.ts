@@ -14,6 +14,7 @@ import { parseRetentionPolicy } from '../repo/retention.js';
 import { deleteSnapshot, findSnapshot } from '../repo/snapshots.js';
 import { listAll } from '../store/types.js';
 import { snapshotView, type DaemonContext, type SnapshotView } from './context.js';
+import { refuseHeadDelete } from './detached-snapshots.js';
 import { copyOutcome, type Copies, type CopyOutcome, type CopyView } from './copies.js';
 
 interface GcJob {
@@ -74,6 +75,7 @@ export class History {
       if (this.ctx.attached.get(m.volume)?.job) throw new IslandError('BUSY', `a snapshot of ${m.volume} is in progress; delete after it commits`, { details: { snapshot: id } });
       found.push(m);
     }
+    await refuseHeadDelete(this.ctx, found);
     const deleted: string[] = [];
     for (const m of found) {
       await deleteSnapshot(repo, m.volume, m.id, { force: req.force === true, reason: 'deleted by request' });

@@ -9,6 +9,8 @@
  *   snapshot-jobs.ts   snapshots of attached volumes, with QMP and the guest agent
  *   history.ts         snapshot listing, delete, prune, copy to other regions, GC
  *   mounts.ts          the files the mount shows, and read-only snapshot mounts
+ *   images.ts          image files imported into volumes and snapshots exported as images
+ *   detached-snapshots.ts  snapshots of volumes attached nowhere (sharing their head's tree)
  *
  * Local directories (<dataDir>/volumes/<name>, <dataDir>/kept/<name>) are owned by
  * volume/directories.ts.
@@ -24,7 +26,7 @@ import { LocalDirectories } from '../volume/directories.js';
 import type { FuseVolume } from '../fuse/adapter.js';
 import { Attachments, type DetachRequest } from './attachments.js';
 import { Catalog } from './catalog.js';
-import { detachingView, fillView, type Access, type AttachRequest, type Attached, type DaemonContext, type FillView, type SnapshotView, type VolumeView } from './context.js';
+import { detachingView, fillView, snapshotView, type Access, type AttachRequest, type Attached, type DaemonContext, type FillView, type SnapshotView, type VolumeView } from './context.js';
 import { Copies, type CopyOutcome, type CopyView, type RegionOpener } from './copies.js';
 import { Fills } from './fills.js';
 import { History, type GcView } from './history.js';
@@ -33,6 +35,8 @@ import { capacity, type CapacityView } from './capacity.js';
 import type { DetachingView } from './context.js';
 import type { ResizeOutcome, ResizeRequest } from './resize.js';
 import { SnapshotJobs } from './snapshot-jobs.js';
+import { Images } from './images.js';
+import { revertDetached, snapshotDetached } from './detached-snapshots.js';
 
 export { PIN_TTL_MS, snapshotView, fillView } from './context.js';
 export type { Access, AttachRequest, Attached, FillJob, FillView, SnapshotJob, SnapshotView, VolumeView } from './context.js';
@@ -79,6 +83,8 @@ export class Service {
   private readonly attachments: Attachments;
   private readonly history: History;
   private readonly mounts: MountTable;
+  /** Image import and export (images.ts), built on the operations below. */
+  readonly images: Images;
 
   constructor(
     readonly config: Config,
@@ -98,6 +104,7 @@ export class Service {
     );
     this.attachments = new Attachments(this.ctx, this.fills, this.snapshots);
     this.mounts = new MountTable(this.ctx);
+    this.images = new Images(this);
   }
 
   /** Reopen the volumes that were attached here when the daemon last stopped or crashed. */
@@ -127,6 +134,12 @@ export class Service {
   async resizeVolume(name: string, req: ResizeRequest): Promise<VolumeView & { resize: ResizeOutcome }> {
     const outcome = await this.attachments.resize(name, req);
     return { ...(await this.catalog.show(outcome.name)), resize: outcome };
+  }
+
+  /** Revert a volume attached nowhere to one of its snapshots (detached-snapshots.ts). */
+  async revertVolume(name: string, req: { snapshot: unknown }): Promise<{ volume: VolumeView; snapshot: SnapshotView }> {
+    const m = await revertDetached(this.ctx, name, req.snapshot);
+    return { volume: await this.catalog.show(m.volume), snapshot: snapshotView(m, false) };
   }
 
   async attach(name: string, req: AttachRequest = {}): Promise<VolumeView> {
@@ -166,8 +179,22 @@ export class Service {
 
   // ---- snapshots ----------------------------------------------------------------------
 
-  createSnapshots(req: { volumes: unknown; consistency?: unknown; wait?: unknown; qmp?: unknown; qga?: unknown }): Promise<{ snapshots: SnapshotView[] } | { started: string[] }> {
-    return this.snapshots.create(req);
+  async createSnapshots(req: { volumes: unknown; consistency?: unknown; wait?: unknown; qmp?: unknown; qga?: unknown }): Promise<{ snapshots: SnapshotView[] } | { started: string[] }> {
+    // Volumes attached nowhere here get a snapshot sharing their head's tree
+    // (detached-snapshots.ts): nothing writes them, so they are consistent with any moment
+    // the attached ones are sealed at. Those are taken first (a volume attached on another
+    // host is refused before any attached one is sealed).
+    const names = Array.isArray(req.volumes) && req.volumes.length <= 64 ? (req.volumes as unknown[]) : [];
+    const here = (n: unknown): boolean => typeof n === 'string' && (this.attached.has(n) || this.ctx.detaching.has(n));
+    const detached = names.filter((n) => !here(n));
+    if (detached.length === 0) return this.snapshots.create(req);
+    const out: SnapshotView[] = [];
+    for (const n of detached) out.push(snapshotView(await snapshotDetached(this.ctx, n, (source) => this.history.releaseClonePin(source.id)), false));
+    const rest = names.filter(here);
+    if (rest.length === 0) return req.wait === false ? { started: out.map((s) => s.volume) } : { snapshots: out };
+    const r = await this.snapshots.create({ ...req, volumes: rest });
+    if ('started' in r) return { started: [...out.map((s) => s.volume), ...r.started] };
+    return { snapshots: [...out, ...r.snapshots] };
   }
 
   listSnapshots(volume?: string): Promise<SnapshotView[]> {
@@ -222,6 +249,7 @@ export class Service {
 
   /** Stop everything this daemon runs; the volumes are closed cleanly. */
   async closeAll(): Promise<void> {
+    this.images.close();
     await this.mounts.closeAll();
     await this.snapshots.close();
     await this.copies.close();

@@ -70,8 +70,9 @@ if ('skip' in got) {
     const del = await cliJson(h, 'snapshot', 'delete', s1);
     t.same(del.deleted, [s1], 'the clone pin was released by the clone\'s first snapshot');
     await cliJson(h, 'detach', 'golden');
-    for (const s of (await cliJson(h, 'snapshot', 'list', 'golden')).snapshots as { id: string; deleted: boolean }[]) if (!s.deleted) await cliJson(h, 'snapshot', 'delete', s.id);
+    // The volume first: while it exists, the snapshot it restores from cannot be deleted.
     await cliJson(h, 'volume', 'delete', 'golden');
+    for (const s of (await cliJson(h, 'snapshot', 'list', 'golden')).snapshots as { id: string; deleted: boolean }[]) if (!s.deleted) await cliJson(h, 'snapshot', 'delete', s.id);
     const gc = await cliJson(h, 'gc');
     t.ok((gc.releasedSnapshots as string[]).includes(s1), 'GC collected the source snapshot');
     const after = await exportOf(c1?.id as string, 'c1.qcow2');

@@ -156,20 +156,35 @@ export class SnapshotJobs {
       a.parentId = undefined;
     }
     const from = a.parent && a.parent.volume !== name ? a.parent : null;
-    const m = await takeSnapshot(this.ctx.repo, this.encodePool(), {
-      volume: a.volume,
-      generation: a.generation,
-      parent: a.parent?.volume === name ? a.parent : null,
-      from,
-      consistency,
-      seal,
-      pauseMs: pauseMs ?? null,
-      windowMs: this.ctx.config.commitWindowMs,
-      onProgress: (done, total) => {
-        job.done = done;
-        job.total = total;
-      },
-    });
+    const take = (parent: Manifest | null, source: Manifest | null, level: Consistency, sealed: Seal | undefined, pause: number | null): Promise<Manifest> =>
+      takeSnapshot(this.ctx.repo, this.encodePool(), {
+        volume: a.volume,
+        generation: a.generation,
+        parent: parent?.volume === name ? parent : null,
+        from: source,
+        consistency: level,
+        seal: sealed,
+        pauseMs: pause,
+        windowMs: this.ctx.config.commitWindowMs,
+        onProgress: (done, total) => {
+          job.done = done;
+          job.total = total;
+        },
+      });
+    let m: Manifest;
+    try {
+      m = await take(a.parent, from, consistency, seal, pauseMs ?? null);
+    } catch (err) {
+      if (codeOf(err) !== 'SNAPSHOT_DELETED' || a.parent === null) throw err;
+      // The parent (or a clone's source) was deleted meanwhile, on any host: its blobs cannot
+      // be reused. Everything counts as changed and the snapshot is taken again in full (the
+      // failed one merged its seal back). A seal made in a pause is gone with it, so the
+      // retry is crash-consistent and says so.
+      this.ctx.log.warn({ volume: name, snapshot: a.parent.id }, 'the parent snapshot was deleted during the snapshot: taking it again in full');
+      await a.volume.markAllDirty();
+      a.parent = null;
+      m = await take(null, null, seal === undefined ? consistency : 'crash', undefined, null);
+    }
     a.parent = m;
     // The first own snapshot of a clone holds what it needs of its source: unpin it.
     if (from) await this.onFirstOwnSnapshot(from);

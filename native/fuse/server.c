@@ -273,7 +273,9 @@ struct fs_server *fs_create(const char *mountpoint, const char *space_dir, int n
   if (s == NULL) return NULL;
   s->fd = -1;
   s->nthreads = nthreads < 1 ? 1 : nthreads > 64 ? 64 : nthreads;
-  s->mountpoint = strdup(mountpoint);
+  /* Canonical, as /proc/self/mountinfo shows it. */
+  s->mountpoint = realpath(mountpoint, NULL);
+  if (s->mountpoint == NULL) s->mountpoint = strdup(mountpoint);
   s->space_dir = strdup(space_dir);
   s->root_uid = getuid();
   s->root_gid = getgid();
@@ -365,12 +367,21 @@ int fs_mount(struct fs_server *s, char *err, size_t errlen) {
   return 0;
 }
 
-/* The fuse control file system's abort file for our connection, from the mount's device number. */
+/*
+ * End our connection through the fuse control file system (its abort file, named by the
+ * mount's device number), mounting that file system first when nobody has (systemd does
+ * at boot; a container may not have).
+ */
 static void abort_connection(struct fs_server *s, dev_t dev) {
   char path[96];
   snprintf(path, sizeof path, "/sys/fs/fuse/connections/%u/abort", (unsigned)minor(dev));
   int fd = open(path, O_WRONLY | O_CLOEXEC);
-  if (fd < 0) return;
+  if (fd < 0 && errno == ENOENT && mount("fusectl", "/sys/fs/fuse/connections", "fusectl", 0, NULL) == 0)
+    fd = open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno != ENOENT) fs_log(s, "warn", "cannot abort the FUSE connection (%s): %s", path, strerror(errno));
+    return;
+  }
   if (write(fd, "1", 1) < 0) fs_log(s, "warn", "aborting the FUSE connection: %s", strerror(errno));
   close(fd);
 }
@@ -401,8 +412,19 @@ void fs_stop(struct fs_server *s) {
     fs_log(s, "warn", "unmounting %s: %s", s->mountpoint, strerror(errno));
   /* With no file open the detach ends the connection; with one open it lives on: end it. */
   if (have_dev) abort_connection(s, dev);
-  for (int i = 0; i < s->threads_started; i++) pthread_join(s->threads[i], NULL);
+  /* A thread that does not end (the connection could not be ended) is left behind, never waited on forever. */
+  int stuck = 0;
+  for (int i = 0; i < s->threads_started; i++) {
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += 10;
+    if (pthread_timedjoin_np(s->threads[i], NULL, &deadline) != 0) {
+      pthread_detach(s->threads[i]);
+      stuck++;
+    }
+  }
   s->threads_started = 0;
+  if (stuck) fs_log(s, "error", "%d server threads did not end after the unmount; their descriptors stay open", stuck);
   if (s->helpers_started) {
     pthread_mutex_lock(&s->qlock);
     pthread_cond_broadcast(&s->qcond);
@@ -414,12 +436,14 @@ void fs_stop(struct fs_server *s) {
     pthread_join(s->notify_thread, NULL);
     s->helpers_started = 0;
   }
-  for (int i = 0; i < s->nthreads; i++) {
-    if (s->fds[i] >= 0 && s->fds[i] != s->fd) close(s->fds[i]);
-    s->fds[i] = -1;
+  if (!stuck) {
+    for (int i = 0; i < s->nthreads; i++) {
+      if (s->fds[i] >= 0 && s->fds[i] != s->fd) close(s->fds[i]);
+      s->fds[i] = -1;
+    }
+    if (s->fd >= 0) close(s->fd);
+    s->fd = -1;
   }
-  if (s->fd >= 0) close(s->fd);
-  s->fd = -1;
   /* Requests still queued or waiting for the namespace: the connection is gone, free them. */
   pthread_mutex_lock(&s->qlock);
   struct fs_req *q = s->qhead;

@@ -293,9 +293,20 @@ static void call_js(napi_env env, napi_value fn, void *context, void *data) {
   argv[2] = num(env, (double)k->id);
   if (k->buf != NULL && k->len > 0) {
     if (napi_create_external_buffer(env, k->len, k->buf, NULL, NULL, &argv[3]) != napi_ok) {
-      /* Runtimes that refuse external memory: lend a copy (a write's data, or a read's space). */
+      /* A runtime that refuses external memory: a write can lend a copy of its data; a read
+         must fill the request's own buffer, so it fails. */
       void *copy;
-      napi_create_buffer_copy(env, k->len, k->buf, &copy, &argv[3]);
+      bool pending = false;
+      napi_is_exception_pending(env, &pending);
+      if (pending) {
+        napi_value e;
+        napi_get_and_clear_last_exception(env, &e);
+      }
+      if (k->kind != JS_WRITE || napi_create_buffer_copy(env, k->len, k->buf, &copy, &argv[3]) != napi_ok) {
+        answer(c, k->id, -EIO, -1);
+        jsfile_unref(f);
+        return;
+      }
     }
   } else napi_get_null(env, &argv[3]);
   argv[4] = num(env, (double)k->off);

@@ -40,6 +40,9 @@ import { access, mkdir, mkdtemp, readFile, rm, stat, truncate, writeFile } from 
 import { cpus, loadavg, release, tmpdir, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { parseArgs, promisify } from 'node:util';
+import { acquireGeneration } from '../src/repo/attach.js';
+import { Repository } from '../src/repo/repository.js';
+import { FsStore } from '../src/store/fs.js';
 import { Volume } from '../src/volume/engine.js';
 
 const run = promisify(execFile);
@@ -440,8 +443,18 @@ async function main(): Promise<number> {
         const dataDir = join(work, `${id}-data`);
         const mnt = join(work, `${id}-mnt`);
         mountpoints.push(mnt);
-        const vol = await Volume.create(join(dataDir, 'volumes', VOLUME), { name: VOLUME, virtualSize: fileLength, generation: 1 });
-        await vol.close();
+        // As an attach leaves it (a catalog record, a generation won in the store): a volume
+        // the daemon cannot prove its own is served read-only.
+        const store = new FsStore(join(dataDir, 'store'));
+        try {
+          const repo = new Repository(store, { host: 'bench', region: 'default' });
+          await repo.putVolume({ name: VOLUME, virtualSize: fileLength, clusterSize: 65536, region: 'default', created: repo.now(), source: null, status: 'available', host: null, generation: 0, revision: 1 });
+          const att = await acquireGeneration(repo, VOLUME);
+          const vol = await Volume.create(join(dataDir, 'volumes', VOLUME), { name: VOLUME, virtualSize: fileLength, generation: att.generation });
+          await vol.close();
+        } finally {
+          await store.close();
+        }
         const fuse = id === 'island' ? 'native' : 'fuse-native';
         const env = serverEnv({ ISLAND_DATA_DIR: dataDir, ISLAND_MOUNT: mnt, ISLAND_HOST_ID: 'bench', ISLAND_LOG_LEVEL: 'info', ISLAND_FUSE: fuse });
         const t: Target = { id, file: join(mnt, `${VOLUME}.qcow2`), spawn: () => spawnServer(id, mnt, [join(ROOT, 'dist/cli/main.js'), 'serve'], env), server: null };

@@ -22,8 +22,8 @@
 
 #include "fuse_server.h"
 
-/* Free request buffers kept for reuse (each is two FS_BUFSZ buffers). */
-#define FS_FREE_REQS_MAX 8
+/* Free request buffers kept for reuse (each is two FS_BUFSZ buffers, touched only as far as requests reach). */
+#define FS_FREE_REQS_MAX 32
 
 uint64_t fs_now_ns(void) {
   struct timespec ts;

@@ -12,12 +12,15 @@
  *   fuseSetSize(mount, name, size)           fuseOpenCount(mount, name) -> number
  *   fuseComplete(mount, callId, result, size) -> boolean   fuseSynced(mount)
  *   fuseStats(mount) -> {kernelMinor, threads, openFlags, parked, malformed, unknownOps}
+ *   fuseTestRequest(mount, request) -> reply | null   (tests: raw bytes through the handlers)
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #include "jsfile.h"
 
@@ -171,6 +174,7 @@ static napi_value js_unmount(napi_env env, napi_callback_info info) {
     m->mounted = 0;
     fs_stop(m->s);
     js_ctx_close(&m->js);
+    fs_handles_release(m->s);
     fs_release_all(m->s);
   }
   return undef(env);
@@ -319,6 +323,51 @@ static napi_value js_stats(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/*
+ * For tests of the request handlers: runs `request` (raw bytes as the kernel would send
+ * them) through the same handlers the server threads use, on a mount, and returns the reply
+ * bytes (an empty Buffer when no reply is due), or null when the request parked. The reply
+ * goes through a pipe, never to the kernel; the namespace is not refreshed first.
+ */
+static napi_value js_test_request(napi_env env, napi_callback_info info) {
+  napi_value argv[2], out;
+  if (!args(env, info, 2, argv)) return NULL;
+  struct addon_mount *m = mount_of(env, argv[0]);
+  if (m == NULL) return NULL;
+  void *data;
+  size_t len;
+  bool is_buf = false;
+  napi_is_buffer(env, argv[1], &is_buf);
+  if (!is_buf || napi_get_buffer_info(env, argv[1], &data, &len) != napi_ok) {
+    napi_throw_type_error(env, NULL, "request must be a Buffer");
+    return NULL;
+  }
+  if (len > 65536) {
+    napi_throw_range_error(env, NULL, "a test request is at most 64 KiB");
+    return NULL;
+  }
+  int p[2];
+  if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0) return throw_errno(env, errno, "pipe2");
+  int r = fs_run_once(m->s, data, len, p[1]);
+  if (r == 1) {
+    /* Its answer comes later, written to p[1]: that fd stays open (a closed number could
+       be reused by anything meanwhile); the read end goes, so the answer is dropped. */
+    close(p[0]);
+    napi_get_null(env, &out);
+    return out;
+  }
+  close(p[1]);
+  if (r < 0) {
+    close(p[0]);
+    return throw_errno(env, -r, "fuseTestRequest");
+  }
+  char buf[65536];
+  ssize_t n = read(p[0], buf, sizeof buf);
+  close(p[0]);
+  napi_create_buffer_copy(env, n > 0 ? (size_t)n : 0, buf, NULL, &out);
+  return out;
+}
+
 napi_value isl_fuse_init(napi_env env, napi_value exports) {
   napi_value kinds;
   napi_create_object(env, &kinds);
@@ -336,6 +385,7 @@ napi_value isl_fuse_init(napi_env env, napi_value exports) {
     { "fuseComplete", NULL, js_complete, NULL, NULL, NULL, napi_enumerable, NULL },
     { "fuseSynced", NULL, js_synced, NULL, NULL, NULL, napi_enumerable, NULL },
     { "fuseStats", NULL, js_stats, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "fuseTestRequest", NULL, js_test_request, NULL, NULL, NULL, napi_enumerable, NULL },
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
   return exports;

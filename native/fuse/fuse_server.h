@@ -61,11 +61,11 @@ struct fs_node {
   char name[FS_NAME_MAX + 1]; /* "NAME.qcow2" */
 };
 
-#define FS_HANDLE_MAGIC 0x1e1a2d0fu
+/* An open file (handles.c); the kernel knows it by slot and generation. */
 struct fs_handle {
-  uint32_t magic;
+  uint32_t gen;
   int writable;
-  struct fs_node *node;
+  struct fs_node *node; /* the handle's reference */
 };
 
 struct fs_server;
@@ -139,6 +139,11 @@ struct fs_server {
   struct fs_req *sync_waiters;
   int sync_pending;
 
+  /* Open handles (handles.c). */
+  pthread_rwlock_t hlock;
+  struct fs_handle **hslots;
+  uint32_t hcap, hgen;
+
   /* Counters for status. */
   atomic_uint_least64_t parked, malformed, unknown_ops;
 };
@@ -153,7 +158,15 @@ int fs_reply_out(struct fs_req *r, size_t len); /* data already at r->out + size
 void fs_requeue(struct fs_req *r, int err);
 void fs_synced(struct fs_server *s);
 uint64_t fs_now_ns(void);
+/* Tests: one raw request through the handlers, answered on fd; 0 answered, 1 parked, < 0 errno. */
+int fs_run_once(struct fs_server *s, const void *buf, size_t len, int fd);
 void fs_log(struct fs_server *s, const char *level, const char *fmt, ...);
+
+/* handles.c: an fh (0: out of memory), the handle of an fh (NULL: not ours), the node of a freed one. */
+uint64_t fs_handle_new(struct fs_server *s, struct fs_node *n, int writable);
+struct fs_handle *fs_handle_get(struct fs_server *s, uint64_t fh);
+struct fs_node *fs_handle_free(struct fs_server *s, uint64_t fh);
+void fs_handles_release(struct fs_server *s);
 
 /* ops.c: 0 when answered (or no answer is due), 1 when parked. */
 int fs_dispatch(struct fs_req *r);

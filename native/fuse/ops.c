@@ -72,11 +72,6 @@ static const char *arg_string(const char *arg, size_t alen, size_t *len) {
   return arg;
 }
 
-static struct fs_handle *handle_of(uint64_t fh) {
-  struct fs_handle *h = (struct fs_handle *)(uintptr_t)fh;
-  if (h == NULL || h->magic != FS_HANDLE_MAGIC) return NULL;
-  return h;
-}
 
 static void entry(struct fs_server *s, struct fs_node *n, struct fuse_entry_out *e) {
   memset(e, 0, sizeof *e);
@@ -188,21 +183,19 @@ static int op_open(struct fs_req *r, uint64_t nodeid, const char *arg, size_t al
     fs_node_unref(n);
     return err(r, -EROFS);
   }
-  struct fs_handle *h = malloc(sizeof *h);
-  if (h == NULL) {
+  /* The handle takes the node reference. */
+  atomic_fetch_add(&n->opens, 1);
+  uint64_t fh = fs_handle_new(r->srv, n, writable);
+  if (fh == 0) {
+    atomic_fetch_sub(&n->opens, 1);
     fs_node_unref(n);
     return err(r, -ENOMEM);
   }
-  h->magic = FS_HANDLE_MAGIC;
-  h->writable = writable;
-  h->node = n; /* the handle's reference */
-  atomic_fetch_add(&n->opens, 1);
-  struct fuse_open_out o = { .fh = (uint64_t)(uintptr_t)h, .open_flags = r->srv->open_flags };
+  struct fuse_open_out o = { .fh = fh, .open_flags = r->srv->open_flags };
   if (fs_reply(r, 0, &o, sizeof o) != 0) {
     /* Not delivered: the kernel never sends a RELEASE for it. */
+    fs_handle_free(r->srv, fh);
     atomic_fetch_sub(&n->opens, 1);
-    h->magic = 0;
-    free(h);
     fs_node_unref(n);
   }
   return 0;
@@ -211,11 +204,8 @@ static int op_open(struct fs_req *r, uint64_t nodeid, const char *arg, size_t al
 static int op_release(struct fs_req *r, const char *arg, size_t alen) {
   NEED(struct fuse_release_in);
   const struct fuse_release_in *in = (const void *)arg;
-  struct fs_handle *h = handle_of(in->fh);
-  if (h == NULL) return err(r, -EBADF);
-  struct fs_node *n = h->node;
-  h->magic = 0;
-  free(h);
+  struct fs_node *n = fs_handle_free(r->srv, in->fh);
+  if (n == NULL) return err(r, -EBADF);
   atomic_fetch_sub(&n->opens, 1);
   fs_node_unref(n);
   return err(r, 0);
@@ -224,7 +214,7 @@ static int op_release(struct fs_req *r, const char *arg, size_t alen) {
 static int op_read(struct fs_req *r, const char *arg, size_t alen) {
   NEED(struct fuse_read_in);
   const struct fuse_read_in *in = (const void *)arg;
-  struct fs_handle *h = handle_of(in->fh);
+  struct fs_handle *h = fs_handle_get(r->srv, in->fh);
   if (h == NULL) return err(r, -EBADF);
   if (in->size > OUT_MAX) return bad(r);
   struct fs_node *n = h->node;
@@ -241,7 +231,7 @@ static int op_write(struct fs_req *r, const char *arg, size_t alen) {
   NEED(struct fuse_write_in);
   const struct fuse_write_in *in = (const void *)arg;
   if (alen - sizeof *in < in->size) return bad(r);
-  struct fs_handle *h = handle_of(in->fh);
+  struct fs_handle *h = fs_handle_get(r->srv, in->fh);
   if (h == NULL || !h->writable) return err(r, -EBADF);
   struct fs_node *n = h->node;
   /* A file can turn read-only under an open handle (fenced by another host). */
@@ -260,7 +250,7 @@ static int op_write(struct fs_req *r, const char *arg, size_t alen) {
 static int op_fsync(struct fs_req *r, const char *arg, size_t alen) {
   NEED(struct fuse_fsync_in);
   const struct fuse_fsync_in *in = (const void *)arg;
-  struct fs_handle *h = handle_of(in->fh);
+  struct fs_handle *h = fs_handle_get(r->srv, in->fh);
   if (h == NULL) return err(r, -EBADF);
   struct fs_node *n = h->node;
   atomic_fetch_add(&n->refs, 1);
@@ -273,7 +263,7 @@ static int op_fsync(struct fs_req *r, const char *arg, size_t alen) {
 static int op_fallocate(struct fs_req *r, const char *arg, size_t alen) {
   NEED(struct fuse_fallocate_in);
   const struct fuse_fallocate_in *in = (const void *)arg;
-  struct fs_handle *h = handle_of(in->fh);
+  struct fs_handle *h = fs_handle_get(r->srv, in->fh);
   if (h == NULL || !h->writable) return err(r, -EBADF);
   struct fs_node *n = h->node;
   if (atomic_load(&n->readonly)) return err(r, -EROFS);

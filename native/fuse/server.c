@@ -176,6 +176,20 @@ static struct fs_req *handle(struct fs_req *r) {
   return fresh;
 }
 
+int fs_run_once(struct fs_server *s, const void *buf, size_t len, int fd) {
+  if (len > FS_BUFSZ) return -EINVAL;
+  struct fs_req *r = req_new(s);
+  if (r == NULL) return -ENOMEM;
+  memcpy(r->in, buf, len);
+  r->len = len;
+  r->fd = fd;
+  r->synced = 1; /* answered from the namespace as it is: nothing waits for JavaScript here */
+  struct fs_req *back = handle(r);
+  int parked = back != r;
+  req_free(back);
+  return parked;
+}
+
 struct thread_arg {
   struct fs_server *s;
   int fd;
@@ -287,6 +301,7 @@ struct fs_server *fs_create(const char *mountpoint, const char *space_dir, int n
   pthread_mutex_init(&s->nlock, NULL);
   pthread_cond_init(&s->ncond, NULL);
   pthread_mutex_init(&s->ns, NULL);
+  pthread_rwlock_init(&s->hlock, NULL);
   s->fds = calloc((size_t)s->nthreads, sizeof *s->fds);
   s->threads = calloc((size_t)s->nthreads, sizeof *s->threads);
   if (!s->mountpoint || !s->space_dir || !s->fds || !s->threads) {
@@ -468,7 +483,10 @@ void fs_stop(struct fs_server *s) {
 
 void fs_destroy(struct fs_server *s) {
   if (s == NULL) return;
+  fs_handles_release(s);
   fs_release_all(s);
+  free(s->hslots);
+  pthread_rwlock_destroy(&s->hlock);
   while (s->free_reqs) {
     struct fs_req *r = s->free_reqs;
     s->free_reqs = r->qnext;

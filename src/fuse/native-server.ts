@@ -61,6 +61,8 @@ interface FuseAddon {
   fuseComplete(m: unknown, callId: number, result: number, size: number): boolean;
   fuseSynced(m: unknown): void;
   fuseStats(m: unknown): Record<string, number>;
+  /** Tests: raw request bytes through the handlers; the reply bytes, or null when it parked. */
+  fuseTestRequest(m: unknown, request: Buffer): Buffer | null;
 }
 
 const SYNC_INTERVAL_MS = 1000;

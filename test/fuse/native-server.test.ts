@@ -5,9 +5,9 @@
  * qemu-io): this process serves the mount and must never wait on it itself.
  */
 import { execFile } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { constants as fsConstants, existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { constants, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import t, { type Test } from 'tap';
@@ -235,5 +235,87 @@ if (!existsSync('/dev/fuse') || process.getuid?.() !== 0) {
     t.throws(() => a.fuseMount({ mountpoint: mnt, spaceDir: mnt, threads: 0 }, () => undefined), /threads/, 'zero threads');
     t.equal(a.fuseRemoveFile(h, 'never.qcow2'), false, 'removing what is not served');
     t.same(await py([['list', mnt], ['read', join(mnt, 'ok.qcow2'), 2, 0]]), [['ok.qcow2'], '0000'], 'the mount serves as before');
+  });
+}
+
+/** A raw FUSE request: fuse_in_header (40 bytes) and the argument bytes. */
+function request(opcode: number, nodeid: number, arg: Buffer = Buffer.alloc(0), opts: { len?: number; extlen?: number; unique?: number } = {}): Buffer {
+  const h = Buffer.alloc(40);
+  h.writeUInt32LE(opts.len ?? 40 + arg.length, 0);
+  h.writeUInt32LE(opcode, 4);
+  h.writeBigUInt64LE(BigInt(opts.unique ?? 77), 8);
+  h.writeBigUInt64LE(BigInt(nodeid), 16);
+  h.writeUInt16LE(opts.extlen ?? 0, 36);
+  return Buffer.concat([h, arg]);
+}
+
+/** fuse_read_in / fuse_write_in: fh, offset, size, then zeros to 40 bytes. */
+function rw(fh: bigint, offset: number, size: number): Buffer {
+  const b = Buffer.alloc(40);
+  b.writeBigUInt64LE(fh, 0);
+  b.writeBigUInt64LE(BigInt(offset), 8);
+  b.writeUInt32LE(size, 16);
+  return b;
+}
+
+const OP = { LOOKUP: 1, GETATTR: 3, OPEN: 14, READ: 15, WRITE: 16, RELEASE: 18, SETXATTR: 21, BATCH_FORGET: 42 };
+
+if (existsSync('/dev/fuse') && process.getuid?.() === 0) {
+  t.test('malformed requests get an errno (or, too short to answer, nothing), never a crash', async (t) => {
+    const { mnt, table, m } = await setup(t);
+    table.vols.set('raw', new MemVolume(65536, 9));
+    t.same(await py([['list', mnt]]), [['raw.qcow2']]);
+    const a = fuseAddon();
+    const h = (m as unknown as { handle: unknown }).handle;
+    const send = (req: Buffer): { error: number; len: number; unique: number; body: Buffer } | 'none' | 'parked' => {
+      const r = a.fuseTestRequest(h, req);
+      if (r === null) return 'parked';
+      if (r.length === 0) return 'none';
+      return { len: r.readUInt32LE(0), error: r.readInt32LE(4), unique: Number(r.readBigUInt64LE(8)), body: r.subarray(16) };
+    };
+    const errOf = (req: Buffer): number | string => {
+      const r = send(req);
+      return typeof r === 'string' ? r : r.error;
+    };
+    const E = constants.errno;
+    const malformed0 = m.describe().malformed as number;
+
+    t.equal(errOf(Buffer.alloc(10)), 'none', 'shorter than a header: dropped (no id to answer)');
+    t.equal(errOf(request(OP.GETATTR, 1, Buffer.alloc(16), { len: 100 })), -E.EINVAL, 'a length that is not what was read');
+    t.equal(errOf(request(OP.GETATTR, 1, Buffer.alloc(16), { extlen: 0xffff })), -E.EINVAL, 'extensions longer than the request');
+    t.equal(errOf(request(OP.GETATTR, 999_999, Buffer.alloc(16))), -E.ENOENT, 'an unknown node');
+    const root = send(request(OP.GETATTR, 1, Buffer.alloc(16)));
+    t.ok(typeof root === 'object' && root.error === 0 && root.len === 16 + 104 && root.unique === 77, 'the root answers: fuse_attr_out, the request id echoed');
+    t.equal(errOf(request(OP.LOOKUP, 1, Buffer.from('raw.qcow2'))), -E.EINVAL, 'a name without its NUL');
+    t.equal(errOf(request(OP.LOOKUP, 12345, Buffer.from('raw.qcow2\0'))), -E.ENOENT, 'a lookup under an unknown node');
+    const entry = send(request(OP.LOOKUP, 1, Buffer.from('raw.qcow2\0')));
+    if (typeof entry !== 'object' || entry.error !== 0) throw new Error('lookup failed');
+    const node = Number(entry.body.readBigUInt64LE(0));
+    t.equal(errOf(request(OP.LOOKUP, node, Buffer.from('x.qcow2\0'))), -E.ENOTDIR, 'a lookup under a file');
+    const openIn = Buffer.alloc(8);
+    openIn.writeUInt32LE(fsConstants.O_RDWR, 0);
+    const opened = send(request(OP.OPEN, node, openIn));
+    if (typeof opened !== 'object' || opened.error !== 0) throw new Error('open failed');
+    const fh = opened.body.readBigUInt64LE(0);
+    t.equal(errOf(request(OP.READ, node, rw(0xdeadbeefn, 0, 4096))), -E.EBADF, 'a handle never given');
+    t.equal(errOf(request(OP.READ, node, rw(fh + (1n << 32n), 0, 4096))), -E.EBADF, 'a handle with the wrong generation');
+    t.equal(errOf(request(OP.READ, node, rw(fh, 0, 2 << 20))), -E.EINVAL, 'a read past 1 MiB');
+    t.equal(errOf(request(OP.READ, node, Buffer.alloc(12))), -E.EINVAL, 'a read argument too short');
+    t.equal(errOf(request(OP.WRITE, node, Buffer.concat([rw(fh, 0, 4096), Buffer.alloc(8)]))), -E.EINVAL, 'a write with less data than it says');
+    const xattr = Buffer.alloc(8);
+    xattr.writeUInt32LE(100, 0);
+    t.equal(errOf(request(OP.SETXATTR, node, Buffer.concat([xattr, Buffer.from('security.x\0abc')]))), -E.EINVAL, 'an attribute value shorter than it says');
+    t.equal(errOf(request(OP.SETXATTR, node, Buffer.concat([xattr, Buffer.from('security.x')]))), -E.EINVAL, 'an attribute name without its NUL');
+    const forget = Buffer.alloc(8);
+    forget.writeUInt32LE(1_000_000_000, 0);
+    t.equal(errOf(request(OP.BATCH_FORGET, 0, forget)), 'none', 'a batch forget claiming a billion entries: no answer is due, nothing read');
+    t.equal(errOf(request(9999, 1)), -E.ENOSYS, 'an unknown opcode');
+    const release = Buffer.alloc(24);
+    release.writeBigUInt64LE(fh, 0);
+    t.equal(errOf(request(OP.RELEASE, node, release)), 0, 'the handle is released');
+    t.equal(errOf(request(OP.RELEASE, node, release)), -E.EBADF, 'twice is EBADF');
+    t.equal(errOf(request(OP.READ, node, rw(fh, 0, 4096))), -E.EBADF, 'and it reads no more');
+    t.ok((m.describe().malformed as number) >= malformed0 + 8, 'the malformed ones are counted');
+    t.same(await py([['list', mnt], ['read', join(mnt, 'raw.qcow2'), 2, 0]]), [['raw.qcow2'], '0909'], 'the mount serves as before');
   });
 }

@@ -45,7 +45,7 @@ struct js_call {
 
 /* A message with no answer (sync, log, free). */
 static struct js_call *message(enum js_kind kind, const char *level, const char *text) {
-  size_t tl = text ? strlen(text) + 1 : 0;
+  size_t tl = (text ? strlen(text) : 0) + 1; /* always a string, "" when there is none */
   struct js_call *m = calloc(1, sizeof *m + tl);
   if (m == NULL) return NULL;
   m->kind = kind;

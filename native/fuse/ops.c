@@ -90,6 +90,11 @@ static int op_init(struct fs_req *r, const char *arg, size_t alen) {
   o.minor = ISL_FUSE_MINOR;
   if (in->major < FUSE_KERNEL_VERSION) return err(r, -EPROTO);
   if (in->major > FUSE_KERNEL_VERSION) return fs_reply(r, 0, &o, sizeof o), 0; /* the kernel asks again in 7.x */
+  if (in->minor < 12) {
+    /* Before 7.12 (Linux 2.6.29) entry and attribute replies were shorter: not spoken. */
+    fs_log(s, "error", "the kernel speaks FUSE 7.%u; island's server needs 7.12 or later", in->minor);
+    return err(r, -EPROTO);
+  }
   s->kernel_minor = in->minor;
   uint32_t want = FUSE_ASYNC_READ | FUSE_BIG_WRITES | FUSE_ASYNC_DIO | FUSE_PARALLEL_DIROPS | FUSE_MAX_PAGES;
   o.flags = in->flags & want;

@@ -16,6 +16,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -129,7 +130,7 @@ static void host_log(struct fs_server *s, const char *level, const char *msg) {
 static napi_value js_mount(napi_env env, napi_callback_info info) {
   napi_value argv[2], v;
   if (!args(env, info, 2, argv)) return NULL;
-  char mountpoint[1024], space[1024];
+  char mountpoint[PATH_MAX], space[PATH_MAX];
   uint32_t threads = 4;
   if (napi_get_named_property(env, argv[0], "mountpoint", &v) != napi_ok || !get_string(env, v, mountpoint, sizeof mountpoint, "mountpoint")) return NULL;
   if (napi_get_named_property(env, argv[0], "spaceDir", &v) != napi_ok || !get_string(env, v, space, sizeof space, "spaceDir")) return NULL;

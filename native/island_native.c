@@ -424,6 +424,8 @@ static napi_value js_lock_exclusive(napi_env env, napi_callback_info info) {
   return start(env, j, "island.lockExclusive");
 }
 
+napi_value isl_fuse_init(napi_env env, napi_value exports); /* native/fuse/addon.c */
+
 NAPI_MODULE_INIT() {
   napi_value abi, max;
   if (napi_create_int32(env, ISLAND_NATIVE_ABI, &abi) != napi_ok) return NULL;
@@ -438,5 +440,5 @@ NAPI_MODULE_INIT() {
     { "lockExclusive", NULL, js_lock_exclusive, NULL, NULL, NULL, napi_enumerable, NULL },
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
-  return exports;
+  return isl_fuse_init(env, exports);
 }

@@ -5,19 +5,21 @@
  *                       passthrough that keeps O_DIRECT on its backing file: the binding's ceiling
  *   passthrough-cached  the same passthrough with O_DIRECT stripped, every file in the page
  *                       cache: what island's engine does with its image file
- *   island              a volume's `<name>.qcow2` on island's own mount (`island serve`)
+ *   island              a volume's `<name>.qcow2` on island's own mount (`island serve`), served
+ *                       by island's native FUSE server (native/fuse/, ISLAND_FUSE=native)
+ *   island-fuse-native  the same, served by the fuse-native transport (ISLAND_FUSE=fuse-native)
  * and, when asked for with --targets, qemu-storage-daemon's own FUSE export (C, libfuse3) of
  * such a file as a raw image, aio=threads:
  *   qsd                 cache.direct=on: O_DIRECT kept on the backing file, as `passthrough`
  *   qsd-cached          cache.direct=off: the backing file in the page cache, as `passthrough-cached`
  *
  *   npx tsc -p . && npx tsx scripts/bench-fuse.ts [--size 2G] [--runtime 5] [--reps 3]
- *       [--ramp 1] [--dir DIR] [--targets local,passthrough,...] [--libaio] [--keep-servers] [--json]
+ *       [--ramp 1] [--dir DIR] [--targets local,passthrough,...] [--no-libaio] [--keep-servers] [--json]
  *
  * Workloads (fio, direct=1, on [DATA_OFFSET, DATA_OFFSET + size) of each file, filled with
  * fio's random data first): sequential 1 MiB write and read from one thread; 4 KiB random
  * read and write from 16 psync threads, the way QEMU's aio=threads issues guest I/O;
- * with --libaio also 4 KiB random read and write from one libaio job at queue depth 16.
+ * and 4 KiB random read and write from one libaio job at queue depth 16 (off with --no-libaio).
  * Runs are time-based and interleaved: every rep runs every workload on every target, in a
  * random order of targets each time; the table shows medians over the reps.
  *
@@ -38,6 +40,9 @@ import { access, mkdir, mkdtemp, readFile, rm, stat, truncate, writeFile } from 
 import { cpus, loadavg, release, tmpdir, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { parseArgs, promisify } from 'node:util';
+import { acquireGeneration } from '../src/repo/attach.js';
+import { Repository } from '../src/repo/repository.js';
+import { FsStore } from '../src/store/fs.js';
 import { Volume } from '../src/volume/engine.js';
 
 const run = promisify(execFile);
@@ -72,17 +77,17 @@ const USAGE = `usage: npx tsx scripts/bench-fuse.ts [options]   (run npx tsc -p 
   --ramp S       seconds run before measuring starts (default 1)
   --reps N       interleaved repetitions; the table shows medians (default 3)
   --dir DIR      where the files and mounts go, in a fresh subdirectory (default ${tmpdir()})
-  --targets L    comma list of local,passthrough,passthrough-cached,island,qsd,qsd-cached
-                 (default: the first four; qsd* need qemu-storage-daemon)
-  --libaio       also 4 KiB random read/write with libaio at queue depth 16
+  --targets L    comma list of local,passthrough,passthrough-cached,island,island-fuse-native,
+                 qsd,qsd-cached (default: the first five; qsd* need qemu-storage-daemon)
+  --no-libaio    leave out 4 KiB random read/write with libaio at queue depth 16
   --keep-servers one server per target for the whole bench instead of a fresh one per run
                  (see docs/benchmarks/fuse.md on long-lived servers)
   --json         print one JSON object instead of tables
 `;
 
-type TargetId = 'local' | 'passthrough' | 'passthrough-cached' | 'island' | 'qsd' | 'qsd-cached';
-const TARGET_IDS: readonly TargetId[] = ['local', 'passthrough', 'passthrough-cached', 'island', 'qsd', 'qsd-cached'];
-const DEFAULT_TARGETS: readonly TargetId[] = ['local', 'passthrough', 'passthrough-cached', 'island'];
+type TargetId = 'local' | 'passthrough' | 'passthrough-cached' | 'island' | 'island-fuse-native' | 'qsd' | 'qsd-cached';
+const TARGET_IDS: readonly TargetId[] = ['local', 'passthrough', 'passthrough-cached', 'island', 'island-fuse-native', 'qsd', 'qsd-cached'];
+const DEFAULT_TARGETS: readonly TargetId[] = ['local', 'passthrough', 'passthrough-cached', 'island', 'island-fuse-native'];
 const QSD = 'qemu-storage-daemon';
 
 interface Workload {
@@ -331,7 +336,7 @@ async function main(): Promise<number> {
       reps: { type: 'string', default: '3' },
       dir: { type: 'string', default: tmpdir() },
       targets: { type: 'string', default: DEFAULT_TARGETS.join(',') },
-      libaio: { type: 'boolean', default: false },
+      'no-libaio': { type: 'boolean', default: false },
       'keep-servers': { type: 'boolean', default: false },
       json: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
@@ -350,7 +355,7 @@ async function main(): Promise<number> {
   for (const t of wanted) if (!TARGET_IDS.includes(t as TargetId)) throw new Error(`unknown target ${t} (one of ${TARGET_IDS.join(', ')})`);
   const targetIds = TARGET_IDS.filter((t) => wanted.includes(t));
   const fresh = !values['keep-servers'];
-  const workloads = values.libaio ? [...WORKLOADS, ...LIBAIO_WORKLOADS] : WORKLOADS;
+  const workloads = values['no-libaio'] ? WORKLOADS : [...WORKLOADS, ...LIBAIO_WORKLOADS];
   const say = (s: string): void => void process.stderr.write(s + '\n');
 
   const fioVersion = await toolVersion('fio', ['--version']).catch(() => {
@@ -361,7 +366,7 @@ async function main(): Promise<number> {
         throw new Error(`${QSD} is not installed (Debian: apt-get install --no-install-recommends qemu-system-common)`);
       })).split('\n')[0]
     : null;
-  if (targetIds.includes('island')) {
+  if (targetIds.some((t) => t.startsWith('island'))) {
     await access(join(ROOT, 'dist/cli/main.js')).catch(() => {
       throw new Error('dist/cli/main.js is missing: run npx tsc -p . first');
     });
@@ -435,12 +440,23 @@ async function main(): Promise<number> {
         ];
         targets.push({ id, file: mnt, spawn: () => spawnServer(id, mnt, args, serverEnv({}), QSD), server: null });
       } else {
-        const dataDir = join(work, 'island-data');
-        const mnt = join(work, 'island-mnt');
+        const dataDir = join(work, `${id}-data`);
+        const mnt = join(work, `${id}-mnt`);
         mountpoints.push(mnt);
-        const vol = await Volume.create(join(dataDir, 'volumes', VOLUME), { name: VOLUME, virtualSize: fileLength, generation: 1 });
-        await vol.close();
-        const env = serverEnv({ ISLAND_DATA_DIR: dataDir, ISLAND_MOUNT: mnt, ISLAND_HOST_ID: 'bench', ISLAND_LOG_LEVEL: 'info' });
+        // As an attach leaves it (a catalog record, a generation won in the store): a volume
+        // the daemon cannot prove its own is served read-only.
+        const store = new FsStore(join(dataDir, 'store'));
+        try {
+          const repo = new Repository(store, { host: 'bench', region: 'default' });
+          await repo.putVolume({ name: VOLUME, virtualSize: fileLength, clusterSize: 65536, region: 'default', created: repo.now(), source: null, status: 'available', host: null, generation: 0, revision: 1 });
+          const att = await acquireGeneration(repo, VOLUME);
+          const vol = await Volume.create(join(dataDir, 'volumes', VOLUME), { name: VOLUME, virtualSize: fileLength, generation: att.generation });
+          await vol.close();
+        } finally {
+          await store.close();
+        }
+        const fuse = id === 'island' ? 'native' : 'fuse-native';
+        const env = serverEnv({ ISLAND_DATA_DIR: dataDir, ISLAND_MOUNT: mnt, ISLAND_HOST_ID: 'bench', ISLAND_LOG_LEVEL: 'info', ISLAND_FUSE: fuse });
         const t: Target = { id, file: join(mnt, `${VOLUME}.qcow2`), spawn: () => spawnServer(id, mnt, [join(ROOT, 'dist/cli/main.js'), 'serve'], env), server: null };
         await start(t);
         const header = (await stat(t.file)).size;
@@ -498,6 +514,7 @@ async function main(): Promise<number> {
       ['island/passthrough-cached', 'island', 'passthrough-cached'],
       ['island/local', 'island', 'local'],
       ['island/qsd-cached', 'island', 'qsd-cached'],
+      ['island/island-fuse-native', 'island', 'island-fuse-native'],
       ['qsd/passthrough', 'qsd', 'passthrough'],
     ];
     const usedRatios = ratios.filter(([, a, b]) => targetIds.includes(a) && targetIds.includes(b));

@@ -33,7 +33,9 @@ stamp=$(node -e '
   const { readdirSync, readFileSync } = require("node:fs");
   const h = createHash("sha256");
   h.update(`${process.version} ${process.platform} ${process.arch}\n`);
-  for (const f of readdirSync("native").filter((f) => /\.(c|h|gyp)$/.test(f)).sort()) {
+  // Sources in native/ and its subdirectories (native/fuse/, native/volume/), not the build output.
+  const files = readdirSync("native", { recursive: true }).map(String).filter((f) => /\.(c|h|gyp)$/.test(f) && !f.startsWith("build/")).sort();
+  for (const f of files) {
     h.update(`${f}\n`).update(readFileSync(`native/${f}`));
   }
   process.stdout.write(h.digest("hex"));

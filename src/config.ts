@@ -27,6 +27,12 @@
  *                                                   get the same owner and group, write bits cleared
  *   libvirt URI  libvirtUri   ISLAND_LIBVIRT_URI    qemu:///system: where `attach --domain` finds its
  *                                                   domain (virsh -c URI)
+ *   FUSE server  fuse         ISLAND_FUSE           "auto": island's native server (native/fuse/), or
+ *                                                   the fuse-native one when the native server
+ *                                                   cannot start (said in the log); "native" insists
+ *                                                   on the native server (the start fails without it),
+ *                                                   "fuse-native" takes the fuse-native one
+ *   FUSE threads fuseThreads  ISLAND_FUSE_THREADS   2 per CPU, 4 to 16: threads of the native server
  *
  * User and group names are resolved once, here, through the system's name service (getent,
  * so /etc/passwd and /etc/group or whatever nsswitch.conf adds); a name that does not exist
@@ -44,7 +50,7 @@
 import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
-import { hostname } from 'node:os';
+import { availableParallelism, hostname } from 'node:os';
 import { isAbsolute, join } from 'node:path';
 import { promisify } from 'node:util';
 import { IslandError, redactUrlCredentials } from './errors.js';
@@ -76,6 +82,10 @@ export interface Config {
   fileMode: number;
   /** The libvirt connection URI of `attach --domain` (virsh -c). */
   libvirtUri: string;
+  /** Which FUSE server serves the mount: the native one (falling back when "auto"), or fuse-native. */
+  fuse: FuseChoice;
+  /** Threads of the native FUSE server. */
+  fuseThreads: number;
   /** GC acts on a tombstone, and deletes an unreferenced pack, only after this long (G). */
   gcGraceMs: number;
   /** W: a snapshot upload commits within this long of checking its parent, or re-checks. */
@@ -109,6 +119,23 @@ export function checkGraceWindow(gcGraceMs: number, commitWindowMs: number, test
     `the GC grace period (${gcGraceMs / 1000} s) must exceed the commit window (${commitWindowMs / 1000} s) + the store deadline (${REQUEST_DEADLINE_MS / 1000} s) + the listing lag allowed for (${LISTING_LAG_MS / 1000} s) = ${needed / 1000} s, or GC could delete what an upload in progress relies on`,
     { details: { gcGraceMs, commitWindowMs, needed } },
   );
+}
+
+export const FUSE_CHOICES = ['auto', 'native', 'fuse-native'] as const;
+export type FuseChoice = (typeof FUSE_CHOICES)[number];
+export const FUSE_THREADS_MAX = 64;
+
+function fuseChoice(v: unknown): FuseChoice {
+  if (v === undefined) return 'auto';
+  if (typeof v !== 'string' || !FUSE_CHOICES.includes(v as FuseChoice)) throw new IslandError('INVALID_CONFIG', `fuse (ISLAND_FUSE) must be one of ${FUSE_CHOICES.join(', ')}, got ${JSON.stringify(v).slice(0, 80)}`);
+  return v as FuseChoice;
+}
+
+function fuseThreads(v: unknown): number {
+  if (v === undefined) return Math.min(16, Math.max(4, 2 * availableParallelism()));
+  const n = typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : v;
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > FUSE_THREADS_MAX) throw new IslandError('INVALID_CONFIG', `fuseThreads (ISLAND_FUSE_THREADS) must be an integer from 1 to ${FUSE_THREADS_MAX}, got ${JSON.stringify(v).slice(0, 80)}`);
+  return n;
 }
 
 const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace'] as const;
@@ -312,6 +339,8 @@ export async function loadConfig(env: NodeJS.ProcessEnv = process.env): Promise<
     fileGroup,
     fileMode: fileMode(pick('fileMode', 'ISLAND_FILE_MODE')),
     libvirtUri: libvirtUri(pick('libvirtUri', 'ISLAND_LIBVIRT_URI')),
+    fuse: fuseChoice(pick('fuse', 'ISLAND_FUSE')),
+    fuseThreads: fuseThreads(pick('fuseThreads', 'ISLAND_FUSE_THREADS')),
     gcGraceMs,
     commitWindowMs,
     testSwitches,

@@ -13,7 +13,8 @@ import { rm } from 'node:fs/promises';
 import pino, { type Logger } from 'pino';
 import { LOG_REDACT, type Config } from '../config.js';
 import { codeOf } from '../errors.js';
-import { FuseMount } from '../fuse/adapter.js';
+import type { FuseTransport } from '../fuse/native-server.js';
+import { mountFuse } from '../fuse/transport.js';
 import { Repository } from '../repo/repository.js';
 import { openStore } from '../store/open.js';
 import { ChaosStore } from '../store/chaos.js';
@@ -26,7 +27,7 @@ import { armCrashPoint } from '../util/crash.js';
 
 export interface Daemon {
   readonly service: Service;
-  readonly mount: FuseMount;
+  readonly mount: FuseTransport;
   readonly log: Logger;
   stop(force?: boolean): Promise<void>;
 }
@@ -60,23 +61,23 @@ export async function startDaemon(c: Config, log: Logger = makeLogger(c)): Promi
     // a store that is down now is retried by the first attach.
     await repo.registerHost().catch((err: unknown) => log.warn({ err, code: codeOf(err) }, 'host not registered in the store yet; the first attach registers it'));
     await service.restore();
-    const mount = new FuseMount({
+    const mount = await mountFuse(c.fuse, c.fuseThreads, {
       mountpoint: c.mount,
       table: { names: () => service.fileNames(), get: (n) => service.fileVolume(n), readOnly: (n) => service.isReadOnly(n) },
       spaceDir: c.dataDir,
       files: { uid: c.fileOwner, gid: c.fileGroup, mode: c.fileMode },
       onOp: (op, ms, bytes, error) => metrics.fuse(op, ms, bytes, error),
       onError: (op, path, err) => log.warn({ op, path, code: codeOf(err), err }, 'request failed'),
-    });
-    service.openHandles = (n) => mount.openCount(n);
-    await mount.mount();
+    }, log);
     undo.push(() => mount.unmount());
+    service.openHandles = (n) => mount.openCount(n);
+    service.fuseStatus = () => mount.describe();
     const api = await startApi(service, c.socket, log);
     undo.push(async () => {
       await new Promise((r) => api.close(r));
       await rm(c.socket, { force: true });
     });
-    log.info({ mount: c.mount, socket: c.socket, store: store.description, attached: service.attached.size, metricsPort: c.metricsPort, metricsAddress: c.metricsAddress }, 'serving');
+    log.info({ mount: c.mount, fuse: mount.transport, socket: c.socket, store: store.description, attached: service.attached.size, metricsPort: c.metricsPort, metricsAddress: c.metricsAddress }, 'serving');
     let stopping: Promise<void> | undefined;
     const stop = (force = false): Promise<void> => {
       stopping ??= (async () => {

@@ -48,6 +48,8 @@ export type { ResizeOutcome, ResizeRequest } from './resize.js';
 export interface StatusView {
   host: string;
   mount: string;
+  /** The FUSE server that serves the mount (transport: native or fuse-native) and what it tells. */
+  fuse: Record<string, unknown>;
   attached: number;
   /** Local volumes that could not be opened at start, and why: not served until settled. */
   unopened: { name: string; code: string; why: string }[];
@@ -74,6 +76,8 @@ export class Service {
   readonly attached = new Map<string, Attached>();
   /** Open handles on a file of the mount (the composition root wires it to the FUSE mount). */
   openHandles: (name: string) => number = () => 0;
+  /** Set by serve.ts once the mount is made. */
+  fuseStatus: () => Record<string, unknown> = () => ({ transport: 'none' });
   /** Copies of snapshots to other regions. */
   readonly copies: Copies;
   private readonly ctx: DaemonContext;
@@ -157,6 +161,7 @@ export class Service {
     return {
       host: this.config.hostId,
       mount: this.config.mount,
+      fuse: this.fuseStatus(),
       attached: this.attached.size,
       unopened: [...this.ctx.unopened].map(([name, u]) => ({ name, ...u })),
       gc: this.history.gcStatus(),

@@ -35,6 +35,10 @@ export interface FuseVolume {
   write(buf: Buffer, offset: number): Promise<number>;
   fsync(): Promise<void>;
   truncate(length: number): Promise<void>;
+  /** fallocate(2) modes KEEP_SIZE, PUNCH_HOLE, ZERO_RANGE; without it the file answers EOPNOTSUPP. */
+  fallocate?(mode: number, offset: number, length: number): Promise<void>;
+  /** A native volume handle (native/volume): the native server then serves the file in C alone. */
+  readonly native?: unknown;
 }
 
 /** The set of volumes the mount shows, looked up per request (it may change). */
@@ -120,6 +124,7 @@ export function volumeOf(path: string): string | undefined {
 }
 
 export class FuseMount {
+  readonly transport = 'fuse-native' as const;
   private readonly fuse: Fuse;
   private readonly handles = new Map<number, Handle>();
   private nextFd = 1;
@@ -149,6 +154,10 @@ export class FuseMount {
     let n = 0;
     for (const h of this.handles.values()) if (h.name === name) n++;
     return n;
+  }
+
+  describe(): Record<string, unknown> {
+    return { transport: this.transport };
   }
 
   mount(): Promise<void> {

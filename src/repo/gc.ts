@@ -34,10 +34,12 @@ import { collectNodeRefs } from '../format/tree.js';
 import { hex } from '../format/location.js';
 import { FOOTER_LEN, TRAILER_ENTRY_LEN } from '../format/pack.js';
 import { decodeManifest, decodeTombstone, type Tombstone } from '../format/records.js';
+import { Semaphore } from '../store/limit.js';
 import { listAll, type OpOptions } from '../store/types.js';
 import { manifestTree } from './commit.js';
-import { keys, parseLinkKey, parseManifestKey, parsePackKey } from './keys.js';
+import { keys, parseLinkKey, parsePackKey } from './keys.js';
 import { allPacksExist } from './snapshots.js';
+import { MANIFEST_READS, readManifests, type ManifestKey } from './manifests.js';
 import { PackUsage } from './pack-usage.js';
 import type { Repository } from './repository.js';
 import { crashPoint } from '../util/crash.js';
@@ -102,7 +104,7 @@ export interface GcReport {
   manifestsDeleted: number;
   tombstonesDeleted: number;
   checkpointsDeleted: number;
-  /** Released snapshots whose packs are not all gone yet (lagging listing): kept for the next GC. */
+  /** Released snapshots some of whose packs are still live (through a later snapshot) or not yet gone (lagging listing): their records are kept for a later GC. */
   releasedDeferred: number;
 }
 
@@ -155,16 +157,12 @@ export async function collectGarbage(repo: Repository, opts: GcOptions): Promise
   const pinned = new Set((await repo.listPins(undefined, { signal })).filter((p) => p.expires > now).map((p) => p.snapshot));
   const roots: Manifest[] = [];
   const releasedManifests: { volume: string; id: string }[] = [];
-  for await (const o of listAll(repo.store, keys.manifestsPrefix(), { signal })) {
-    const k = parseManifestKey(o.key);
-    if (!k) continue;
-    if (released(k.id) && !pinned.has(k.id)) {
-      releasedManifests.push(k);
-      continue;
-    }
-    const m = await repo.getManifest(k.volume, k.id, { signal });
-    if (m) roots.push(m);
-  }
+  const skip = (k: ManifestKey): boolean => {
+    if (!released(k.id) || pinned.has(k.id)) return false;
+    releasedManifests.push(k);
+    return true;
+  };
+  roots.push(...(await readManifests(repo, undefined, { signal, skip })));
   // 2b. snapshots whose manifest is lost (or not listed yet) while their chain link remains:
   //     the link holds the manifest's copy (fsck --repair writes it back), and the packs they
   //     wrote may be the only copy of the volume's newest data. While those packs remain
@@ -294,14 +292,19 @@ export async function collectGarbage(repo: Repository, opts: GcOptions): Promise
   //    tombstone for the next GC: without them the snapshot would look like one whose
   //    manifest was lost (its link and packs remain), and attach would refuse the volume.
   const settled: { volume: string; id: string }[] = [];
-  for (const r of releasedManifests) {
-    const m = await repo.getManifest(r.volume, r.id, { signal }).catch(() => undefined);
-    if (m && (await someUnsettled(repo, m, usage, signal))) {
-      report.releasedDeferred++;
-      continue;
-    }
-    settled.push(r);
-  }
+  const sem = new Semaphore(MANIFEST_READS);
+  const unsettled = await Promise.all(
+    releasedManifests.map((r) =>
+      sem.run(async () => {
+        const m = await repo.getManifest(r.volume, r.id, { signal }).catch(() => undefined);
+        return m !== undefined && (await someUnsettled(repo, m, usage, signal));
+      }, signal),
+    ),
+  );
+  releasedManifests.forEach((r, i) => {
+    if (unsettled[i]) report.releasedDeferred++;
+    else settled.push(r);
+  });
   for (const r of settled) {
     await repo.store.delete(keys.manifest(r.volume, r.id), { signal });
     report.manifestsDeleted++;
@@ -317,11 +320,17 @@ export async function collectGarbage(repo: Repository, opts: GcOptions): Promise
   return report;
 }
 
-/** Whether a pack `m` wrote is neither live (marked) nor gone from the store. */
+/**
+ * Whether a pack `m` wrote is still live (marked) or still in the store. A released
+ * snapshot keeps its manifest and tombstone until every pack it wrote is gone: removed
+ * while some were live through a later snapshot, its chain link would be left without
+ * manifest or tombstone once that later snapshot is collected, and a link like that whose
+ * packs all remain is a lost manifest to every later GC (a root) and to attach (evidence).
+ */
 async function someUnsettled(repo: Repository, m: Manifest, usage: PackUsage, signal: AbortSignal | undefined): Promise<boolean> {
   for (const p of m.packs) {
     const id = hex(p);
-    if (usage.has(`data/${id}`) || usage.has(`meta/${id}`)) continue;
+    if (usage.has(`data/${id}`) || usage.has(`meta/${id}`)) return true;
     if (await repo.store.head(keys.pack('data', p), { signal })) return true;
     if (await repo.store.head(keys.pack('metadata', p), { signal })) return true;
   }

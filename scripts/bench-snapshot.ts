@@ -1,37 +1,53 @@
 /**
- * Snapshot upload against the raw store, in one run against one real Swift:
+ * Snapshot upload against the raw store, in one run, on a real Swift and on the embedded
+ * directory store:
  *
  *  - raw: PUT of 16 MiB objects (island's pack size) of incompressible data through the
- *    same S3 client, at the same number of uploads in flight island uses;
+ *    same store client, at the same number of uploads in flight island uses;
  *  - island: a snapshot of a volume with N MiB of incompressible changed data (engine,
  *    seal, worker-thread hashing and compression, packing, upload, tree, manifest);
  *  - proportionality: snapshot time with 1% and with 100% of a volume changed.
  *
- *   npx tsx scripts/bench-snapshot.ts [--swift swift.json] [--mib 512] [--json]
+ * Raw and island runs alternate (`--reps`, medians reported), so both see the same load.
+ *
+ *   npx tsx scripts/bench-snapshot.ts [--swift swift.json] [--mib 512] [--reps 1] [--stores swift,fs] [--json]
  *
  * Without --swift it starts a private Swift (scripts/swift.sh) and stops it after.
  * The volume engine runs in this process without FUSE: the figures are of the snapshot
  * path alone (the FUSE data path has its own benchmark).
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import type { Manifest } from '../src/format/records.js';
 import { acquireGeneration } from '../src/repo/attach.js';
 import { Repository } from '../src/repo/repository.js';
 import { EncodePool } from '../src/snapshot/pool.js';
 import { takeSnapshot } from '../src/snapshot/create.js';
+import { FsStore } from '../src/store/fs.js';
 import { Semaphore } from '../src/store/limit.js';
 import { composeStore } from '../src/store/open.js';
 import { S3Store } from '../src/store/s3.js';
+import type { ObjectStore } from '../src/store/types.js';
 import { Volume } from '../src/volume/engine.js';
 import { withSwift } from './bench-swift.js';
 
-const { values } = parseArgs({ options: { swift: { type: 'string' }, mib: { type: 'string', default: '512' }, json: { type: 'boolean', default: false } } });
+const { values } = parseArgs({
+  options: {
+    swift: { type: 'string' },
+    mib: { type: 'string', default: '512' },
+    reps: { type: 'string', default: '1' },
+    stores: { type: 'string', default: 'swift,fs' },
+    json: { type: 'boolean', default: false },
+  },
+});
 const MiB = 1 << 20;
 const PACK = 16 * MiB;
 const INFLIGHT = 4; // PackSink's default uploads in flight
+const reps = Math.max(1, Number(values.reps));
+const stores = new Set(values.stores.split(','));
 
 let pass = 0;
 /** Incompressible data whose every 64 KiB differs (no dedup), new on each call. */
@@ -48,72 +64,131 @@ async function fill(v: Volume, fromMiB: number, mib: number): Promise<void> {
   await v.fsync();
 }
 
-await withSwift(values.swift, async (cfg) => {
-  const mib = Number(values.mib);
-  const work = await mkdtemp(join(tmpdir(), 'island-bench-snap-'));
-  const bucket = `bench-snap-${Date.now().toString(36)}`;
-  const { store, stats } = composeStore(new S3Store({ ...cfg, bucket }), { concurrency: 16 });
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
+}
+
+interface StoreReport {
+  store: string;
+  uploadsInFlight: number;
+  reps: number;
+  rawPutMiBs: number;
+  snapshotMiBs: number;
+  snapshotVsRaw: number;
+  snapshotMiB: number;
+  packs: number;
+  proportionality: { volumeMiB: number; changed1pctMiB: number; secs1pct: number; changed100pctMiB: number; secs100pct: number; timeRatio: number; bytesRatio: number; ratio1pctOf100pct: number };
+}
+
+async function benchStore(label: string, backend: ObjectStore, mib: number, work: string): Promise<StoreReport> {
+  await mkdir(work, { recursive: true });
+  const { store } = composeStore(backend, { concurrency: 16 });
   const repo = new Repository(store, { host: 'bench' });
   const pool = new EncodePool();
+  const opt = { consistency: 'crash' as const, windowMs: 3_600_000 };
   try {
-    // raw PUT of pack-sized objects, same concurrency as island's uploads
     const body = randomBytes(PACK);
     await store.put('warmup', body.subarray(0, 4096));
-    const sem = new Semaphore(INFLIGHT);
     const n = Math.max(1, Math.round(mib / 16));
-    let t0 = performance.now();
-    await Promise.all(Array.from({ length: n }, (_, i) => sem.run(() => store.put(`raw/${i}`, body))));
-    const rawSecs = (performance.now() - t0) / 1000;
-    const rawMiBs = (n * 16) / rawSecs;
+    const raw: number[] = [];
+    const snap: number[] = [];
+    let m: Manifest | undefined;
+    for (let rep = 0; rep < reps; rep++) {
+      // raw PUT of pack-sized objects, same concurrency as island's uploads
+      const sem = new Semaphore(INFLIGHT);
+      let t0 = performance.now();
+      await Promise.all(Array.from({ length: n }, (_, i) => sem.run(() => store.put(`raw/${rep}/${i}`, body))));
+      raw.push((n * 16) / ((performance.now() - t0) / 1000));
 
-    // island: a snapshot of `mib` MiB of incompressible changes
-    const g1 = (await acquireGeneration(repo, 'bench')).generation;
-    const v = await Volume.create(join(work, 'vol'), { name: 'bench', virtualSize: 4 * mib * MiB, generation: g1, flushIntervalMs: 0 });
-    await fill(v, 1, mib);
-    stats.reset();
-    t0 = performance.now();
-    const m = await takeSnapshot(repo, pool, { volume: v, generation: g1, parent: null, consistency: 'crash', windowMs: 3_600_000 });
-    const snapSecs = (performance.now() - t0) / 1000;
-    const snapMiBs = m.stats.uploadedBytes / MiB / snapSecs;
+      // island: a snapshot of `mib` MiB of incompressible changes
+      const name = `bench-${rep}`;
+      const g = (await acquireGeneration(repo, name)).generation;
+      const v = await Volume.create(join(work, name), { name, virtualSize: 4 * mib * MiB, generation: g, flushIntervalMs: 0 });
+      await fill(v, 1, mib);
+      t0 = performance.now();
+      m = await takeSnapshot(repo, pool, { volume: v, generation: g, parent: null, ...opt });
+      snap.push(m.stats.uploadedBytes / MiB / ((performance.now() - t0) / 1000));
+      await v.close();
+    }
 
-    // proportionality on a second volume: 1% then 100% of it changed
+    // proportionality on a second volume: 1% then 100% of it changed, alternating
     const sizeMiB = Math.max(100, Math.min(mib, 1024));
     const g2 = (await acquireGeneration(repo, 'prop')).generation;
     const w = await Volume.create(join(work, 'prop'), { name: 'prop', virtualSize: sizeMiB * MiB * 2, generation: g2, flushIntervalMs: 0 });
     await fill(w, 1, sizeMiB);
-    const base = await takeSnapshot(repo, pool, { volume: w, generation: g2, parent: null, consistency: 'crash', windowMs: 3_600_000 });
-    await fill(w, 1, Math.max(4, Math.round(sizeMiB / 100)));
-    t0 = performance.now();
-    const one = await takeSnapshot(repo, pool, { volume: w, generation: g2, parent: base, consistency: 'crash', windowMs: 3_600_000 });
-    const oneSecs = (performance.now() - t0) / 1000;
-    await fill(w, 1, sizeMiB);
-    t0 = performance.now();
-    const all = await takeSnapshot(repo, pool, { volume: w, generation: g2, parent: one, consistency: 'crash', windowMs: 3_600_000 });
-    const allSecs = (performance.now() - t0) / 1000;
-    await v.close();
+    let parent = await takeSnapshot(repo, pool, { volume: w, generation: g2, parent: null, ...opt });
+    const oneSecs: number[] = [];
+    const allSecs: number[] = [];
+    let one = parent;
+    let all = parent;
+    for (let rep = 0; rep < reps; rep++) {
+      await fill(w, 1, Math.max(4, Math.round(sizeMiB / 100)));
+      let t0 = performance.now();
+      one = parent = await takeSnapshot(repo, pool, { volume: w, generation: g2, parent, ...opt });
+      oneSecs.push((performance.now() - t0) / 1000);
+      await fill(w, 1, sizeMiB);
+      t0 = performance.now();
+      all = parent = await takeSnapshot(repo, pool, { volume: w, generation: g2, parent, ...opt });
+      allSecs.push((performance.now() - t0) / 1000);
+    }
     await w.close();
-
-    const report = {
-      swift: cfg.endpoint,
+    const rawMiBs = median(raw);
+    const snapMiBs = median(snap);
+    const secs1 = median(oneSecs);
+    const secs100 = median(allSecs);
+    return {
+      store: label,
       uploadsInFlight: INFLIGHT,
+      reps,
       rawPutMiBs: rawMiBs,
       snapshotMiBs: snapMiBs,
       snapshotVsRaw: snapMiBs / rawMiBs,
-      snapshotMiB: m.stats.uploadedBytes / MiB,
-      packs: m.stats.packs,
-      proportionality: { volumeMiB: sizeMiB, changed1pctMiB: one.stats.uploadedBytes / MiB, secs1pct: oneSecs, changed100pctMiB: all.stats.uploadedBytes / MiB, secs100pct: allSecs, timeRatio: allSecs / oneSecs, bytesRatio: all.stats.uploadedBytes / Math.max(1, one.stats.uploadedBytes) },
+      snapshotMiB: (m as Manifest).stats.uploadedBytes / MiB,
+      packs: (m as Manifest).stats.packs,
+      proportionality: {
+        volumeMiB: sizeMiB,
+        changed1pctMiB: one.stats.uploadedBytes / MiB,
+        secs1pct: secs1,
+        changed100pctMiB: all.stats.uploadedBytes / MiB,
+        secs100pct: secs100,
+        timeRatio: secs100 / secs1,
+        bytesRatio: all.stats.uploadedBytes / Math.max(1, one.stats.uploadedBytes),
+        ratio1pctOf100pct: secs1 / secs100,
+      },
     };
-    if (values.json) console.log(JSON.stringify(report));
-    else {
-      console.log(`snapshot upload vs raw PUT, one Swift (${cfg.endpoint}), ${INFLIGHT} uploads in flight, ${mib} MiB incompressible`);
-      console.log(`  raw PUT 16 MiB objects   ${rawMiBs.toFixed(1)} MiB/s`);
-      console.log(`  island snapshot          ${snapMiBs.toFixed(1)} MiB/s  (${report.snapshotMiB.toFixed(0)} MiB in ${m.stats.packs} packs)   ratio ${report.snapshotVsRaw.toFixed(2)}`);
-      const p = report.proportionality;
-      console.log(`  ${p.volumeMiB} MiB volume: 1% changed ${p.changed1pctMiB.toFixed(1)} MiB in ${p.secs1pct.toFixed(2)} s; 100% changed ${p.changed100pctMiB.toFixed(1)} MiB in ${p.secs100pct.toFixed(2)} s; time ratio ${p.timeRatio.toFixed(1)} for a bytes ratio of ${p.bytesRatio.toFixed(1)}`);
-    }
   } finally {
     await pool.close();
     await store.close();
+  }
+}
+
+function print(r: StoreReport, mib: number): void {
+  console.log(`snapshot upload vs raw PUT, ${r.store}, ${r.uploadsInFlight} uploads in flight, ${mib} MiB incompressible, median of ${r.reps}`);
+  console.log(`  raw PUT 16 MiB objects   ${r.rawPutMiBs.toFixed(1)} MiB/s`);
+  console.log(`  island snapshot          ${r.snapshotMiBs.toFixed(1)} MiB/s  (${r.snapshotMiB.toFixed(0)} MiB in ${r.packs} packs)   ratio ${r.snapshotVsRaw.toFixed(2)}`);
+  const p = r.proportionality;
+  console.log(
+    `  ${p.volumeMiB} MiB volume: 1% changed ${p.changed1pctMiB.toFixed(1)} MiB in ${p.secs1pct.toFixed(2)} s; 100% changed ${p.changed100pctMiB.toFixed(1)} MiB in ${p.secs100pct.toFixed(2)} s; 1% takes ${p.ratio1pctOf100pct.toFixed(3)} of 100% (bytes ratio ${p.bytesRatio.toFixed(1)})`,
+  );
+}
+
+const mib = Number(values.mib);
+const run = async (swiftCfg: { endpoint: string; region: string; accessKeyId: string; secretAccessKey: string } | undefined): Promise<void> => {
+  const work = await mkdtemp(join(tmpdir(), 'island-bench-snap-'));
+  try {
+    const out: StoreReport[] = [];
+    if (swiftCfg) out.push(await benchStore(`Swift (${swiftCfg.endpoint})`, new S3Store({ ...swiftCfg, bucket: `bench-snap-${Date.now().toString(36)}` }), mib, join(work, 'swift')));
+    if (stores.has('fs')) out.push(await benchStore('embedded directory store', new FsStore(join(work, 'store')), mib, join(work, 'fs')));
+    if (values.json) {
+      // The Swift figures at the top level (bench-report reads them there), the embedded store's beside them.
+      const [first, ...rest] = out;
+      console.log(JSON.stringify({ swift: swiftCfg?.endpoint ?? null, ...first, embedded: rest.find((r) => r.store.startsWith('embedded')) ?? null }));
+    } else for (const r of out) print(r, mib);
+  } finally {
     await rm(work, { recursive: true, force: true });
   }
-});
+};
+if (stores.has('swift')) await withSwift(values.swift, (cfg) => run(cfg));
+else await run(undefined);

@@ -4,17 +4,48 @@
  * concurrency, through the same S3 client island uses, against a real Swift.
  *
  *   npx tsx scripts/bench-store.ts [--swift swift.json] [--mib 256] [--concurrency 16]
+ *       [--attach 1,100] [--reps 3] [--stores swift,fs]
  *
  * Without --swift it starts a private Swift (scripts/swift.sh) and stops it after.
  * Prints MiB/s and request latency percentiles; `--json` for the report script.
+ *
+ * --attach N,...: the attach path against the same store, in units of one small GET of
+ * the same run (p50 of sequential 4 KiB GETs just before): for a volume holding N
+ * snapshots (10 per attach generation, each generation detached), the time from the
+ * start of an attach by another host (repo/attach.ts acquireGeneration: catalog,
+ * generations, claim, head) to its first read (cluster 0 of the restore base, through the
+ * restore fetcher with a cold node cache), and how many store requests that took. On Swift
+ * and on the embedded directory store (`--stores`); in this process, without the daemon,
+ * its CLI or FUSE (bench-restore times those). Medians of `--reps` attaches.
  */
 import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import type { Manifest } from '../src/format/records.js';
+import { acquireGeneration, releaseGeneration } from '../src/repo/attach.js';
+import { commitSnapshot } from '../src/repo/commit.js';
+import { Repository } from '../src/repo/repository.js';
+import { treeFetcher } from '../src/snapshot/restore.js';
+import { FsStore } from '../src/store/fs.js';
 import { S3Store } from '../src/store/s3.js';
 import { Semaphore } from '../src/store/limit.js';
+import { composeStore } from '../src/store/open.js';
+import type { ObjectStore } from '../src/store/types.js';
 import { withSwift } from './bench-swift.js';
 
-const { values } = parseArgs({ options: { swift: { type: 'string' }, mib: { type: 'string', default: '256' }, concurrency: { type: 'string', default: '16' }, json: { type: 'boolean', default: false } } });
+const { values } = parseArgs({
+  options: {
+    swift: { type: 'string' },
+    mib: { type: 'string', default: '256' },
+    concurrency: { type: 'string', default: '16' },
+    attach: { type: 'string' },
+    reps: { type: 'string', default: '3' },
+    stores: { type: 'string', default: 'swift,fs' },
+    json: { type: 'boolean', default: false },
+  },
+});
 
 function pct(xs: number[], p: number): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -33,7 +64,118 @@ async function phase(n: number, conc: number, fn: (i: number) => Promise<void>):
   return { secs: (performance.now() - t0) / 1000, lat };
 }
 
+interface AttachFigure {
+  store: string;
+  snapshots: number;
+  generations: number;
+  smallGetP50ms: number;
+  attachMs: number;
+  firstReadMs: number;
+  totalMs: number;
+  /** totalMs in small GETs of the same run. */
+  roundTrips: number;
+  requests: number;
+}
+
+/** The attach path on `backend` for a volume of `n` snapshots (see the header). */
+async function benchAttach(label: string, backend: () => ObjectStore, n: number): Promise<AttachFigure> {
+  const { store: writerStore } = composeStore(backend(), { concurrency: 16 });
+  const writer = new Repository(writerStore, { host: 'bench-writer' });
+  const C = 64 * 1024;
+  const name = `att-${n}-${Date.now().toString(36)}`;
+  const now = Date.now();
+  await writer.putVolume({ name, virtualSize: 1 << 30, clusterSize: C, region: writer.region, created: now, source: null, status: 'available', host: null, generation: 0, revision: 1 });
+  let parent: Manifest | null = null;
+  let generations = 0;
+  for (let made = 0; made < n; ) {
+    const att = await acquireGeneration(writer, name);
+    generations++;
+    parent = att.base;
+    for (let k = 0; k < 10 && made < n; k++, made++) {
+      const changes = [{ cluster: 0, data: randomBytes(C) }, { cluster: 1 + (made % 1000), data: randomBytes(C) }];
+      parent = await commitSnapshot(writer, { volume: name, generation: att.generation, parent, imageLength: 1 << 30, clusterSize: C, consistency: 'crash', changes, windowMs: 3_600_000 });
+    }
+    await releaseGeneration(writer, name, att.generation);
+  }
+  await writer.store.put('rtt', randomBytes(4096));
+  const lat: number[] = [];
+  for (let i = 0; i < 20; i++) {
+    const t = performance.now();
+    await writer.store.get('rtt');
+    lat.push(performance.now() - t);
+  }
+  await writerStore.close();
+
+  // Another host, with a cold cache, attaches and reads the first cluster, then detaches;
+  // `--reps` times (medians).
+  const attachMs: number[] = [];
+  const readMs: number[] = [];
+  const reqs: number[] = [];
+  for (let rep = 0; rep < Number(values.reps); rep++) {
+    const { store, stats } = composeStore(backend(), { concurrency: 16 });
+    const reader = new Repository(store, { host: 'bench-reader' });
+    if (!(await reader.store.conditionalPut())) await reader.registerHost(); // the per-store probe, once per process in a daemon
+    stats.reset();
+    const t0 = performance.now();
+    const att = await acquireGeneration(reader, name);
+    const t1 = performance.now();
+    if (!att.base) throw new Error('no restore base');
+    await treeFetcher(reader, att.base).fetch(0, 1, new AbortController().signal);
+    const t2 = performance.now();
+    reqs.push(Object.values(stats.snapshot()).reduce((a, o) => a + o.requests, 0));
+    attachMs.push(t1 - t0);
+    readMs.push(t2 - t1);
+    await releaseGeneration(reader, name, att.generation);
+    await store.close();
+  }
+  const t1 = pct(attachMs, 50);
+  const t2 = pct(readMs, 50);
+  const requests = pct(reqs, 50);
+  const p50 = pct(lat, 50);
+  return { store: label, snapshots: n, generations, smallGetP50ms: p50, attachMs: t1, firstReadMs: t2, totalMs: t1 + t2, roundTrips: (t1 + t2) / p50, requests };
+}
+
+async function attachFigures(cfg: { endpoint: string; region: string; accessKeyId: string; secretAccessKey: string } | undefined): Promise<AttachFigure[]> {
+  const out: AttachFigure[] = [];
+  const counts = (values.attach ?? '').split(',').filter(Boolean).map(Number);
+  const stores = new Set(values.stores.split(','));
+  const dir = await mkdtemp(join(tmpdir(), 'island-bench-attach-'));
+  try {
+    const bucket = `bench-att-${Date.now().toString(36)}`;
+    for (const n of counts) {
+      if (cfg && stores.has('swift')) out.push(await benchAttach('Swift', () => new S3Store({ ...cfg, bucket }), n));
+      if (stores.has('fs')) out.push(await benchAttach('embedded directory store', () => new FsStore(join(dir, 'store')), n));
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+  return out;
+}
+
+function printAttach(figs: AttachFigure[]): void {
+  if (!figs.length) return;
+  console.log('attach to first read (another host, cold cache), in small GETs of the same run');
+  for (const f of figs) {
+    console.log(
+      `  ${f.store.padEnd(26)} ${String(f.snapshots).padStart(5)} snapshots (${f.generations} generations): attach ${f.attachMs.toFixed(1)} ms + first read ${f.firstReadMs.toFixed(1)} ms = ${f.totalMs.toFixed(1)} ms = ${f.roundTrips.toFixed(1)} small GETs (p50 ${f.smallGetP50ms.toFixed(2)} ms), ${f.requests} requests`,
+    );
+  }
+}
+
+if (values.attach && !values.stores.split(',').includes('swift')) {
+  const figs = await attachFigures(undefined);
+  if (values.json) console.log(JSON.stringify({ attach: figs }));
+  else printAttach(figs);
+  process.exit(0);
+}
+
 await withSwift(values.swift, async (cfg) => {
+  if (values.attach) {
+    const figs = await attachFigures(cfg);
+    if (values.json) console.log(JSON.stringify({ attach: figs }));
+    else printAttach(figs);
+    return;
+  }
   const conc = Number(values.concurrency);
   const n = Number(values.mib);
   const store = new S3Store({ ...cfg, bucket: `bench-${Date.now().toString(36)}`, maxSockets: conc });

@@ -177,7 +177,7 @@ export class Attachments {
     if (domain !== undefined) await this.snapshots.virsh().checkUses(domain, mountFile(ctx.config, rec.name));
     await this.exclusive(rec.name, async () => {
       if (ctx.attached.has(rec.name)) throw new IslandError('BUSY', `volume ${rec.name} is already attached on this host`, { details: { volume: rec.name } });
-      const att = await acquireGeneration(ctx.repo, rec.name, { force: req.force ?? false, allowRollback: req.allowRollback ?? false });
+      const att = await acquireGeneration(ctx.repo, rec.name, { force: req.force ?? false, allowRollback: req.allowRollback ?? false, catalogBeside: true });
       crashPoint('attach.claimed');
       const alog = ctx.log.child({ volume: rec.name, generation: att.generation });
       if (att.tookOverFrom) alog.warn({ from: att.tookOverFrom }, 'forced attach: the previous host must be fenced');
@@ -185,7 +185,8 @@ export class Attachments {
       if (att.head.unlinked.length) alog.warn({ unlinked: att.head.unlinked }, 'the chain of snapshots has a lost or damaged link (the manifest stood in for it): run island fsck --repair');
       if (req.allowRollback && att.head.uncertain.length) alog.warn({ evidence: att.head.uncertain, base: att.base?.id ?? null }, 'attach allowed to roll back to an older snapshot on request');
       try {
-        await this.attachAs(rec, { ...req, domain }, att.generation, att.base);
+        const catalog = att.catalog.catch((err: unknown) => alog.warn({ err }, 'the catalog record was not updated (a hint only)'));
+        await Promise.all([this.attachAs(rec, { ...req, domain }, att.generation, att.base), catalog]);
         if (domain !== undefined) this.snapshots.watchDomain(domain);
       } catch (err) {
         // Nothing was served under the generation just taken: hand it back, so a later
@@ -253,8 +254,9 @@ export class Attachments {
       }
     }
     if (!volume && base) {
-      await checkUndamaged(repo, base);
-      await fills.pinBase(base);
+      // The damage check and the pin at once: a damaged base fails the attach, and its pin
+      // (an attach pin, kept at most its lifetime) only delays the collection of that snapshot.
+      await Promise.all([checkUndamaged(repo, base), fills.pinBase(base)]);
       // The base is the committed snapshot from the start: one state record says both.
       volume = await Volume.create(dir, {
         name,

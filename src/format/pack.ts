@@ -443,7 +443,7 @@ export function checkPackFrames(bytes: Buffer, kind: PackKind): FrameReport {
 
 export interface BuiltPack {
   readonly bytes: Buffer;
-  /** SHA-256 of bytes; hex(id) names the object. */
+  /** SHA-256 of bytes, computed when first read (the repository names packs by random ids). */
   readonly id: Buffer;
   readonly entries: PackEntry[];
   readonly footer: PackFooter;
@@ -549,6 +549,15 @@ export class PackBuilder {
       trailerHash,
       packSize: bytes.length,
     };
-    return { bytes, id: sha256(bytes), entries: [...this.entries], footer };
+    let id: Buffer | undefined;
+    return {
+      bytes,
+      get id(): Buffer {
+        id ??= sha256(bytes);
+        return id;
+      },
+      entries: [...this.entries],
+      footer,
+    };
   }
 }

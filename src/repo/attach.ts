@@ -25,6 +25,8 @@ import type { OpOptions } from '../store/types.js';
 import { sleep as realSleep } from '../util/sleep.js';
 import { MAX_CLAIM_ROUNDS } from './keys.js';
 import type { Repository } from './repository.js';
+import { lookup } from '../format/tree.js';
+import { manifestTree } from './commit.js';
 import { highestGeneration, resolveHead, type Head, type HeadOptions } from './snapshots.js';
 
 /** A generation record never expires by time: it is ended by a detach record. */
@@ -46,6 +48,11 @@ export interface AttachOptions extends HeadOptions {
   random?: () => number;
   /** Sleep (simulations pass a virtual one). */
   sleep?: (ms: number, signal?: AbortSignal) => Promise<void>;
+  /**
+   * Return before the catalog record is written (`Attachment.catalog` settles when it is):
+   * for a caller that sets up meanwhile and writes that record itself no sooner.
+   */
+  catalogBeside?: boolean;
 }
 
 export interface Attachment {
@@ -61,20 +68,22 @@ export interface Attachment {
    * registered and the store reads a new object after its write; docs/protocols.md).
    */
   claim: 'conditional-put' | 'claim-rounds';
+  /** The catalog record's update (a hint for the next reader); still running with catalogBeside: await it. */
+  catalog: Promise<void>;
 }
 
 export async function acquireGeneration(repo: Repository, volume: string, opts: AttachOptions = {}): Promise<Attachment> {
   const rec = await repo.getVolume(volume, opts);
-  const g = await highestGeneration(repo, volume, rec?.generation ?? 0, opts);
+  // The highest generation, its record and its detach record, in one round trip when the
+  // catalog's hint is right (the usual case).
+  const { generation: g, holder, detached } = await probeGenerations(repo, volume, rec?.generation ?? 0, opts);
   let tookOverFrom: string | null = null;
   if (g > 0) {
-    const holder = await repo.getGeneration(volume, g, opts);
     if (!holder) {
-      // highestGeneration just read it: a store that loses sight of a new object is no
-      // ground to decide who holds the volume on.
+      // The probe just read it: a store that loses sight of a new object is no ground to
+      // decide who holds the volume on.
       throw new IslandError('BUSY', `generation ${g} of ${volume} was found and then read as missing; try again`, { details: { volume, generation: g } });
     }
-    const detached = await repo.getDetached(volume, g, opts);
     if (!detached && holder.host !== repo.host) {
       if (!opts.force) {
         throw new IslandError('ATTACHED_ELSEWHERE', `volume ${volume} is attached on host ${holder.host} (generation ${g}); detach it there, or fence that host and attach with --force`, { details: { volume, host: holder.host, generation: g } });
@@ -82,6 +91,12 @@ export async function acquireGeneration(repo: Repository, volume: string, opts: 
       tookOverFrom = holder.host;
     }
   }
+  // After a detach (or on a new volume) nothing more is committed under generations <= g:
+  // the detach record is written after the final snapshot's link. The head is then read
+  // while the claim runs, and used only once the claim is won. Otherwise (a forced
+  // attach, or this host's own attach that never detached) the holder may still commit
+  // until g + 1 exists, so the head is read after the claim.
+  const early = g === 0 || detached !== undefined ? settle(resolveHead(repo, volume, g + 1, opts)) : undefined;
   const now = repo.now();
   const lease: Lease = { volume, host: repo.host, generation: g + 1, created: now, expires: now + FOREVER_MS };
   const conditional = await repo.store.conditionalPut(opts);
@@ -95,18 +110,57 @@ export async function acquireGeneration(repo: Repository, volume: string, opts: 
   }
   let head: Head;
   try {
-    head = await resolveHead(repo, volume, g + 1, opts);
+    head = early ? unsettle(await early) : await resolveHead(repo, volume, g + 1, opts);
   } catch (err) {
     // Nothing was written under g + 1: hand it back, so the volume is not left held by a
     // host that could not attach it (another host, or this one after fsck --repair, may).
     await releaseGeneration(repo, volume, g + 1, opts).catch(() => undefined);
     throw err;
   }
-  if (rec) {
-    const next: VolumeRecord = { ...rec, status: 'attached', host: repo.host, generation: g + 1, revision: rec.revision + 1 };
-    await repo.putVolume(next, opts);
-  }
-  return { generation: g + 1, head, base: head.live, tookOverFrom, claim: conditional ? 'conditional-put' : 'claim-rounds' };
+  // The restore base's tree root and the path to cluster 0 (the image header, the first
+  // thing a reader asks for) go into the node cache while the caller sets up.
+  if (head.live) lookup(manifestTree(head.live), 0, repo.nodeReader()).catch(() => undefined);
+  // The catalog record is a hint for the next reader: written beside the caller's set-up.
+  const catalog = rec ? repo.putVolume({ ...rec, status: 'attached', host: repo.host, generation: g + 1, revision: rec.revision + 1 }, opts) : Promise.resolve();
+  if (opts.catalogBeside) catalog.catch(() => undefined); // the caller awaits it
+  else await catalog;
+  return { generation: g + 1, head, base: head.live, tookOverFrom, claim: conditional ? 'conditional-put' : 'claim-rounds', catalog };
+}
+
+type Settled<T> = { ok: true; value: T } | { ok: false; err: unknown };
+
+/** A promise that never rejects (a result read later, or never). */
+function settle<T>(p: Promise<T>): Promise<Settled<T>> {
+  return p.then(
+    (value) => ({ ok: true as const, value }),
+    (err: unknown) => ({ ok: false as const, err }),
+  );
+}
+
+function unsettle<T>(s: Settled<T>): T {
+  if (!s.ok) throw s.err;
+  return s.value;
+}
+
+/**
+ * The highest generation of a volume (docs/protocols.md, "Attach" step 1) with its record
+ * and detach record. The hint's generation, the next one and the hint's detach record are
+ * read at once; when the hint is the highest that is all. Otherwise the probe steps back
+ * while the hinted record is missing and forward while the next one exists, as
+ * highestGeneration does, and reads the two records of the generation it stops at.
+ */
+async function probeGenerations(repo: Repository, volume: string, hint: number, opts: OpOptions): Promise<{ generation: number; holder: Lease | undefined; detached: Lease | undefined }> {
+  const h = Math.max(0, hint);
+  const [atHint, next, detachedAtHint] = await Promise.all([
+    h > 0 ? repo.getGeneration(volume, h, opts) : Promise.resolve(undefined),
+    repo.getGeneration(volume, h + 1, opts),
+    h > 0 ? repo.getDetached(volume, h, opts) : Promise.resolve(undefined),
+  ]);
+  if ((h === 0 || atHint) && !next) return { generation: h, holder: atHint, detached: detachedAtHint };
+  const g = await highestGeneration(repo, volume, h, opts);
+  if (g === 0) return { generation: 0, holder: undefined, detached: undefined };
+  const [holder, detached] = await Promise.all([repo.getGeneration(volume, g, opts), repo.getDetached(volume, g, opts)]);
+  return { generation: g, holder, detached };
 }
 
 const warned = new Set<string>();
@@ -145,16 +199,21 @@ async function claimByRounds(repo: Repository, l: Lease, opts: AttachOptions): P
   }
   for (let r = 0; r < MAX_CLAIM_ROUNDS; r++) {
     // 2. a generation already won ends the attempt (the caller starts again from g).
-    if (await repo.getGeneration(volume, n, opts)) throw busy(volume, n, 'another host won it');
     // 3. a round this host took part in before (an earlier, abandoned attempt) is lost,
     //    but, like any lost round, passed only once the others' verdicts are known (6).
-    const before = await repo.getClaim(volume, n, r, repo.host, opts);
-    // 4. claim, then read the claim of every other contender this round.
+    //    Both are reads before this round's claim: made at once.
+    const [won, before] = await Promise.all([repo.getGeneration(volume, n, opts), repo.getClaim(volume, n, r, repo.host, opts)]);
+    if (won) throw busy(volume, n, 'another host won it');
+    // 4. claim, then read the claim of every other contender this round: every read
+    //    starts after the claim's PUT returned, all at once; the claimants only the
+    //    listing shows are read as soon as it answers.
     if (!before) await repo.putClaim(l, r, opts);
-    const contenders = new Set([...hosts, ...(await repo.listClaimants(volume, n, r, opts))]);
-    contenders.delete(repo.host);
-    const seen: string[] = [];
-    for (const h of [...contenders].sort()) if (await repo.getClaim(volume, n, r, h, opts)) seen.push(h);
+    const claimed = (h: string): Promise<boolean> => repo.getClaim(volume, n, r, h, opts).then((c) => c !== undefined);
+    const registered = [...new Set(hosts)].filter((h) => h !== repo.host);
+    const [listed, registeredSeen] = await Promise.all([repo.listClaimants(volume, n, r, opts), Promise.all(registered.map(claimed))]);
+    const extra = [...new Set(listed)].filter((h) => h !== repo.host && !registered.includes(h));
+    const extraSeen = await Promise.all(extra.map(claimed));
+    const seen = [...registered.filter((_, i) => registeredSeen[i]), ...extra.filter((_, i) => extraSeen[i])].sort();
     // 5. alone in a round this host had not claimed before: it won generation n. Only
     //    the winner writes its record.
     if (!before && seen.length === 0) {

@@ -3,19 +3,23 @@
  *
  *  1. If the snapshot has a parent whose blobs it reuses: write an upload pin on the
  *     parent, then check the parent has no tombstone (a tombstone written before the pin
- *     was seen: abort with SNAPSHOT_DELETED; the caller uploads in full instead).
+ *     was seen: abort with SNAPSHOT_DELETED; the caller uploads in full instead). This
+ *     guard runs beside step 2 (nothing names the parent's blobs before the manifest); a
+ *     failed guard stops the upload and is the snapshot's error.
  *  2. Pack the changed clusters' blobs (data packs) and the changed tree nodes
- *     (metadata packs); upload every pack.
+ *     (metadata packs); upload every pack. The last data and metadata packs go up together.
  *     An upload that runs longer than W/2 writes a checkpoint (the packs written so far)
  *     every W/2, so GC keeps them; GC keeps any pack younger than G anyway.
  *  3. Before committing, if more than the window W passed since the pin: re-check the
  *     tombstone and renew the pin, or abort. If more than W passed since the packs were
  *     last protected (first pack issued, or last checkpoint), abort: GC may have taken them.
- *  4. Fencing: if a newer generation of the volume exists, abort with FENCED.
- *  5. Write the manifest (the commit point: it references only objects already durable).
+ *  4. Fencing: if a newer generation of the volume exists, abort with FENCED. Its two reads
+ *     run beside the upload of the last packs.
+ *  5. Write the manifest (the commit point: it references only objects already durable),
+ *     once the guard of step 1 has passed.
  *  6. Write the chain link (a copy of the manifest under a name fixed by parent and
- *     generation, so readers find the newest snapshot without listings).
- *  7. Remove the pin.
+ *     generation, so readers find the newest snapshot without listings), and
+ *  7. remove the pin, beside it.
  */
 import { IslandError } from '../errors.js';
 import type { Manifest, Qcow2Facts, SnapshotRef, Consistency, Pin } from '../format/records.js';
@@ -89,7 +93,6 @@ export async function commitSnapshot(repo: Repository, req: CommitRequest): Prom
   }
   // The snapshot whose tree this one starts from and whose blobs it reuses.
   const parent = req.parent ?? req.from ?? null;
-  const signal = req.signal;
   let pin: Pin | undefined;
   const writePin = async (): Promise<void> => {
     if (!parent || req.breakage?.skipPin) return;
@@ -113,12 +116,30 @@ export async function commitSnapshot(repo: Repository, req: CommitRequest): Prom
     pin = undefined;
   };
 
+  // Failing the guard (the parent was deleted) stops the upload at once.
+  const stop = new AbortController();
+  const signal = req.signal ? AbortSignal.any([req.signal, stop.signal]) : stop.signal;
   try {
-    // 1. pin, then check (in this order: a tombstone written after the check is
-    //    held off by the pin, one written before it is seen by the check).
-    await writePin();
-    await checkParent();
-    const pinnedAt = repo.now();
+    // 1. pin, then check (in this order: a tombstone written after the check is held off
+    //    by the pin, one written before it is seen by the check). Nothing refers to the
+    //    parent's blobs before the manifest, so the upload runs meanwhile; the manifest
+    //    waits for the guard.
+    let pinnedAt = 0;
+    const guard = (async (): Promise<void> => {
+      await writePin();
+      await checkParent();
+      pinnedAt = repo.now();
+    })();
+    guard.catch((err: unknown) => stop.abort(err));
+    // The guard's failure is the snapshot's: the upload then fails only because it stopped.
+    const guarded = async <T>(p: Promise<T>): Promise<T> => {
+      try {
+        return await p;
+      } catch (err) {
+        await guard;
+        throw err;
+      }
+    };
 
     // 2. data and tree, with checkpoints for long uploads.
     let protectedSince: number | undefined;
@@ -141,6 +162,7 @@ export async function commitSnapshot(repo: Repository, req: CommitRequest): Prom
           await repo.putCheckpoint(checkpointRecord(repo, req, id, at, listed), checkpoints++, { signal });
           protectedSince = at;
         });
+        checkpointing.catch(() => undefined); // awaited before the commit point
       }
     };
     const data = repo.packSink('data', { signal, onPack, onIssue });
@@ -177,15 +199,15 @@ export async function commitSnapshot(repo: Repository, req: CommitRequest): Prom
         }
       }
     }
-    const built = await buildTree(parentTree, shape, entries(), reader, meta, { signal });
-    const dataPacks = await data.flush();
-    const metaPacks = await meta.flush();
+    const built = await guarded(buildTree(parentTree, shape, entries(), reader, meta, { signal }));
+    // The last packs, both kinds at once, and 4. fencing beside them: this host must still
+    // hold its generation (a forced attach elsewhere takes the next one); the daemon
+    // checked it before the first pack too.
+    const [dataPacks, metaPacks] = await guarded(Promise.all([data.flush(), meta.flush(), checkHolds(repo, req.volume, req.generation, { signal })]));
     crashPoint('snapshot.packs-uploaded');
-    await checkpointing;
+    await guarded(checkpointing);
+    await guard;
 
-    // 4. fencing: this host must still hold its generation (a forced attach elsewhere
-    //    takes the next one); the daemon checked it before the first pack too.
-    await checkHolds(repo, req.volume, req.generation, { signal });
     // 3. window: re-check the parent and renew the pin if W passed since the check.
     if (parent && repo.now() - pinnedAt > req.windowMs) {
       await checkParent();
@@ -216,12 +238,14 @@ export async function commitSnapshot(repo: Repository, req: CommitRequest): Prom
     };
     await repo.putManifest(manifest, { signal });
     crashPoint('snapshot.manifest-written');
-    await repo.putLink(manifest, { signal });
+    // 6. the link, and 7. the unpin beside it: the manifest now holds the parent's blobs.
+    await Promise.all([repo.putLink(manifest, { signal }), releasePin()]);
     // Checkpoints stay: GC removes them once older than G. Deleting them here would open a
     // window where a GC that listed manifests before this commit and checkpoints after
     // this delete protects the packs by neither.
     return manifest;
   } finally {
+    stop.abort(); // uploads still in flight after a failure are of no use
     await releasePin();
   }
 }

@@ -13,11 +13,11 @@ import type { Repository } from './repository.js';
 
 /** Throws FENCED when this host no longer holds `generation` of `volume`. */
 export async function checkHolds(repo: Repository, volume: string, generation: number, opts: OpOptions = {}): Promise<void> {
-  const holder = await repo.getGeneration(volume, generation, opts);
+  // Both reads at once: each answers on its own (g must name this host, g + 1 must not exist).
+  const [holder, next] = await Promise.all([repo.getGeneration(volume, generation, opts), repo.getGeneration(volume, generation + 1, opts)]);
   if (holder?.host !== repo.host) {
     throw new IslandError('FENCED', `generation ${generation} of ${volume} is held by ${holder?.host ?? 'nobody'}, not ${repo.host}`, { details: { volume, generation, holder: holder?.host ?? null } });
   }
-  const next = await repo.getGeneration(volume, generation + 1, opts);
   if (next) {
     throw new IslandError('FENCED', `volume ${volume} was taken by host ${next.host} (generation ${generation + 1}): this host (generation ${generation}) may no longer write or commit it`, {
       details: { volume, generation, holder: next.host },

@@ -34,10 +34,12 @@ import { collectNodeRefs } from '../format/tree.js';
 import { hex } from '../format/location.js';
 import { FOOTER_LEN, TRAILER_ENTRY_LEN } from '../format/pack.js';
 import { decodeManifest, decodeTombstone, type Tombstone } from '../format/records.js';
+import { Semaphore } from '../store/limit.js';
 import { listAll, type OpOptions } from '../store/types.js';
 import { manifestTree } from './commit.js';
-import { keys, parseLinkKey, parseManifestKey, parsePackKey } from './keys.js';
+import { keys, parseLinkKey, parsePackKey } from './keys.js';
 import { allPacksExist } from './snapshots.js';
+import { MANIFEST_READS, readManifests, type ManifestKey } from './manifests.js';
 import { PackUsage } from './pack-usage.js';
 import type { Repository } from './repository.js';
 import { crashPoint } from '../util/crash.js';
@@ -102,7 +104,7 @@ export interface GcReport {
   manifestsDeleted: number;
   tombstonesDeleted: number;
   checkpointsDeleted: number;
-  /** Released snapshots whose packs are not all gone yet (lagging listing): kept for the next GC. */
+  /** Released snapshots some of whose packs are still live (through a later snapshot) or not yet gone (lagging listing): their tombstones are kept for a later GC. */
   releasedDeferred: number;
 }
 
@@ -155,16 +157,12 @@ export async function collectGarbage(repo: Repository, opts: GcOptions): Promise
   const pinned = new Set((await repo.listPins(undefined, { signal })).filter((p) => p.expires > now).map((p) => p.snapshot));
   const roots: Manifest[] = [];
   const releasedManifests: { volume: string; id: string }[] = [];
-  for await (const o of listAll(repo.store, keys.manifestsPrefix(), { signal })) {
-    const k = parseManifestKey(o.key);
-    if (!k) continue;
-    if (released(k.id) && !pinned.has(k.id)) {
-      releasedManifests.push(k);
-      continue;
-    }
-    const m = await repo.getManifest(k.volume, k.id, { signal });
-    if (m) roots.push(m);
-  }
+  const skip = (k: ManifestKey): boolean => {
+    if (!released(k.id) || pinned.has(k.id)) return false;
+    releasedManifests.push(k);
+    return true;
+  };
+  roots.push(...(await readManifests(repo, undefined, { signal, skip })));
   // 2b. snapshots whose manifest is lost (or not listed yet) while their chain link remains:
   //     the link holds the manifest's copy (fsck --repair writes it back), and the packs they
   //     wrote may be the only copy of the volume's newest data. While those packs remain
@@ -172,6 +170,7 @@ export async function collectGarbage(repo: Repository, opts: GcOptions): Promise
   //     gone is a snapshot an earlier GC collected. A link that does not decode stops GC:
   //     what it protects cannot be known.
   const known = new Set([...roots.map((m) => m.id), ...releasedManifests.map((r) => r.id)]);
+  const releasedLinks: Manifest[] = [];
   for await (const o of listAll(repo.store, keys.allLinksPrefix, { signal })) {
     const k = parseLinkKey(o.key);
     if (!k) continue;
@@ -181,8 +180,14 @@ export async function collectGarbage(repo: Repository, opts: GcOptions): Promise
     } catch (err) {
       throw new IslandError('FORMAT_CORRUPT', `GC stopped: the chain link ${o.key} cannot be read (${(err as Error).message}); it may be the only record of a snapshot whose packs GC would delete. Run island fsck --repair first`, { cause: err, details: { key: o.key } });
     }
-    if (!m || known.has(m.id) || tombstones.has(m.id)) continue;
+    if (!m || known.has(m.id)) continue;
     known.add(m.id);
+    if (tombstones.has(m.id)) {
+      // A released snapshot whose manifest an earlier run removed: its tombstone waits
+      // for its packs to go (step 5), and the link says which packs those are.
+      if (released(m.id)) releasedLinks.push(m);
+      continue;
+    }
     if (await allPacksExist(repo, m, { signal })) roots.push(m);
   }
   progress('roots', roots.length);
@@ -288,27 +293,28 @@ export async function collectGarbage(repo: Repository, opts: GcOptions): Promise
     crashPoint('gc.swept-batch');
     progress('sweep', i + part.length, doomed.length);
   }
-  // 5. manifests, then tombstones, of released snapshots whose packs are settled: each is
-  //    live (kept for a remaining snapshot) or gone. A pack of a released snapshot that is
-  //    neither (the listing lagged, or it is younger than G) keeps the manifest and the
-  //    tombstone for the next GC: without them the snapshot would look like one whose
-  //    manifest was lost (its link and packs remain), and attach would refuse the volume.
-  const settled: { volume: string; id: string }[] = [];
+  // 5. the manifests of released snapshots, then the tombstones of those whose packs are
+  //    all gone. A released snapshot some of whose packs are live (kept for a remaining
+  //    snapshot) or still there (the listing lagged, or they are younger than G) keeps its
+  //    tombstone for a later GC, which finds its packs through its chain link: without the
+  //    tombstone its link and packs would look like a snapshot whose manifest was lost, a
+  //    root to GC and evidence to attach, once the snapshot keeping its packs live is
+  //    collected too.
+  const sem = new Semaphore(MANIFEST_READS);
+  const manifests = await Promise.all(releasedManifests.map((r) => sem.run(() => repo.getManifest(r.volume, r.id, { signal }).catch(() => undefined), signal)));
   for (const r of releasedManifests) {
-    const m = await repo.getManifest(r.volume, r.id, { signal }).catch(() => undefined);
-    if (m && (await someUnsettled(repo, m, usage, signal))) {
-      report.releasedDeferred++;
-      continue;
-    }
-    settled.push(r);
-  }
-  for (const r of settled) {
     await repo.store.delete(keys.manifest(r.volume, r.id), { signal });
     report.manifestsDeleted++;
   }
-  if (settled.length) crashPoint('gc.manifests-removed');
-  for (const r of settled) {
-    await repo.store.delete(keys.tombstone(r.id), { signal });
+  if (releasedManifests.length) crashPoint('gc.manifests-removed');
+  const candidates = [...releasedManifests.map((r, i) => ({ id: r.id, m: manifests[i] })), ...releasedLinks.map((m) => ({ id: m.id, m }))];
+  const unsettled = await Promise.all(candidates.map((c) => sem.run(async () => c.m !== undefined && (await someUnsettled(repo, c.m, usage, signal)), signal)));
+  for (const [i, c] of candidates.entries()) {
+    if (unsettled[i]) {
+      report.releasedDeferred++;
+      continue;
+    }
+    await repo.store.delete(keys.tombstone(c.id), { signal });
     report.tombstonesDeleted++;
   }
   if (staleCheckpoints.length) await repo.store.deleteMany(staleCheckpoints, { signal });
@@ -317,11 +323,11 @@ export async function collectGarbage(repo: Repository, opts: GcOptions): Promise
   return report;
 }
 
-/** Whether a pack `m` wrote is neither live (marked) nor gone from the store. */
+/** Whether a pack `m` wrote is still live (marked) or still in the store. */
 async function someUnsettled(repo: Repository, m: Manifest, usage: PackUsage, signal: AbortSignal | undefined): Promise<boolean> {
   for (const p of m.packs) {
     const id = hex(p);
-    if (usage.has(`data/${id}`) || usage.has(`meta/${id}`)) continue;
+    if (usage.has(`data/${id}`) || usage.has(`meta/${id}`)) return true;
     if (await repo.store.head(keys.pack('data', p), { signal })) return true;
     if (await repo.store.head(keys.pack('metadata', p), { signal })) return true;
   }

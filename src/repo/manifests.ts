@@ -57,3 +57,11 @@ export async function readManifests(repo: Repository, volume?: string, opts: Rea
   for (const m of await Promise.all(reads)) if (m) out.push(m);
   return out;
 }
+
+/** The listed manifests of `volume` (or all) without a tombstone: the tombstones read MANIFEST_READS at a time too. */
+export async function readLiveManifests(repo: Repository, volume?: string, opts: ReadManifestsOptions = {}): Promise<Manifest[]> {
+  const all = await readManifests(repo, volume, opts);
+  const sem = new Semaphore(opts.concurrency ?? MANIFEST_READS);
+  const deleted = await Promise.all(all.map((m) => sem.run(async () => (await repo.getTombstone(m.id, opts)) !== undefined, opts.signal)));
+  return all.filter((_, i) => !deleted[i]);
+}

@@ -10,8 +10,8 @@
  */
 import { asIslandError } from '../errors.js';
 import type { Manifest } from '../format/records.js';
-import { listAll, type OpOptions } from '../store/types.js';
-import { keys, parseManifestKey } from './keys.js';
+import type { OpOptions } from '../store/types.js';
+import { readLiveManifests } from './manifests.js';
 import type { Repository } from './repository.js';
 import { applyRetention, describeReasons, type KeepReason, type RetentionPolicy } from './retention.js';
 import { deleteSnapshot, pinHolder } from './snapshots.js';
@@ -40,14 +40,7 @@ export interface PruneReport {
 
 /** The volume's snapshots without a tombstone, as the listing shows them. */
 export async function liveSnapshots(repo: Repository, volume: string, opts: OpOptions = {}): Promise<Manifest[]> {
-  const out: Manifest[] = [];
-  for await (const o of listAll(repo.store, keys.manifestsPrefix(volume), opts)) {
-    const k = parseManifestKey(o.key);
-    if (!k || k.volume !== volume) continue;
-    const m = await repo.getManifest(volume, k.id, opts);
-    if (m && !(await repo.getTombstone(m.id, opts))) out.push(m);
-  }
-  return out;
+  return readLiveManifests(repo, volume, opts);
 }
 
 export async function pruneSnapshots(repo: Repository, volume: string, policy: RetentionPolicy, opts: PruneOptions = {}): Promise<PruneReport> {

@@ -6,6 +6,7 @@ import { codeOf, IslandError } from '../errors.js';
 import type { Manifest, Pin, Tombstone } from '../format/records.js';
 import { listAll, type OpOptions } from '../store/types.js';
 import { keys, parseLinkKey, parseManifestKey } from './keys.js';
+import { readManifests } from './manifests.js';
 import type { Repository } from './repository.js';
 
 /** Find a snapshot by id alone (the listing is a hint; the manifest read is the proof). */
@@ -127,16 +128,21 @@ export async function resolveHead(repo: Repository, volume: string, maxGeneratio
   const walk = async (): Promise<void> => {
     for (;;) {
       const at = chain.at(-1) ?? null;
-      const children: Manifest[] = [];
-      for (let g = maxGeneration; g >= Math.max(1, at?.generation ?? 1); g--) {
-        try {
-          const child = await repo.getLink(volume, at?.id ?? null, g, opts);
-          if (child) children.push(child);
-        } catch (err) {
-          if (!DAMAGED.has(codeOf(err))) throw err;
-          damaged.set(keys.link(volume, at?.id ?? null, g), { parent: at?.id ?? null, generation: g, why: (err as Error).message });
-        }
-      }
+      // Every generation's link from here at once (names are computable): one round trip a step.
+      const gens: number[] = [];
+      for (let g = maxGeneration; g >= Math.max(1, at?.generation ?? 1); g--) gens.push(g);
+      const found = await Promise.all(
+        gens.map(async (g) => {
+          try {
+            return await repo.getLink(volume, at?.id ?? null, g, opts);
+          } catch (err) {
+            if (!DAMAGED.has(codeOf(err))) throw err;
+            damaged.set(keys.link(volume, at?.id ?? null, g), { parent: at?.id ?? null, generation: g, why: (err as Error).message });
+            return undefined;
+          }
+        }),
+      );
+      const children = found.filter((c): c is Manifest => c !== undefined); // highest generation first
       if (children.length === 0) return;
       if (children.length > 1) forks.push({ parent: at?.id ?? null, children: children.map((c) => ({ id: c.id, generation: c.generation })) });
       for (const c of children) reached.add(c.id);
@@ -174,8 +180,8 @@ export async function resolveHead(repo: Repository, volume: string, maxGeneratio
   let laterManifest = false;
   for (let i = chain.length - 1; i >= 0; i--) {
     const m = chain[i] as Manifest;
-    const deleted = (await repo.getTombstone(m.id, opts)) !== undefined;
-    const manifest = await repo.getManifest(volume, m.id, opts);
+    const [tombstone, manifest] = await Promise.all([repo.getTombstone(m.id, opts), repo.getManifest(volume, m.id, opts)]);
+    const deleted = tombstone !== undefined;
     if (manifest && !deleted) {
       live = m;
       break;
@@ -211,17 +217,15 @@ export async function allPacksExist(repo: Repository, m: Manifest, opts: OpOptio
 /** Listed manifests of the volume the walk did not reach (a damaged one is evidence). */
 async function unreached(repo: Repository, volume: string, reached: ReadonlySet<string>, evidence: string[], opts: OpOptions): Promise<Map<string, Manifest>> {
   const off = new Map<string, Manifest>();
-  for await (const o of listAll(repo.store, keys.manifestsPrefix(volume), opts)) {
-    const k = parseManifestKey(o.key);
-    if (!k || k.volume !== volume || reached.has(k.id)) continue;
-    try {
-      const m = await repo.getManifest(volume, k.id, opts);
-      if (m) off.set(m.id, m); // else deleted since the listing
-    } catch (err) {
+  const read = await readManifests(repo, volume, {
+    ...opts,
+    skip: (k) => reached.has(k.id),
+    onError: (k, err) => {
       if (!DAMAGED.has(codeOf(err))) throw err;
-      evidence.push(`the manifest ${o.key} is damaged, so where snapshot ${k.id} belongs is unknown`);
-    }
-  }
+      evidence.push(`the manifest ${keys.manifest(k.volume, k.id)} is damaged, so where snapshot ${k.id} belongs is unknown`);
+    },
+  });
+  for (const m of read) off.set(m.id, m); // one deleted since the listing is not read
   return off;
 }
 

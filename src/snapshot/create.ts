@@ -3,9 +3,10 @@
  *
  *  1. Seal the volume: O(1); writes after this instant go to the next epoch, and an
  *     overwrite of a sealed cluster not yet uploaded is first copied aside.
- *  2. Stream the sealed clusters in cluster order: read each at the seal (readSealed),
- *     hash and compress it on a worker thread, zero clusters become zero entries. A
- *     bounded window of clusters is in flight, so memory does not grow with the delta.
+ *  2. Stream the sealed clusters in cluster order (encode-stream.ts): read each at the
+ *     seal, hash and compress it on a worker thread in batches, zero clusters become zero
+ *     entries. A bounded number of batches is in flight, so memory does not grow with the
+ *     delta, and reading, encoding and uploading overlap.
  *  3. commitSnapshot packs and uploads the blobs, writes the changed tree nodes and the
  *     manifest last, following the reuse and window rules.
  *  4. Complete the seal (the changes are in the store), or abandon it on failure: its
@@ -13,7 +14,9 @@
  */
 import type { Consistency, Manifest, Qcow2Facts } from '../format/records.js';
 import { parseQcow2Header } from '../format/qcow2.js';
-import { commitSnapshot, type ClusterChange } from '../repo/commit.js';
+import { commitSnapshot, manifestTree } from '../repo/commit.js';
+import { lookup } from '../format/tree.js';
+import { encodedChanges } from './encode-stream.js';
 import type { Repository } from '../repo/repository.js';
 import type { Seal } from '../volume/engine.js';
 import type { EncodePool } from './pool.js';
@@ -35,8 +38,10 @@ export interface SnapshotOptions {
   from?: Manifest | null;
   consistency: Consistency;
   pauseMs?: number | null;
-  /** Clusters read and encoded ahead of the packer (default 4 per worker thread). */
+  /** Batches of clusters read and encoded ahead of the packer (encode-stream.ts). */
   window?: number;
+  /** Bytes of clusters per worker task (encode-stream.ts). */
+  batchBytes?: number;
   windowMs: number;
   signal?: AbortSignal;
   onProgress?: (done: number, total: number) => void;
@@ -72,27 +77,28 @@ export async function takeSnapshot(repo: Repository, pool: EncodePool, o: Snapsh
       head = head.subarray(0, await o.volume.read(head, 0));
     }
     const { facts, warnings } = qcow2Facts(head);
-    const total = seal.clusterCount;
-    const window = o.window ?? pool.threads * 4;
-    let done = 0;
-    async function* changes(): AsyncGenerator<ClusterChange> {
-      const inflight: Promise<ClusterChange>[] = [];
-      const start = async (c: number): Promise<ClusterChange> => {
-        const plain = await seal.readSealed(c);
-        const r = await pool.encode(plain);
-        return { cluster: c, data: r.zero ? 'zero' : { frame: Buffer.from(r.frame.buffer, r.frame.byteOffset, r.frame.byteLength), id: Buffer.from(r.id.buffer, r.id.byteOffset, r.id.byteLength) } };
-      };
-      const clusters = [...seal.clusters()].sort((a, b) => a - b);
-      let next = 0;
-      while (next < clusters.length && inflight.length < window) inflight.push(start(clusters[next++] as number));
-      while (inflight.length) {
-        const change = await (inflight.shift() as Promise<ClusterChange>);
-        if (next < clusters.length) inflight.push(start(clusters[next++] as number));
-        yield change;
-        seal.markUploaded(change.cluster);
-        o.onProgress?.(++done, total);
-      }
-    }
+    // Warm the node cache with the parent's leaves the change falls in, while the clusters
+    // are read and encoded: commit compares each cluster with its parent's blob.
+    const parent = o.parent ?? o.from ?? null;
+    const parentTree = parent ? manifestTree(parent) : null;
+    const reader = repo.nodeReader();
+    const leafSpan = parentTree ? parentTree.shape.fanout : 1;
+    let lastLeaf = -1;
+    const warm = (c: number): void => {
+      if (!parentTree || Math.floor(c / leafSpan) === lastLeaf) return;
+      lastLeaf = Math.floor(c / leafSpan);
+      lookup(parentTree, c, reader).catch(() => undefined); // a failure shows where commit reads it
+    };
+    const changes = encodedChanges(seal, pool, {
+      batchBytes: o.batchBytes,
+      depth: o.window,
+      signal: o.signal,
+      onProgress: o.onProgress,
+      onBatch: (first, last) => {
+        warm(first);
+        warm(last);
+      },
+    });
     const m = await commitSnapshot(repo, {
       volume: o.volume.name,
       generation: o.generation,
@@ -104,7 +110,7 @@ export async function takeSnapshot(repo: Repository, pool: EncodePool, o: Snapsh
       qcow2: facts,
       pauseMs: o.pauseMs ?? null,
       warnings,
-      changes: changes(),
+      changes,
       windowMs: o.windowMs,
       signal: o.signal,
     });

@@ -5,6 +5,7 @@
 import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
+import { ID_LEN } from '../format/location.js';
 import type { EncodeResult, EncodeTask } from '../workers/encode.js';
 
 /** dist/ runs encode.js; tests running the sources load encode.ts through their loader. */
@@ -13,6 +14,9 @@ function workerFile(): string {
   const ext = self.endsWith('.ts') ? '.ts' : '.js';
   return fileURLToPath(new URL(`../workers/encode${ext}`, import.meta.url));
 }
+
+/** One cluster encoded: all zero, or its frame and blob id (views of the batch's buffer). */
+export type Encoded = { zero: true } | { zero: false; frame: Buffer; id: Buffer };
 
 export class EncodePool {
   private readonly pool: Piscina<EncodeTask, EncodeResult>;
@@ -25,11 +29,39 @@ export class EncodePool {
     return this.pool.options.maxThreads;
   }
 
-  encode(plain: Buffer): Promise<EncodeResult> {
-    // Copy into a transferable buffer of its own (plain may be a view of a shared pool).
-    const own = new Uint8Array(plain.length);
-    own.set(plain);
-    return this.pool.run({ plain: own }, { transferList: [own.buffer] });
+  /** Hash and frame one cluster. */
+  async encode(plain: Buffer): Promise<Encoded> {
+    return (await this.encodeBatch([plain]))[0] as Encoded;
+  }
+
+  /** Hash and frame several clusters in one task (one message each way). */
+  async encodeBatch(plains: readonly Buffer[], signal?: AbortSignal): Promise<Encoded[]> {
+    // Copy into one transferable buffer of its own (a plain may be a view of a shared pool).
+    let total = 0;
+    for (const p of plains) total += p.length;
+    const own = new Uint8Array(total);
+    let at = 0;
+    for (const p of plains) {
+      own.set(p, at);
+      at += p.length;
+    }
+    const lengths = plains.map((p) => p.length);
+    const r = await this.pool.run({ plain: own, lengths }, { transferList: [own.buffer], signal });
+    const out = Buffer.from(r.buffer, r.byteOffset, r.byteLength);
+    const n = lengths.length;
+    const result: Encoded[] = [];
+    let end = n * (4 + ID_LEN);
+    for (let i = 0; i < n; i++) {
+      const len = out.readUInt32BE(i * 4);
+      if (len === 0) {
+        result.push({ zero: true });
+        continue;
+      }
+      const idAt = n * 4 + i * ID_LEN;
+      result.push({ zero: false, frame: out.subarray(end, end + len), id: out.subarray(idAt, idAt + ID_LEN) });
+      end += len;
+    }
+    return result;
   }
 
   async close(): Promise<void> {

@@ -10,7 +10,6 @@ process.env.UV_THREADPOOL_SIZE ??= '32';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { loadConfig } from '../config.js';
-import { serveForever } from '../daemon/serve.js';
 import { IslandError, asIslandError } from '../errors.js';
 import { formatSize, humanSize } from '../format/names.js';
 import type { GcReport } from '../repo/gc.js';
@@ -18,8 +17,6 @@ import type { PruneReport } from '../repo/prune.js';
 import { call } from './client.js';
 import { withProgress, type ProgressSample } from './progress.js';
 import { gcLines, pruneLines } from './reports.js';
-import { fsckCommand } from './fsck.js';
-import { selftestDir, storeSelftest } from './store-selftest.js';
 
 const VERSION = '0.1.0';
 
@@ -337,14 +334,18 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   if (cmd === 'fsck') {
+    const { fsckCommand } = await import('./fsck.js');
     return fsckCommand(() => loadConfig(), { deep: values.deep, seed: values.seed, volume: values.volume, snapshot: values.snapshot, repair: values.repair, pruneOrphans: values['prune-orphans'], qcow2: values.qcow2, local: values.local, json });
   }
   const config = await loadConfig();
   if (cmd === 'serve') {
+    const { serveForever } = await import('../daemon/serve.js');
     await serveForever(config);
     return 0;
   }
   if (cmd === 'store' && sub === 'selftest') {
+    // Loaded here: the store code (the S3 SDK among it) is what a command pays most to start.
+    const { selftestDir, storeSelftest } = await import('./store-selftest.js');
     const report = await storeSelftest({ type: 'fs', dir: selftestDir(values.dir, config.storeDir) });
     out(report.lines.join('\n'), report);
     return 0;

@@ -3,13 +3,14 @@
  * encrypted repository. They talk to the store directly (no daemon), validate everything
  * first, and write nothing when they refuse.
  */
+import { unlink } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { isAbsolute } from 'node:path';
 import type { Config } from '../config.js';
 import { regionBackend } from '../config.js';
 import { encodeKeyFile, loadKeyFile, readPassphrase, writeKeyFile, type ScryptParams } from '../crypto/key-file.js';
 import { RepositoryKeys } from '../crypto/keys.js';
-import { initializeRepository, listKeyFiles, openRepository, parseKeyFileId, readEncryptionRecord, registerKeyFile, removeKeyFile } from '../crypto/repository.js';
+import { holdsData, initializeRepository, listKeyFiles, openRepository, parseKeyFileId, readEncryptionRecord, registerKeyFile, removeKeyFile } from '../crypto/repository.js';
 import { IslandError } from '../errors.js';
 import { isKeyId } from '../format/encrypted-frame.js';
 import { checkLabel } from '../format/encryption-record.js';
@@ -82,8 +83,16 @@ export async function initKeyCommand(config: Config, o: KeyCommandOptions): Prom
     // Refusals before the key file is written: an encrypted store, a store holding data.
     const existing = await readEncryptionRecord(store);
     if (existing !== undefined) throw new IslandError('ALREADY_EXISTS', `the store ${store.description} is already encrypted (repository ${existing.repositoryId.toString('hex')}); add a key file with island store key add`);
+    const found = await holdsData(store);
+    if (found !== undefined) throw new IslandError('ENCRYPTION_MIXED', `the store ${store.description} holds unencrypted island data (${found}); an encrypted repository needs an empty store`, { details: { object: found } });
     await writeKeyFile(path, bytes);
-    await initializeRepository(store, { keyFileId, keys, passphraseless: passphrase.length === 0 }, label);
+    try {
+      await initializeRepository(store, { keyFileId, keys, passphraseless: passphrase.length === 0 }, label);
+    } catch (err) {
+      // The key file opens nothing without the record: remove it, so a refusal leaves nothing behind.
+      await unlink(path).catch(() => undefined);
+      throw err;
+    }
     const id = keyFileId.toString('hex');
     return {
       lines: [

@@ -19,7 +19,7 @@
 import { createHmac, hkdfSync, randomBytes } from 'node:crypto';
 import { IslandError } from '../errors.js';
 import type { BlobKind } from '../format/blob.js';
-import { AEAD_KEY_LEN, isKeyId, keyedBlobId, MAX_KEY_ID, packSealKey, PACK_SALT_LEN, type FrameOpenKeys, type PackSealKey } from '../format/encrypted-frame.js';
+import { AEAD_KEY_LEN, isKeyId, keyedBlobId, MAX_KEY_ID, packSealKey, packSubkey, PACK_SALT_LEN, type FrameOpenKeys, type PackSealKey } from '../format/encrypted-frame.js';
 import { openRecord, RECORD_SALT_LEN, sealRecord } from '../format/encrypted-record.js';
 import { REPOSITORY_ID_LEN } from '../format/encryption-record.js';
 
@@ -30,6 +30,11 @@ const DATA_INFO = Buffer.from('island data key v1', 'ascii');
 const ID_CHECK_INFO = Buffer.from('island id key check v1', 'ascii');
 /** Data keys derived and kept per key set: a repository uses a handful of key ids. */
 const MAX_CACHED_DATA_KEYS = 64;
+/**
+ * Pack subkeys kept: a lazy read touches a few packs at a time, and 4096 x ~150 bytes is
+ * about 600 KiB. Cleared whole when full (a miss costs one HKDF, ~20 us).
+ */
+const MAX_CACHED_SUBKEYS = 4096;
 
 function derive(master: Buffer, repositoryId: Buffer, info: Buffer): Buffer {
   return Buffer.from(hkdfSync('sha256', master, repositoryId, info, AEAD_KEY_LEN));
@@ -43,6 +48,7 @@ export class RepositoryKeys implements FrameOpenKeys {
   readonly registryKey: Buffer;
   readonly #master: Buffer;
   readonly #dataKeys = new Map<number, Buffer>();
+  readonly #subkeys = new Map<string, Buffer>();
 
   constructor(master: Buffer, repositoryId: Buffer, writeKeyId: number) {
     if (master.length !== MASTER_KEY_LEN) throw new IslandError('INVALID_ARGUMENT', `master key must be ${MASTER_KEY_LEN} bytes`);
@@ -86,6 +92,20 @@ export class RepositoryKeys implements FrameOpenKeys {
       k = derive(this.#master, this.repositoryId, info);
       if (this.#dataKeys.size >= MAX_CACHED_DATA_KEYS) this.#dataKeys.clear();
       this.#dataKeys.set(keyId, k);
+    }
+    return k;
+  }
+
+  /** The subkey of a pack (kept in a bounded cache); undefined for an invalid key id. */
+  packSubkey(keyId: number, salt: Buffer, kind: BlobKind): Buffer | undefined {
+    const name = `${keyId}:${kind}:${salt.toString('hex')}`;
+    let k = this.#subkeys.get(name);
+    if (k === undefined) {
+      const enc = this.encKey(keyId);
+      if (enc === undefined) return undefined;
+      k = packSubkey(enc, salt, kind);
+      if (this.#subkeys.size >= MAX_CACHED_SUBKEYS) this.#subkeys.clear();
+      this.#subkeys.set(name, k);
     }
     return k;
   }

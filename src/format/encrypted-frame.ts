@@ -184,11 +184,18 @@ export function readEncryptedFrameHeader(buf: Buffer, off = 0, base = 0): Encryp
   };
 }
 
+function subkeyOf(keys: FrameOpenKeys, keyId: number, salt: Buffer, kind: BlobKind): Buffer | undefined {
+  const encKey = keys.encKey(keyId);
+  return encKey === undefined ? undefined : packSubkey(encKey, salt, kind);
+}
+
 /** What a reader needs to open frames: the encryption key of a key id, and the id key. */
 export interface FrameOpenKeys {
   readonly idKey: Uint8Array;
   /** The encryption key of `keyId`, or undefined when this key set has none. */
   encKey(keyId: number): Uint8Array | undefined;
+  /** Optional: the pack subkey, from a cache (an HKDF costs about as much as sealing 16 KiB). */
+  packSubkey?(keyId: number, salt: Buffer, kind: BlobKind): Buffer | undefined;
 }
 
 export interface DecodeEncryptedOptions {
@@ -199,6 +206,13 @@ export interface DecodeEncryptedOptions {
   readonly packSalt?: Uint8Array;
   /** The frame's index in its pack, when known (whole-pack reads). */
   readonly index?: number;
+  /**
+   * Recompute the keyed id of the plain bytes (default true). The tag already covers the
+   * id (it is in the associated data) and only a key holder can make a tag, so this guards
+   * against a writer that named a blob wrongly, not against the store; a hot read path may
+   * skip it, fsck never does.
+   */
+  readonly verifyId?: boolean;
 }
 
 /**
@@ -220,11 +234,10 @@ export function decodeEncryptedBlob(frame: Buffer, keys: FrameOpenKeys, expected
   }
   if (opts.packSalt !== undefined && !h.salt.equals(opts.packSalt)) throw corrupt(`encrypted blob ${id} carries another pack's salt`, base, { id });
   if (opts.index !== undefined && h.index !== opts.index) throw corrupt(`encrypted blob ${id} is frame ${h.index}, found at position ${opts.index}`, base, { id });
-  const encKey = keys.encKey(h.keyId);
-  if (encKey === undefined) {
+  const subkey = keys.packSubkey?.(h.keyId, h.salt, h.kind) ?? subkeyOf(keys, h.keyId, h.salt, h.kind);
+  if (subkey === undefined) {
     throw new IslandError('KEY_MISSING', `blob ${id} is encrypted with key id ${h.keyId}, which this key set does not hold`, { details: { id, keyId: h.keyId, offset: base } });
   }
-  const subkey = packSubkey(encKey, h.salt, h.kind);
   const decipher = createDecipheriv('aes-256-gcm', subkey, gcmNonce(h.index), { authTagLength: GCM_TAG_LEN });
   decipher.setAAD(frameAd(frame, base));
   const sealed = frame.subarray(BLOB_HEADER_LEN, frame.length - GCM_TAG_LEN);
@@ -236,6 +249,7 @@ export function decodeEncryptedBlob(frame: Buffer, keys: FrameOpenKeys, expected
     throw new IslandError('AUTH_FAILED', `blob ${id} at byte ${base} fails authentication: damaged, tampered with, or moved`, { cause: err, details: { id, offset: base } });
   }
   const plain = decompressBlock(h.codec, data, h.plainLength, base + BLOB_HEADER_LEN);
+  if (opts.verifyId === false) return plain;
   const actual = keyedBlobId(keys.idKey, plain);
   if (!actual.equals(h.id)) {
     throw new IslandError('HASH_MISMATCH', `blob ${id}: its plain bytes hash (keyed) to ${hex(actual)} (at byte ${base}): another id key wrote it`, { details: { id, actual: hex(actual), offset: base } });

@@ -131,6 +131,49 @@ export function encodeEncryptedBlob(plain: Uint8Array, key: PackSealKey, idKey: 
   const storedLength = data.length + GCM_TAG_LEN;
   const frame = Buffer.allocUnsafe(BLOB_HEADER_LEN + storedLength);
   encodeBlobHeader({ kind: key.kind, codec, plainLength: plain.length, storedLength, id }, frame, 0);
+  sealInto(frame, data, key, index, frameOffset);
+  return { frame, id, codec, plainLength: plain.length, kind: key.kind, keyId: key.keyId, index };
+}
+
+/**
+ * An unsealed frame: an unencrypted (key id 0) frame whose id is the keyed hash. It is what
+ * a worker thread makes (hash and compress need no position); it is never stored as such:
+ * the pack writer seals it with sealFrame once it knows the frame's index and offset.
+ */
+export function encodeUnsealedBlob(plain: Uint8Array, kind: BlobKind, idKey: Uint8Array): EncodedBlob {
+  const id = keyedBlobId(idKey, plain);
+  const { codec, data } = compressBlock(plain);
+  const frame = Buffer.allocUnsafe(BLOB_HEADER_LEN + data.length);
+  encodeBlobHeader({ kind, codec, plainLength: plain.length, storedLength: data.length, id }, frame, 0);
+  frame.set(data, BLOB_HEADER_LEN);
+  return { frame, id, codec, plainLength: plain.length, kind };
+}
+
+/** The length an unsealed frame of `length` bytes has once sealed. */
+export function sealedFrameLength(length: number): number {
+  return length + GCM_TAG_LEN;
+}
+
+/**
+ * Seal an unsealed frame (encodeUnsealedBlob) as frame `index` of the pack `key` belongs
+ * to, at `frameOffset`. The header's id, kind, codec and lengths are kept (the stored
+ * length grows by the tag); the result equals encodeEncryptedBlob of the same plain bytes.
+ */
+export function sealFrame(unsealed: Buffer, key: PackSealKey, index: number, frameOffset: number): Buffer {
+  checkPosition(index, frameOffset);
+  const h = readBlobHeader(unsealed, 0);
+  if (h.keyId !== KEY_ID_NONE) throw new IslandError('INVALID_ARGUMENT', `blob ${hex(h.id)} is sealed already`);
+  if (unsealed.length !== h.frameLength) throw new IslandError('INVALID_ARGUMENT', `frame is ${unsealed.length} bytes, its header says ${h.frameLength}`);
+  if (h.kind !== key.kind) throw new IslandError('INVALID_ARGUMENT', `a ${h.kind} blob cannot be sealed for a ${key.kind} pack`);
+  const data = unsealed.subarray(BLOB_HEADER_LEN);
+  const frame = Buffer.allocUnsafe(BLOB_HEADER_LEN + data.length + GCM_TAG_LEN);
+  encodeBlobHeader({ kind: h.kind, codec: h.codec, plainLength: h.plainLength, storedLength: data.length + GCM_TAG_LEN, id: h.id }, frame, 0);
+  sealInto(frame, data, key, index, frameOffset);
+  return frame;
+}
+
+/** Fill in the encryption fields of a header written by encodeBlobHeader, and seal `data` after it. */
+function sealInto(frame: Buffer, data: Uint8Array, key: PackSealKey, index: number, frameOffset: number): void {
   frame.writeUInt32BE(key.keyId, BH_KEY_ID_OFF);
   key.salt.copy(frame, FN_SALT_OFF);
   frame.writeUInt32BE(index, FN_INDEX_OFF);
@@ -141,7 +184,6 @@ export function encodeEncryptedBlob(plain: Uint8Array, key: PackSealKey, idKey: 
   const n1 = cipher.update(data).copy(frame, BLOB_HEADER_LEN);
   const n2 = cipher.final().copy(frame, BLOB_HEADER_LEN + n1);
   cipher.getAuthTag().copy(frame, BLOB_HEADER_LEN + n1 + n2);
-  return { frame, id, codec, plainLength: plain.length, kind: key.kind, keyId: key.keyId, index };
 }
 
 /** The encryption fields of an encrypted frame's header, checked. */

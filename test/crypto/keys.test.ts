@@ -131,3 +131,42 @@ t.test('repository: unencrypted store keeps working; mixing, missing, wrong and 
   await t.rejects(openRepository(encStore, stranger), { code: 'KEY_MISMATCH' });
   t.same((await listKeyFiles(encStore, b.keys)).find((l) => l.label === 'forged')?.authentic, false, 'a listing marks it');
 });
+
+t.test('openEncryption: the store and frame codec a process uses, refusals before any write', async (t) => {
+  const { openEncryption, requireReadable } = await import('../../src/crypto/open.js');
+  const d = await tmp(t);
+  const store = new FsStore(join(d, 'store'));
+  t.teardown(() => store.close());
+  const plain = await openEncryption(store, { keyFile: undefined, keyPassphraseFile: undefined });
+  t.equal(plain.encrypted, false);
+  t.equal(plain.store, store, 'an unencrypted store is used as it is');
+  await requireReadable(store, false, 'GC');
+  const key = join(d, 'k.key');
+  await writeKeyFile(key, (await encodeKeyFile(RepositoryKeys.generate(), Buffer.alloc(0), FAST)).bytes);
+  const enc = await openEncryption(store, { keyFile: key, keyPassphraseFile: undefined });
+  t.ok(enc.encrypted && enc.frames.encrypted, 'an empty store becomes encrypted at first use');
+  await t.rejects(requireReadable(store, false, 'GC'), { code: 'KEY_MISSING', message: /GC deleted nothing/ });
+  await requireReadable(store, true, 'GC');
+  await t.rejects(openEncryption(store, { keyFile: undefined, keyPassphraseFile: undefined }), { code: 'KEY_MISSING' });
+});
+
+t.test('fuzz: mutated key files fail with a known code, never unwrap to another key', async (t) => {
+  const keys = RepositoryKeys.generate();
+  const { bytes } = await encodeKeyFile(keys, Buffer.alloc(0), FAST);
+  const codes = new Map<string, number>();
+  for (let i = 0; i < 300; i++) {
+    const f = Buffer.from(bytes);
+    const at = (i * 7919) % f.length;
+    f[at] = (f[at] as number) ^ (1 + (i % 255));
+    try {
+      const k = await decodeKeyFile(f, Buffer.alloc(0));
+      t.same(k.keys.idKey, keys.idKey, 'only a harmless change unwraps, and to the same key');
+      codes.set('ok', (codes.get('ok') ?? 0) + 1);
+    } catch (err) {
+      const code = (err as { code?: string }).code ?? 'none';
+      t.ok(['KEY_MISMATCH', 'KEY_MISSING', 'FORMAT_UNSUPPORTED'].includes(code), `known code ${code}`);
+      codes.set(code, (codes.get(code) ?? 0) + 1);
+    }
+  }
+  t.notOk(codes.has('ok'), `every change is refused: ${JSON.stringify([...codes])}`);
+});

@@ -170,3 +170,30 @@ t.test('fuzz: mutated key files fail with a known code, never unwrap to another 
   }
   t.notOk(codes.has('ok'), `every change is refused: ${JSON.stringify([...codes])}`);
 });
+
+t.test('openRegionStore: a copy target is checked on first use; another key is KEY_MISMATCH, nothing written', async (t) => {
+  const { openRegionStore } = await import('../../src/crypto/open.js');
+  const d = await tmp(t);
+  const mine = await decodeKeyFile((await encodeKeyFile(RepositoryKeys.generate(), Buffer.alloc(0), FAST)).bytes, Buffer.alloc(0));
+  const theirs = await decodeKeyFile((await encodeKeyFile(RepositoryKeys.generate(), Buffer.alloc(0), FAST)).bytes, Buffer.alloc(0));
+  const empty = new FsStore(join(d, 'empty'));
+  const foreign = new FsStore(join(d, 'foreign'));
+  t.teardown(async () => {
+    await empty.close();
+    await foreign.close();
+  });
+  await initializeRepository(foreign, theirs, 'theirs');
+  const before = await objects(foreign);
+  const target = openRegionStore(foreign, mine);
+  t.ok(target.frames.encrypted);
+  await t.rejects(target.store.put('snapshots/v/01HZX3C6Y1V8K9E2R5T7W0Q4MN', Buffer.from('x')), { code: 'KEY_MISMATCH' });
+  await t.rejects(target.store.get('snapshots/v/01HZX3C6Y1V8K9E2R5T7W0Q4MN'), { code: 'KEY_MISMATCH' });
+  t.same(await objects(foreign), before, 'nothing written to the other repository');
+  const fresh = openRegionStore(empty, mine);
+  await fresh.store.put('hosts/h1', Buffer.alloc(0));
+  t.same(await objects(empty), [keyFileEntryKey(mine.keyFileId), ENCRYPTION_RECORD_KEY, 'hosts/h1'].sort(), 'an empty region takes the same repository key');
+  t.ok((await openRepository(empty, mine)).encrypted);
+  const plainTarget = openRegionStore(foreign, undefined);
+  t.notOk(plainTarget.frames.encrypted);
+  await t.rejects(plainTarget.store.list('snapshots/'), { code: 'KEY_MISSING' }, 'no key for an encrypted region');
+});

@@ -37,6 +37,8 @@ export interface FrameCodec {
   idOf(plain: Uint8Array): Buffer;
   encode(plain: Uint8Array, kind: BlobKind): EncodedBlob;
   newPack(kind: BlobKind): PackFrames;
+  /** The stored length of a frame of `length` bytes from encode() (a pack writer's size check). */
+  placedLength(length: number): number;
   decode(frame: Buffer, expectedId: Uint8Array | undefined, opts: FrameDecodeOptions): Buffer;
 }
 
@@ -49,6 +51,7 @@ export const PLAIN_FRAMES: FrameCodec = {
   idOf: (plain) => blobId(plain),
   encode: (plain, kind) => encodeBlob(plain, kind),
   newPack: () => SAME,
+  placedLength: (n) => n,
   decode: (frame, id, opts) => decodeBlob(frame, id, { base: opts.base, ...(opts.kind === undefined ? {} : { kind: opts.kind }) }),
 };
 
@@ -71,6 +74,7 @@ export function encryptedFrames(keys: FrameKeys): FrameCodec {
       const key = packSealKey(keys.writeKeyId, encKey, randomBytes(PACK_SALT_LEN), kind);
       return { place: (frame, index, offset) => sealFrame(frame, key, index, offset), placedLength: sealedFrameLength };
     },
+    placedLength: sealedFrameLength,
     decode: (frame, id, opts) => decodeEncryptedBlob(frame, keys, id, { frameOffset: opts.base, ...(opts.kind === undefined ? {} : { kind: opts.kind }) }),
   };
 }

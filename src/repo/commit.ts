@@ -162,7 +162,7 @@ export async function commitSnapshot(repo: Repository, req: CommitRequest): Prom
           yield { cluster: c.cluster, entry: UNALLOCATED };
         } else {
           await data.backpressure();
-          const encoded = Buffer.isBuffer(c.data) ? encodeBlob(c.data, 'data') : c.data;
+          const encoded = Buffer.isBuffer(c.data) ? repo.frames.encode(c.data, 'data') : c.data;
           const loc = data.addDedup(encoded, seen, parentTree ? async (id) => {
             const prev = await lookup(parentTree, c.cluster, reader);
             return prev.kind === 'blob' && prev.loc.id.equals(id) ? prev : undefined;
@@ -177,7 +177,7 @@ export async function commitSnapshot(repo: Repository, req: CommitRequest): Prom
         }
       }
     }
-    const built = await buildTree(parentTree, shape, entries(), reader, meta, { signal });
+    const built = await buildTree(parentTree, shape, entries(), reader, meta, { signal, idOf: (b: Buffer) => repo.frames.idOf(b) });
     const dataPacks = await data.flush();
     const metaPacks = await meta.flush();
     crashPoint('snapshot.packs-uploaded');

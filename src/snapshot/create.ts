@@ -79,7 +79,7 @@ export async function takeSnapshot(repo: Repository, pool: EncodePool, o: Snapsh
       const inflight: Promise<ClusterChange>[] = [];
       const start = async (c: number): Promise<ClusterChange> => {
         const plain = await seal.readSealed(c);
-        const r = await pool.encode(plain);
+        const r = await pool.encode(plain, repo.frames.idKey);
         return { cluster: c, data: r.zero ? 'zero' : { frame: Buffer.from(r.frame.buffer, r.frame.byteOffset, r.frame.byteLength), id: Buffer.from(r.id.buffer, r.id.byteOffset, r.id.byteLength) } };
       };
       const clusters = [...seal.clusters()].sort((a, b) => a - b);

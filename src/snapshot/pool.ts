@@ -25,11 +25,11 @@ export class EncodePool {
     return this.pool.options.maxThreads;
   }
 
-  encode(plain: Buffer): Promise<EncodeResult> {
+  encode(plain: Buffer, idKey?: Buffer): Promise<EncodeResult> {
     // Copy into a transferable buffer of its own (plain may be a view of a shared pool).
     const own = new Uint8Array(plain.length);
     own.set(plain);
-    return this.pool.run({ plain: own }, { transferList: [own.buffer] });
+    return this.pool.run({ plain: own, idKey }, { transferList: [own.buffer] });
   }
 
   async close(): Promise<void> {

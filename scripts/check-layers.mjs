@@ -16,6 +16,7 @@ export const LAYERS = {
   store: 2,
   config: 3, // config.ts / config folder: reads settings, may use store config types
   'config.ts': 3,
+  crypto: 3, // key files, the repository's encryption record and the refusal to mix keys
   repo: 4, // object keys, records on the store, protocols (commit, pins, tombstones, latest)
   workers: 4, // piscina tasks: format only (checked below)
   volume: 5,

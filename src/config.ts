@@ -33,6 +33,11 @@
  *                                                   on the native server (the start fails without it),
  *                                                   "fuse-native" takes the fuse-native one
  *   FUSE threads fuseThreads  ISLAND_FUSE_THREADS   2 per CPU, 4 to 16: threads of the native server
+ *   key file     keyFile      ISLAND_KEY_FILE       none: the store is not encrypted. An absolute path
+ *                                                   to a key file (mode 0600) wrapping the repository's
+ *                                                   master key (docs/formats/encryption.md)
+ *   passphrase   keyPassphraseFile ISLAND_KEY_PASSPHRASE_FILE  none: the key file has no passphrase.
+ *                                                   An absolute path to a file (mode 0600) holding it
  *
  * User and group names are resolved once, here, through the system's name service (getent,
  * so /etc/passwd and /etc/group or whatever nsswitch.conf adds); a name that does not exist
@@ -86,6 +91,10 @@ export interface Config {
   fuse: FuseChoice;
   /** Threads of the native FUSE server. */
   fuseThreads: number;
+  /** The key file of an encrypted repository (src/crypto/key-file.ts); undefined: no encryption. */
+  keyFile: string | undefined;
+  /** The file holding the key file's passphrase; undefined: the key file has none. */
+  keyPassphraseFile: string | undefined;
   /** GC acts on a tombstone, and deletes an unreferenced pack, only after this long (G). */
   gcGraceMs: number;
   /** W: a snapshot upload commits within this long of checking its parent, or re-checks. */
@@ -143,6 +152,10 @@ const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace'] as const;
 function path(v: unknown, what: string): string {
   if (typeof v !== 'string' || v === '' || !isAbsolute(v)) throw new IslandError('INVALID_CONFIG', `${what} must be an absolute path, got ${JSON.stringify(v)}`);
   return v;
+}
+
+function optionalPath(v: unknown, what: string): string | undefined {
+  return v === undefined || v === '' ? undefined : path(v, what);
 }
 
 function regionsOf(regions: unknown): Record<string, BackendConfig> {
@@ -341,6 +354,8 @@ export async function loadConfig(env: NodeJS.ProcessEnv = process.env): Promise<
     libvirtUri: libvirtUri(pick('libvirtUri', 'ISLAND_LIBVIRT_URI')),
     fuse: fuseChoice(pick('fuse', 'ISLAND_FUSE')),
     fuseThreads: fuseThreads(pick('fuseThreads', 'ISLAND_FUSE_THREADS')),
+    keyFile: optionalPath(pick('keyFile', 'ISLAND_KEY_FILE'), 'keyFile (ISLAND_KEY_FILE)'),
+    keyPassphraseFile: optionalPath(pick('keyPassphraseFile', 'ISLAND_KEY_PASSPHRASE_FILE'), 'keyPassphraseFile (ISLAND_KEY_PASSPHRASE_FILE)'),
     gcGraceMs,
     commitWindowMs,
     testSwitches,

@@ -40,6 +40,13 @@ export const CODES = {
   FORMAT_CORRUPT: { transient: false, errno: 'EIO', doc: 'an object or header is truncated, inconsistent or fails its checksum' },
   FORMAT_UNSUPPORTED: { transient: false, errno: 'ENOTSUP', doc: 'a valid object uses a version or feature this build does not support' },
   HASH_MISMATCH: { transient: false, errno: 'EIO', doc: 'content read does not hash to the id it was stored under' },
+  // encryption
+  AUTH_FAILED: { transient: false, errno: 'EIO', doc: 'an encrypted object fails authentication: damaged, tampered with, or moved to another place' },
+  KEY_MISSING: { transient: false, errno: 'EIO', doc: 'the repository is encrypted and no key file is configured (keyFile / ISLAND_KEY_FILE), or the key set lacks a key id the object names' },
+  KEY_MISMATCH: { transient: false, errno: 'EIO', doc: "the key file does not open, or opens another repository's master key than the store's encryption record names" },
+  KEY_REVOKED: { transient: false, errno: 'EIO', doc: 'the key file was removed from the repository (island store key remove)' },
+  KEY_FILE_UNSAFE: { transient: false, errno: 'EIO', doc: 'a key or passphrase file is readable or writable by others than its owner (needs mode 0600 or stricter)' },
+  ENCRYPTION_MIXED: { transient: false, errno: 'EIO', doc: 'encrypted and unencrypted data would mix: the store already holds unencrypted data, or a key is configured for an unencrypted store' },
   // input
   INVALID_ARGUMENT: { transient: false, errno: 'EINVAL', doc: 'a name, size, id or option is invalid' },
   INVALID_CONFIG: { transient: false, errno: 'EINVAL', doc: 'the configuration file or environment is invalid' },

@@ -17,6 +17,7 @@ import { formatSize, parseSnapshotId, parseVolumeName } from '../format/names.js
 import { runFsck, type FsckReport, type Qcow2Check } from '../fsck/check.js';
 import type { Manifest } from '../format/records.js';
 import { Repository } from '../repo/repository.js';
+import { openEncryption } from '../crypto/open.js';
 import { openStore, type BackendConfig } from '../store/open.js';
 import { call } from './client.js';
 import { Progress } from './progress.js';
@@ -141,8 +142,14 @@ export async function fsckCommand(load: () => Promise<Config>, a: FsckArgs): Pro
     const snapshot = a.snapshot === undefined ? undefined : parseSnapshotId(a.snapshot);
     const config = await load();
     const localRoots = [volumesDir(config), join(config.dataDir, 'kept')];
-    const { store } = openStore(await storeToCheck(config.store));
-    const repo = new Repository(store, { host: config.hostId, region: config.region });
+    const { store: raw } = openStore(await storeToCheck(config.store));
+    // fsck never initializes a store: a key for an unencrypted one is refused, not applied.
+    const enc = await openEncryption(raw, config, { initialize: false }).catch(async (err: unknown) => {
+      await raw.close();
+      throw err;
+    });
+    const store = enc.store;
+    const repo = new Repository(store, { host: config.hostId, region: config.region, frames: enc.frames });
     const bar = a.json ? undefined : new Map<string, Progress>();
     let current: Progress | undefined;
     try {

@@ -121,6 +121,15 @@ verification
 store
   store selftest [--dir DIR]             round trip objects through the embedded store (in
                                          storeDir, or in DIR: an absolute path)
+  store init-key [--key-file PATH] [--label TEXT] [--region R]
+                                         make an empty store an encrypted repository: a new
+                                         master key, wrapped in a new key file (mode 0600; the
+                                         passphrase from keyPassphraseFile, none if unset)
+  store key add PATH [--passphrase-file F] [--label TEXT] [--data-key-id N]
+                                         another key file for the same master key (N: the
+                                         data key id it seals new data with)
+  store key list                         the key files the repository accepts
+  store key remove ID                    revoke a key file (not the one in use)
 other
   version
 
@@ -128,7 +137,8 @@ options: --json (machine-readable output), -h/--help
 sizes take K, M, G, T suffixes (powers of 1024).
 environment: ISLAND_CONFIG ISLAND_DATA_DIR ISLAND_MOUNT ISLAND_SOCKET ISLAND_HOST_ID
              ISLAND_STORE_DIR ISLAND_LOG_LEVEL ISLAND_METRICS_PORT ISLAND_METRICS_ADDRESS
-             ISLAND_REGION ISLAND_GC_GRACE ISLAND_LIBVIRT_URI
+             ISLAND_REGION ISLAND_GC_GRACE ISLAND_LIBVIRT_URI ISLAND_KEY_FILE
+             ISLAND_KEY_PASSPHRASE_FILE
 `;
 
 interface VolumeOut {
@@ -317,6 +327,10 @@ async function main(argv: string[]): Promise<number> {
       'prune-orphans': { type: 'boolean' },
       qcow2: { type: 'boolean' },
       local: { type: 'boolean' },
+      'key-file': { type: 'string' },
+      'passphrase-file': { type: 'string' },
+      label: { type: 'string' },
+      'data-key-id': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -348,6 +362,20 @@ async function main(argv: string[]): Promise<number> {
     const { selftestDir, storeSelftest } = await import('./store-selftest.js');
     const report = await storeSelftest({ type: 'fs', dir: selftestDir(values.dir, config.storeDir) });
     out(report.lines.join('\n'), report);
+    return 0;
+  }
+  if (cmd === 'store' && (sub === 'init-key' || sub === 'key')) {
+    const o = { keyFile: values['key-file'], passphraseFile: values['passphrase-file'], label: values.label, dataKeyId: values['data-key-id'], region: values.region };
+    const [, , action, target] = positionals;
+    const { initKeyCommand, keyAddCommand, keyListCommand, keyRemoveCommand } = await import('./store-keys.js');
+    const r =
+      sub === 'init-key' ? await initKeyCommand(config, o)
+      : action === 'add' ? await keyAddCommand(config, target, o)
+      : action === 'list' ? await keyListCommand(config, o)
+      : action === 'remove' ? await keyRemoveCommand(config, target, o)
+      : undefined;
+    if (r === undefined) throw new IslandError('INVALID_ARGUMENT', 'usage: island store key add PATH | list | remove ID');
+    out(r.lines.join('\n'), r.data);
     return 0;
   }
   const api = (method: string, path: string, body?: unknown): Promise<unknown> => call(config.socket, method, path, body);

@@ -16,6 +16,7 @@ import { codeOf } from '../errors.js';
 import type { FuseTransport } from '../fuse/native-server.js';
 import { mountFuse } from '../fuse/transport.js';
 import { Repository } from '../repo/repository.js';
+import { openEncryption, openRegionStore } from '../crypto/open.js';
 import { openStore } from '../store/open.js';
 import { ChaosStore } from '../store/chaos.js';
 import type { ObjectStore } from '../store/types.js';
@@ -54,8 +55,14 @@ export async function startDaemon(c: Config, log: Logger = makeLogger(c)): Promi
     const chaos = c.storeFaultRate > 0 ? [(s: ObjectStore) => new ChaosStore(s, c.storeFaultRate, process.pid)] : [];
     const { store } = openStore(c.store, { onObserve: (o) => metrics.store(o), wrap: chaos });
     undo.push(() => store.close());
-    const repo = new Repository(store, { host: c.hostId, region: c.region });
-    const service = new Service(c, repo, log, (name, backend) => new Repository(openStore(backend, { onObserve: (o) => metrics.store(o) }).store, { host: c.hostId, region: name }));
+    // Encryption is decided before anything is written: no key, or another repository's key,
+    // for an encrypted store (or a key for a store holding unencrypted data) stops the start.
+    const enc = await openEncryption(store, c);
+    const repo = new Repository(enc.store, { host: c.hostId, region: c.region, frames: enc.frames });
+    const service = new Service(c, repo, log, (name, backend) => {
+      const r = openRegionStore(openStore(backend, { onObserve: (o) => metrics.store(o) }).store, enc.keyFile);
+      return new Repository(r.store, { host: c.hostId, region: name, frames: r.frames });
+    });
     undo.push(() => service.closeAll());
     // Registered before any attach contends (claim rounds need every contender listed);
     // a store that is down now is retried by the first attach.

@@ -51,6 +51,7 @@ import {
   readBlobHeader,
   type BlobKind,
 } from './blob.js';
+import { PLAIN_FRAMES, type FrameCodec } from './frame-codec.js';
 import { MAX_BLOB_PLAIN, type CodecId } from './codec.js';
 import { hex, ID_LEN, PACK_ID_LEN, type BlobLocation } from './location.js';
 
@@ -411,7 +412,7 @@ export interface FrameReport {
  * its repairs): the trailer is trusted when it reads; otherwise the frames are found by
  * scanning from offset 0, as a trailer rebuild would.
  */
-export function checkPackFrames(bytes: Buffer, kind: PackKind): FrameReport {
+export function checkPackFrames(bytes: Buffer, kind: PackKind, decode: FrameCodec['decode'] = PLAIN_FRAMES.decode): FrameReport {
   let entries: PackEntry[];
   let trailerError: IslandError | null = null;
   try {
@@ -430,7 +431,7 @@ export function checkPackFrames(bytes: Buffer, kind: PackKind): FrameReport {
       continue;
     }
     try {
-      decodeBlob(bytes.subarray(e.offset, end), e.id, { base: e.offset, kind });
+      decode(bytes.subarray(e.offset, end), e.id, { base: e.offset, kind });
     } catch (err) {
       if (!(err instanceof IslandError)) throw err;
       bad.set(e.offset, err);

@@ -116,7 +116,7 @@ export async function verifyPack(repo: Repository, kind: BlobKind, pack: Buffer,
     if (codeOf(err) === 'STORE_NOT_FOUND') return { index: { ok: false, missing: true, code: 'STORE_NOT_FOUND', message: 'the pack does not exist' }, bad: new Map(), bytes: 0, blobs: 0 };
     throw err;
   }
-  const r = checkPackFrames(bytes, kind);
+  const r = checkPackFrames(bytes, kind, repo.frames.decode);
   const index: PackIndex = r.trailerError === null ? { ok: true, size: bytes.length, entries: r.entries } : { ok: false, missing: false, code: r.trailerError.code, message: r.trailerError.message };
   const bad = new Map<number, BadBlob>();
   for (const [offset, err] of r.bad) bad.set(offset, { offset, code: err.code, message: `${key}: ${err.message}` });

@@ -184,7 +184,7 @@ export async function commitSnapshot(repo: Repository, req: CommitRequest): Prom
           yield { cluster: c.cluster, entry: UNALLOCATED };
         } else {
           await data.backpressure();
-          const encoded = Buffer.isBuffer(c.data) ? encodeBlob(c.data, 'data') : c.data;
+          const encoded = Buffer.isBuffer(c.data) ? repo.frames.encode(c.data, 'data') : c.data;
           const loc = data.addDedup(encoded, seen, parentTree ? async (id) => {
             const prev = await lookup(parentTree, c.cluster, reader);
             return prev.kind === 'blob' && prev.loc.id.equals(id) ? prev : undefined;
@@ -199,7 +199,7 @@ export async function commitSnapshot(repo: Repository, req: CommitRequest): Prom
         }
       }
     }
-    const built = await guarded(buildTree(parentTree, shape, entries(), reader, meta, { signal }));
+    const built = await guarded(buildTree(parentTree, shape, entries(), reader, meta, { signal, idOf: (b: Buffer) => repo.frames.idOf(b) }));
     // The last packs, both kinds at once, and 4. fencing beside them: this host must still
     // hold its generation (a forced attach elsewhere takes the next one); the daemon
     // checked it before the first pack too.

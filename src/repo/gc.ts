@@ -28,6 +28,7 @@
  * and the report's totals obey the same sum (liveBytes + packOverheadBytes +
  * reclaimableBytes = bytes of the packs with live frames).
  */
+import { requireReadable } from '../crypto/open.js';
 import { IslandError } from '../errors.js';
 import type { Manifest } from '../format/records.js';
 import { collectNodeRefs } from '../format/tree.js';
@@ -118,6 +119,8 @@ function offerTop(top: PartlyDeadPack[], p: PartlyDeadPack): void {
 }
 
 export async function collectGarbage(repo: Repository, opts: GcOptions): Promise<GcReport> {
+  // Without the key of an encrypted store no tree can be read: delete nothing, and say so.
+  await requireReadable(repo.store, repo.frames.encrypted, 'GC');
   const now = repo.now();
   const signal = opts.signal;
   const progress = opts.onProgress ?? (() => undefined);

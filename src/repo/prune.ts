@@ -8,6 +8,7 @@
  * may lag (Swift): a snapshot it does not show yet is neither kept nor deleted, only
  * the ones it shows are weighed, so a lag can make a prune keep more, never less.
  */
+import { requireReadable } from '../crypto/open.js';
 import { asIslandError } from '../errors.js';
 import type { Manifest } from '../format/records.js';
 import type { OpOptions } from '../store/types.js';
@@ -44,6 +45,7 @@ export async function liveSnapshots(repo: Repository, volume: string, opts: OpOp
 }
 
 export async function pruneSnapshots(repo: Repository, volume: string, policy: RetentionPolicy, opts: PruneOptions = {}): Promise<PruneReport> {
+  await requireReadable(repo.store, repo.frames.encrypted, 'prune');
   const snaps = await liveSnapshots(repo, volume, opts);
   const decisions = applyRetention(snaps, policy);
   const report: PruneReport = { volume, dryRun: opts.dryRun === true, policy, kept: [], deleted: [], skipped: [] };

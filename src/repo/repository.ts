@@ -8,7 +8,8 @@
 import { randomBytes } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import { IslandError } from '../errors.js';
-import { decodeBlob, encodeBlob, type BlobKind } from '../format/blob.js';
+import type { BlobKind } from '../format/blob.js';
+import { PLAIN_FRAMES, type FrameCodec, type PackFrames } from '../format/frame-codec.js';
 import { hex, type BlobLocation } from '../format/location.js';
 import { FOOTER_LEN, PACK_TARGET_SIZE, PackBuilder, parsePackFooter, parsePackTrailer, type PackEntry } from '../format/pack.js';
 import {
@@ -46,6 +47,8 @@ export interface RepositoryOptions {
   /** 32 random bytes for pack ids; simulations pass a seeded source. */
   randomId?: () => Buffer;
   packTargetSize?: number;
+  /** How blob frames are made and read: PLAIN_FRAMES, or sealed (an encrypted repository). */
+  frames?: FrameCodec;
 }
 
 async function orUndefined<T>(p: Promise<T>): Promise<T | undefined> {
@@ -65,6 +68,7 @@ export class Repository {
   readonly ulid: UlidGenerator;
   readonly randomId: () => Buffer;
   readonly packTargetSize: number;
+  readonly frames: FrameCodec;
 
   constructor(store: ObjectStore, opts: RepositoryOptions) {
     this.store = store;
@@ -74,6 +78,7 @@ export class Repository {
     this.ulid = opts.ulid ?? ulidFactory({ now: this.now });
     this.randomId = opts.randomId ?? (() => randomBytes(32));
     this.packTargetSize = opts.packTargetSize ?? PACK_TARGET_SIZE;
+    this.frames = opts.frames ?? PLAIN_FRAMES;
   }
 
   // ---- records ---------------------------------------------------------------------------
@@ -224,7 +229,7 @@ export class Repository {
       return decode();
     } catch (err) {
       const e = err as IslandError;
-      if (e.code === 'FORMAT_CORRUPT' || e.code === 'FORMAT_UNSUPPORTED' || e.code === 'HASH_MISMATCH') {
+      if (e.code === 'FORMAT_CORRUPT' || e.code === 'FORMAT_UNSUPPORTED' || e.code === 'HASH_MISMATCH' || e.code === 'AUTH_FAILED') {
         throw new IslandError(e.code, `${key}: ${e.message}`, { cause: e, details: { ...e.details, key } });
       }
       throw err;
@@ -238,7 +243,7 @@ export class Repository {
     const key = keys.pack(kind, loc.pack);
     const frame = await this.store.getRange(key, loc.offset, loc.length, opts);
     if (frame.length !== loc.length) throw new IslandError('FORMAT_CORRUPT', `${key}: blob at ${loc.offset} cut short (${frame.length} of ${loc.length} bytes)`, { details: { key, offset: loc.offset } });
-    return this.verified(() => decodeBlob(frame, loc.id, { base: loc.offset, kind }), key);
+    return this.verified(() => this.frames.decode(frame, loc.id, { base: loc.offset, kind }), key);
   }
 
   /** Footer and trailer of a pack: two small ranged reads, no blob data. */
@@ -301,6 +306,9 @@ export interface PackSinkOptions {
 
 export class PackSink implements TreeNodeWriter {
   private builder: PackBuilder | undefined;
+  /** How frames are placed in the pack being filled (sealed for its position when encrypted). */
+  private packFrames: PackFrames | undefined;
+  private packOffset = 0;
   private packId: Buffer | undefined;
   /** Pack uploads in flight; at most maxInflight (plus the pack being filled) in memory. */
   private readonly inflight = new Set<Promise<void>>();
@@ -324,21 +332,25 @@ export class PackSink implements TreeNodeWriter {
   add(frame: Buffer, id: Buffer): BlobLocation {
     const known = this.locations.get(hex(id));
     if (known) return known;
-    if (this.builder && !this.builder.fits(frame.length)) this.cut();
+    if (this.builder && !this.builder.fits(this.repo.frames.placedLength(frame.length))) this.cut();
     if (!this.builder) {
       this.builder = new PackBuilder(this.kind, this.repo.packTargetSize);
       this.packId = this.repo.randomId();
+      this.packFrames = this.repo.frames.newPack(this.kind);
+      this.packOffset = 0;
     }
-    const offset = this.builder.add(frame, id);
+    const placed = (this.packFrames as PackFrames).place(frame, this.builder.count, this.packOffset);
+    const offset = this.builder.add(placed, id);
+    this.packOffset = offset + placed.length;
     this.blobs++;
-    const loc = { pack: this.packId as Buffer, offset, length: frame.length, id };
+    const loc = { pack: this.packId as Buffer, offset, length: placed.length, id };
     this.locations.set(hex(id), loc);
     return loc;
   }
 
   /** Encode (hash, compress, frame) and add plain bytes. */
   addPlain(plain: Buffer): BlobLocation {
-    const b = encodeBlob(plain, this.kind);
+    const b = this.repo.frames.encode(plain, this.kind);
     return this.add(b.frame, b.id);
   }
 

@@ -5,7 +5,8 @@
  */
 import { setImmediate } from 'node:timers/promises';
 import { IslandError } from '../errors.js';
-import { decodeBlob, type BlobKind } from '../format/blob.js';
+import type { BlobKind } from '../format/blob.js';
+import { PLAIN_FRAMES, type FrameCodec } from '../format/frame-codec.js';
 import { hex } from '../format/location.js';
 import { MAX_PACK_SIZE, parsePack } from '../format/pack.js';
 import type { Manifest } from '../format/records.js';
@@ -47,18 +48,18 @@ const BLOBS_PER_YIELD = 16;
  * trailer entry, and every blob's plain bytes against its id. Yields to the event loop
  * between batches of blobs. FORMAT_CORRUPT or HASH_MISMATCH naming the key otherwise.
  */
-export async function verifyPack(bytes: Buffer, kind: BlobKind, key: string): Promise<number> {
+export async function verifyPack(bytes: Buffer, kind: BlobKind, key: string, frames: FrameCodec = PLAIN_FRAMES): Promise<number> {
   try {
     const pack = parsePack(bytes);
     if (pack.footer.kind !== kind) throw new IslandError('FORMAT_CORRUPT', `a ${pack.footer.kind} pack stored as a ${kind} pack`);
     for (const [i, e] of pack.entries.entries()) {
-      decodeBlob(bytes.subarray(e.offset, e.offset + e.frameLength), e.id, { base: e.offset, kind });
+      frames.decode(bytes.subarray(e.offset, e.offset + e.frameLength), e.id, { base: e.offset, kind });
       if (i % BLOBS_PER_YIELD === BLOBS_PER_YIELD - 1) await setImmediate();
     }
     return pack.entries.length;
   } catch (err) {
     const e = err as IslandError;
-    if (e.code === 'FORMAT_CORRUPT' || e.code === 'HASH_MISMATCH' || e.code === 'FORMAT_UNSUPPORTED') {
+    if (e.code === 'FORMAT_CORRUPT' || e.code === 'HASH_MISMATCH' || e.code === 'FORMAT_UNSUPPORTED' || e.code === 'AUTH_FAILED') {
       throw new IslandError(e.code, `${key}: ${e.message}`, { cause: err, details: { ...e.details, key } });
     }
     throw err;
@@ -74,7 +75,7 @@ export async function copyPack(src: Repository, dst: Repository, p: TreePack, op
   if (!info) throw new IslandError('FORMAT_CORRUPT', `pack ${p.key} that the tree reaches is missing from region ${src.region}`, { details: { key: p.key, pack: hex(p.id) } });
   if (info.size > MAX_PACK_SIZE) throw new IslandError('FORMAT_CORRUPT', `${p.key}: ${info.size} bytes is larger than any pack (${MAX_PACK_SIZE})`, { details: { key: p.key } });
   const bytes = await src.store.get(p.key, opts);
-  await verifyPack(bytes, p.kind, p.key);
+  await verifyPack(bytes, p.kind, p.key, src.frames);
   await dst.store.put(p.key, bytes, opts);
   return bytes.length;
 }

@@ -93,6 +93,7 @@ export async function takeSnapshot(repo: Repository, pool: EncodePool, o: Snapsh
       batchBytes: o.batchBytes,
       depth: o.window,
       signal: o.signal,
+      idKey: repo.frames.idKey,
       onProgress: o.onProgress,
       onBatch: (first, last) => {
         warm(first);

@@ -25,6 +25,8 @@ export interface EncodeStreamOptions {
   onBatch?: (first: number, last: number) => void;
   onProgress?: (done: number, total: number) => void;
   signal?: AbortSignal;
+  /** The id key of an encrypted repository (EncodePool.encodeBatch). */
+  idKey?: Buffer | undefined;
 }
 
 type Batch = { clusters: number[]; encoded: Promise<ClusterChange[]> };
@@ -40,7 +42,7 @@ export async function* encodedChanges(seal: Seal, pool: EncodePool, o: EncodeStr
     o.onBatch?.(clusters[0] as number, clusters.at(-1) as number);
     const encoded = (async (): Promise<ClusterChange[]> => {
       const plains = await Promise.all(clusters.map((c) => seal.readSealed(c)));
-      const enc = await pool.encodeBatch(plains, o.signal);
+      const enc = await pool.encodeBatch(plains, o.signal, o.idKey);
       return enc.map((e, i) => ({ cluster: clusters[i] as number, data: e.zero ? 'zero' : { frame: e.frame, id: e.id } }));
     })();
     encoded.catch(() => undefined); // awaited in order below; a batch left behind fails quietly

@@ -26,7 +26,6 @@
 import { IslandError, isTransient } from '../errors.js';
 import { hex } from '../format/location.js';
 import type { Manifest } from '../format/records.js';
-import { decodeBlob } from '../format/blob.js';
 import { iterate, lookup } from '../format/tree.js';
 import { keys } from '../repo/keys.js';
 import { manifestTree } from '../repo/commit.js';
@@ -140,7 +139,7 @@ async function fillScattered(repo: Repository, base: Manifest, volume: Volume, r
       if (e.kind !== 'blob' || hex(e.loc.pack) !== run.pack) throw new IslandError('INTERNAL', `cluster ${c} is not in pack ${run.pack} any more`);
       const at = e.loc.offset - run.offset;
       if (at < 0 || at + e.loc.length > bytes.length) throw new IslandError('FORMAT_CORRUPT', `${key}: the blob of cluster ${c} at ${e.loc.offset} lies outside the ${bytes.length} bytes read at ${run.offset}`);
-      await volume.supply(c, decodeBlob(bytes.subarray(at, at + e.loc.length), e.loc.id, { base: e.loc.offset, kind: 'data' }));
+      await volume.supply(c, repo.frames.decode(bytes.subarray(at, at + e.loc.length), e.loc.id, { base: e.loc.offset, kind: 'data' }));
     } catch (err) {
       if (isTransient(err) || signal.aborted) throw err;
       failed++;

@@ -30,12 +30,15 @@ export class EncodePool {
   }
 
   /** Hash and frame one cluster. */
-  async encode(plain: Buffer): Promise<Encoded> {
-    return (await this.encodeBatch([plain]))[0] as Encoded;
+  async encode(plain: Buffer, idKey?: Buffer): Promise<Encoded> {
+    return (await this.encodeBatch([plain], undefined, idKey))[0] as Encoded;
   }
 
-  /** Hash and frame several clusters in one task (one message each way). */
-  async encodeBatch(plains: readonly Buffer[], signal?: AbortSignal): Promise<Encoded[]> {
+  /**
+   * Hash and frame several clusters in one task (one message each way). `idKey`: the id key
+   * of an encrypted repository (ids keyed, frames left for the pack writer to seal).
+   */
+  async encodeBatch(plains: readonly Buffer[], signal?: AbortSignal, idKey?: Buffer): Promise<Encoded[]> {
     // Copy into one transferable buffer of its own (a plain may be a view of a shared pool).
     let total = 0;
     for (const p of plains) total += p.length;
@@ -46,7 +49,7 @@ export class EncodePool {
       at += p.length;
     }
     const lengths = plains.map((p) => p.length);
-    const r = await this.pool.run({ plain: own, lengths }, { transferList: [own.buffer], signal });
+    const r = await this.pool.run({ plain: own, lengths, idKey }, { transferList: [own.buffer], signal });
     const out = Buffer.from(r.buffer, r.byteOffset, r.byteLength);
     const n = lengths.length;
     const result: Encoded[] = [];

@@ -6,7 +6,6 @@
  * Unallocated and zero clusters never touch the network.
  */
 import { IslandError } from '../errors.js';
-import { decodeBlob } from '../format/blob.js';
 import { hex, type BlobLocation } from '../format/location.js';
 import type { Manifest } from '../format/records.js';
 import { lookup } from '../format/tree.js';
@@ -61,7 +60,7 @@ export function treeFetcher(repo: Repository, base: Manifest, onFetch?: (bytes: 
           let plain: Buffer;
           try {
             if (at + loc.length > bytes.length) throw new IslandError('FORMAT_CORRUPT', `pack ${key} ends before the blob at ${loc.offset}`);
-            plain = decodeBlob(bytes.subarray(at, at + loc.length), loc.id, { base: loc.offset, kind: 'data' });
+            plain = repo.frames.decode(bytes.subarray(at, at + loc.length), loc.id, { base: loc.offset, kind: 'data' });
           } catch (err) {
             const e = err as IslandError;
             throw new IslandError(e.code ?? 'FORMAT_CORRUPT', `volume ${base.volume} cluster ${cluster}: pack ${hex(loc.pack)} offset ${loc.offset}: ${e.message}`, { cause: err, details: { volume: base.volume, cluster, pack: hex(loc.pack), offset: loc.offset } });

@@ -20,6 +20,7 @@ import { compressSync } from 'lz4-napi';
 import { Piscina } from 'piscina';
 import { BLOB_HEADER_LEN, blobId, encodeBlob, encodeBlobHeader } from '../format/blob.js';
 import { CODEC_NONE } from '../format/codec.js';
+import { keyedBlobId, encodeUnsealedBlob } from '../format/encrypted-frame.js';
 import { ID_LEN } from '../format/location.js';
 
 export interface EncodeTask {
@@ -27,6 +28,8 @@ export interface EncodeTask {
   plain: Uint8Array;
   /** Bytes of each cluster in `plain`, in order. */
   lengths: number[];
+  /** The id key of an encrypted repository: the id is keyed and the frame left unsealed (the pack writer seals it). */
+  idKey?: Uint8Array | undefined;
 }
 
 /**
@@ -83,12 +86,12 @@ export default function encode(task: EncodeTask): EncodeResult {
     let id: Buffer;
     let frameLength: number;
     if (worthCompressing(plain)) {
-      const b = encodeBlob(plain, 'data');
+      const b = task.idKey === undefined ? encodeBlob(plain, 'data') : encodeUnsealedBlob(plain, 'data', task.idKey);
       out.set(b.frame, end);
       id = b.id;
       frameLength = b.frame.length;
     } else {
-      id = blobId(plain);
+      id = task.idKey === undefined ? blobId(plain) : keyedBlobId(task.idKey, plain);
       encodeBlobHeader({ kind: 'data', codec: CODEC_NONE, plainLength: len, storedLength: len, id }, out, end);
       out.set(plain, end + BLOB_HEADER_LEN);
       frameLength = BLOB_HEADER_LEN + len;

@@ -23,7 +23,7 @@
  *   volumeReadSealed(h, epoch, c, buf) -> Promise<bytes, or -1 when the cluster is not local>
  *   volumeMarkUploaded(h, epoch, c) -> 0 | -errno
  *   volumeComplete(h, epoch), volumeAbandon(h, epoch) -> Promise
- *   volumePersist(h), volumeSyncPresent(h), volumeMarkAllDirty(h) -> Promise
+ *   volumePersist(h), volumeSyncPresent(h) (only when present bits wait), volumeMarkAllDirty(h) -> Promise
  *   volumeNewIntentEpoch(h) -> Promise<epoch (0: none started)>   volumeIntentRecorded(h, epoch)
  *   volumeInstall(h, c, buf) -> Promise        volumeFetchFailed(h, c0, c1, errno)
  *   volumeIsPresent(h, c), volumeIsDirty(h, c) -> boolean
@@ -254,7 +254,7 @@ static void execute(napi_env env, void *data) {
   case OP_COMPLETE: res = islv_complete(v, j->a); break;
   case OP_ABANDON: res = islv_abandon(v, j->a, "abandoned by the caller"); break;
   case OP_PERSIST: res = islv_persist(v); break;
-  case OP_SYNC_PRESENT: res = islv_sync_present(v); break;
+  case OP_SYNC_PRESENT: res = islv_flush_present(v); break;
   case OP_NEW_INTENT: res = islv_new_intent_epoch(v, &j->out[0]); break;
   case OP_MARK_ALL_DIRTY: res = islv_mark_all_dirty(v); break;
   case OP_INSTALL: res = islv_install(v, j->a, j->data, j->len); break;
@@ -552,7 +552,10 @@ static napi_value js_read_sealed(napi_env env, napi_callback_info info) {
 }
 
 static napi_value two(napi_env env, napi_callback_info info, enum op op, size_t n) {
-  HANDLE(4);
+  napi_value argv[4];
+  if (!args(env, info, n, argv)) return NULL;
+  struct vctx *vc = handle(env, argv[0]);
+  if (vc == NULL) return NULL;
   napi_value promise;
   uint64_t a = 0, b = 0, mode = 0;
   if (n >= 2 && !u53(env, argv[1], "argument", op == OP_FALLOCATE ? &mode : &a)) return NULL;

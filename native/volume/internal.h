@@ -97,6 +97,8 @@ struct islv_volume {
   pthread_mutex_t stripe[ISLV_STRIPES];
   pthread_mutex_t pmu, ppmu, mmu;
   uint64_t *pending, pending_n, pending_cap;
+  /* A cluster below the base was written since the last sync_present (even one already saved). */
+  atomic_bool present_touched;
   struct islv_miss **misses;
   uint64_t miss_cap;
 

@@ -63,6 +63,7 @@ bool islv_is_present(struct islv_volume *v, uint64_t c) {
 
 void islv_present_written(struct islv_volume *v, uint64_t c) {
   if (!v->restored || c * v->C >= atomic_load(&v->base_length)) return;
+  atomic_store(&v->present_touched, true);
   if (islv_bitmap_get(v->present_saved, c)) return; /* persisted already: nothing would change */
   pthread_mutex_lock(&v->pmu);
   if (v->pending_n == v->pending_cap) {
@@ -81,6 +82,7 @@ int islv_sync_present(struct islv_volume *v) {
   uint64_t *taken = NULL, n = 0;
   if (v->restored) {
     pthread_mutex_lock(&v->pmu);
+    atomic_store(&v->present_touched, false);
     taken = v->pending;
     n = v->pending_n;
     v->pending = NULL;
@@ -89,6 +91,7 @@ int islv_sync_present(struct islv_volume *v) {
   }
   int err = islv_sync_image(v);
   if (err != 0) {
+    atomic_store(&v->present_touched, true);
     for (uint64_t i = 0; i < n; i++) islv_present_written(v, taken[i]);
     free(taken);
     return err;
@@ -117,6 +120,12 @@ int islv_sync_present(struct islv_volume *v) {
   free(pages);
   pthread_mutex_unlock(&v->ppmu);
   return err;
+}
+
+int islv_flush_present(struct islv_volume *v) {
+  if (!v->restored) return 0;
+  /* As the TypeScript engine: any write below the base since the last one counts. */
+  return atomic_load(&v->present_touched) ? islv_sync_present(v) : 0;
 }
 
 static struct islv_miss **miss_slot(struct islv_volume *v, uint64_t c) {

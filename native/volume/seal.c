@@ -160,7 +160,11 @@ void islv_abandon_open(struct islv_volume *v, const char *reason) {
     seal_end_locked(v, s, false);
   }
   pthread_mutex_unlock(&v->smu);
-  if (s != NULL) report_abandon(v, epoch, reason);
+  if (s == NULL) return;
+  report_abandon(v, epoch, reason);
+  /* The merged bits head for the disk at once (the TypeScript engine persists in the background). */
+  if (islv_persist(v) != 0) { /* the next persist tries again; the bits stay unsaved */
+  }
 }
 
 int islv_seal(struct islv_volume *v, uint64_t *epoch, uint64_t *length, uint64_t *clusters) {
@@ -301,6 +305,8 @@ void islv_protect(struct islv_volume *v, uint64_t c0, uint64_t c1) {
         seal_end_locked(v, s, false);
         pthread_mutex_unlock(&v->smu);
         report_abandon(v, epoch, why);
+        if (islv_persist(v) != 0) { /* the next persist tries again */
+        }
         pthread_mutex_lock(&v->smu);
       }
       break;

@@ -96,6 +96,8 @@ int islv_abandon(struct islv_volume *v, uint64_t epoch, const char *reason);
 int islv_persist(struct islv_volume *v);
 /* fdatasync the image and persist the present bits whose data that covers. */
 int islv_sync_present(struct islv_volume *v);
+/* The same, only when present bits wait for it (a restored volume written since the last one). */
+int islv_flush_present(struct islv_volume *v);
 /* Protocol C steps 1-2: returns the new intent epoch in *epoch, or 0 when there was no intent to clear
  * (then only dirty pages were persisted). The caller writes the state record, then calls
  * islv_intent_recorded(epoch). */

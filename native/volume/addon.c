@@ -36,6 +36,7 @@
 #include "addon.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +47,9 @@
 static const napi_type_tag VOLUME_TAG = { 0x69736c616e64766fULL, 0x6c756d6568616e64ULL };
 
 struct vctx {
+  /* Two owners: the JavaScript handle (until finalized) and the thread-safe function (until the
+   * volume is freed and it is torn down); the last one frees. */
+  _Atomic int owners;
   struct islv_volume *v;
   napi_threadsafe_function tsfn;
   napi_ref on_miss, on_event;
@@ -224,11 +228,15 @@ static void call_js(napi_env env, napi_value js_cb, void *context, void *data) {
   free(m);
 }
 
-static void tsfn_finalize(napi_env env, void *data, void *hint) {
-  struct vctx *vc = data;
+static void vctx_put(napi_env env, struct vctx *vc) {
+  if (atomic_fetch_sub(&vc->owners, 1) != 1) return;
   napi_delete_reference(env, vc->on_miss);
   napi_delete_reference(env, vc->on_event);
   free(vc);
+}
+
+static void tsfn_finalize(napi_env env, void *data, void *hint) {
+  vctx_put(env, data);
 }
 
 static void execute(napi_env env, void *data) {
@@ -269,6 +277,7 @@ static void volume_finalize(napi_env env, void *data, void *hint) {
     vc->released = 1;
     islv_unref(vc->v);
   }
+  vctx_put(env, vc);
 }
 
 static void complete(napi_env env, napi_status status, void *data) {
@@ -284,7 +293,8 @@ static void complete(napi_env env, napi_status status, void *data) {
     value = num(env, -1);
   } else if (res < 0) {
     if (j->op == OP_OPEN) {
-      /* islv_open freed the context through vctx_destroy; nothing of it is used here. */
+      /* No handle will own the context: islv_open released the function (vctx_destroy). */
+      vctx_put(env, j->vc);
       j->vc = NULL;
     }
     napi_reject_deferred(env, j->deferred, make_errno_error(env, (int)-res, "volume"));
@@ -441,6 +451,7 @@ static napi_value js_open(napi_env env, napi_callback_info info) {
     napi_throw_error(env, "ERR_MEMORY_ALLOCATION_FAILED", "out of memory");
     return NULL;
   }
+  atomic_store(&vc->owners, 2);
   if (napi_create_reference(env, argv[1], 1, &vc->on_miss) != napi_ok || napi_create_reference(env, argv[2], 1, &vc->on_event) != napi_ok) {
     free(vc);
     return NULL;

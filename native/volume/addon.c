@@ -29,7 +29,9 @@
  *   volumeIsPresent(h, c), volumeIsDirty(h, c) -> boolean
  *   volumeRecordInfo(h) -> { epoch, completedEpoch, recordableIntentEpoch, imageLength,
  *                            baseLength, syncedPages: [dirty.0, dirty.1, intent, present] }
- *   volumeStats(h) -> { ...counters }          volumeTakeOps(h) -> Float64Array (file, kind, a, b)*
+ *   volumeStats(h) -> { ...counters }
+ *   volumeTakeOps(h) -> { ops: Float64Array (file, kind, a, b)*, data: Array<Buffer | null> }
+ *       the logged operations (cfg.opLog; cfg.opLogData keeps the bytes of page and image writes)
  *   volumeClose(h) -> Promise<clean>           volumeRelease(h): JavaScript's reference dropped
  */
 #define _GNU_SOURCE
@@ -444,8 +446,9 @@ static napi_value js_open(napi_env env, napi_callback_info info) {
     napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "dir must be a string");
     return NULL;
   }
-  bool log = false;
+  bool log = false, log_data = false;
   if (napi_get_named_property(env, argv[0], "opLog", &oplog) == napi_ok) napi_get_value_bool(env, oplog, &log);
+  if (napi_get_named_property(env, argv[0], "opLogData", &oplog) == napi_ok) napi_get_value_bool(env, oplog, &log_data);
   struct vctx *vc = calloc(1, sizeof *vc);
   if (vc == NULL) {
     napi_throw_error(env, "ERR_MEMORY_ALLOCATION_FAILED", "out of memory");
@@ -481,7 +484,8 @@ static napi_value js_open(napi_env env, napi_callback_info info) {
     .completed_epoch = ce,
     .intent_epoch = ie,
     .side_log_budget = budget,
-    .op_log = log,
+    .op_log = log || log_data,
+    .op_log_data = log_data,
     .miss = on_miss,
     .event = on_event,
     .destroy = vctx_destroy,
@@ -733,21 +737,38 @@ static napi_value js_stats(napi_env env, napi_callback_info info) {
   return o;
 }
 
+static void free_data(napi_env env, void *data, void *hint) {
+  free(data);
+}
+
 static napi_value js_take_ops(napi_env env, napi_callback_info info) {
   HANDLE(1);
   uint64_t n = 0;
   struct islv_op *ops = islv_take_ops(vc->v, &n);
   uint64_t *flat = malloc((n ? n : 1) * 4 * sizeof *flat);
+  napi_value result, data, nul;
   if (flat == NULL) {
+    for (uint64_t i = 0; i < n; i++) free(ops[i].data);
     free(ops);
     napi_throw_error(env, "ERR_MEMORY_ALLOCATION_FAILED", "out of memory");
     return NULL;
   }
+  napi_create_object(env, &result);
+  napi_create_array_with_length(env, n, &data);
+  napi_get_null(env, &nul);
   for (uint64_t i = 0; i < n; i++) {
     flat[4 * i] = ops[i].file, flat[4 * i + 1] = ops[i].kind, flat[4 * i + 2] = ops[i].a, flat[4 * i + 3] = ops[i].b;
+    napi_value b = nul;
+    if (ops[i].data != NULL && napi_create_external_buffer(env, ops[i].data_len, ops[i].data, free_data, NULL, &b) != napi_ok) {
+      free(ops[i].data);
+      b = nul;
+    }
+    napi_set_element(env, data, (uint32_t)i, b);
   }
   free(ops);
-  return list_value(env, flat, 4 * n);
+  napi_set_named_property(env, result, "ops", list_value(env, flat, 4 * n));
+  napi_set_named_property(env, result, "data", data);
+  return result;
 }
 
 static napi_value js_release(napi_env env, napi_callback_info info) {

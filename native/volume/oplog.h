@@ -10,6 +10,7 @@
 #define ISLV_OPLOG_H
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #define ISLV_FILE_IMAGE 0
@@ -28,23 +29,29 @@
 struct islv_op {
   uint8_t file, kind;
   uint64_t a, b;
+  /* With data logging: the bytes a page write or an image write wrote (malloc'd), else NULL. */
+  uint8_t *data;
+  uint64_t data_len;
 };
 
 struct islv_oplog {
   pthread_mutex_t mu;
   struct islv_op *ops;
   uint64_t n, cap;
+  bool with_data;
 };
 
 /* NULL (logging off) is accepted by every call. */
-struct islv_oplog *islv_oplog_new(void);
+struct islv_oplog *islv_oplog_new(bool with_data);
 void islv_oplog_free(struct islv_oplog *log);
 void islv_oplog_add(struct islv_oplog *log, int file, int kind, uint64_t a, uint64_t b);
-/* Move the entries out (*n of them; free() the array). */
+/* The same with the bytes written (kept only with data logging). */
+void islv_oplog_data(struct islv_oplog *log, int file, int kind, uint64_t a, uint64_t b, const void *data, uint64_t len);
+/* Move the entries out (*n of them; free() the array and every entry's data). */
 struct islv_op *islv_oplog_take(struct islv_oplog *log, uint64_t *n);
 
-static inline void islv_oplog_page(struct islv_oplog *log, int file, uint64_t page, int slot) {
-  if (log != NULL) islv_oplog_add(log, file, ISLV_OP_PAGE, page, (uint64_t)slot);
+static inline void islv_oplog_page(struct islv_oplog *log, int file, uint64_t page, int slot, const void *bytes, uint64_t len) {
+  if (log != NULL) islv_oplog_data(log, file, ISLV_OP_PAGE, page, (uint64_t)slot, bytes, len);
 }
 static inline void islv_oplog_sync(struct islv_oplog *log, int file) {
   if (log != NULL) islv_oplog_add(log, file, ISLV_OP_SYNC, 0, 0);

@@ -127,7 +127,7 @@ int islv_pagefile_write(struct islv_pagefile *f, const uint64_t *index, uint64_t
       /* First write of the page: both slots, so a synced page never has a blank slot. */
       memcpy(both + ISLV_SLOT_SIZE, both, ISLV_SLOT_SIZE);
       f->unsynced[p] = 1;
-      islv_oplog_page(f->log, f->id, p, 2);
+      islv_oplog_page(f->log, f->id, p, 2, both, sizeof both);
       err = pwrite_all(f->fd, both, sizeof both, at);
       if (err == 0) g[0] = g[1] = generation;
       f->page_writes++;
@@ -136,7 +136,7 @@ int islv_pagefile_write(struct islv_pagefile *f, const uint64_t *index, uint64_t
     int slot = f->unsynced[p] ? f->unsynced[p] - 1 : (g[0] <= g[1] ? 0 : 1);
     f->unsynced[p] = (uint8_t)(slot + 1);
     g[slot] = 0; /* unknown until the write returns */
-    islv_oplog_page(f->log, f->id, p, slot);
+    islv_oplog_page(f->log, f->id, p, slot, both, ISLV_SLOT_SIZE);
     err = pwrite_all(f->fd, both, ISLV_SLOT_SIZE, at + (uint64_t)slot * ISLV_SLOT_SIZE);
     if (err == 0) g[slot] = generation;
     f->page_writes++;

@@ -237,7 +237,7 @@ int islv_install(struct islv_volume *v, uint64_t c, const uint8_t *data, uint64_
       if (k > 0) {
         if (islv_all_zero(data, k)) err = islv_punch(v, from, k);
         else err = islv_pwrite_all(v->image_fd, data, k, from);
-        if (err == 0) islv_oplog_add(v->log, ISLV_FILE_IMAGE, ISLV_OP_WRITE, from, k);
+        if (err == 0 && !islv_all_zero(data, k)) islv_oplog_data(v->log, ISLV_FILE_IMAGE, ISLV_OP_WRITE, from, k, data, k);
       }
       if (err == 0) {
         islv_bitmap_set(v->present, c);

@@ -71,7 +71,7 @@ int islv_punch(struct islv_volume *v, uint64_t pos, uint64_t len) {
     if (err != 0) return err;
     done += k;
   }
-  islv_oplog_add(v->log, ISLV_FILE_IMAGE, ISLV_OP_WRITE, pos, len);
+  islv_oplog_add(v->log, ISLV_FILE_IMAGE, ISLV_OP_PUNCH, pos, len); /* zeros written: the same content */
   return 0;
 }
 
@@ -128,7 +128,7 @@ int islv_open(const struct islv_config *cfg, struct islv_volume **out) {
   atomic_store(&v->base_length, cfg->base_length);
   atomic_store(&v->holes, true);
   atomic_store(&v->refs, 1);
-  if (cfg->op_log) v->log = islv_oplog_new();
+  if (cfg->op_log) v->log = islv_oplog_new(cfg->op_log_data);
   pthread_rwlockattr_t attr;
   pthread_rwlockattr_init(&attr);
   /* Writer preference: a seal waiting for the writes in flight is not starved by new ones. */
@@ -291,7 +291,7 @@ static int write_data(struct islv_volume *v, const uint8_t *buf, uint64_t off, u
   bool any = false;
   for (uint64_t c = first; c < last && !any; c++) any = islv_all_zero(buf + (c * C - off), C);
   if (!any) {
-    islv_oplog_add(v->log, ISLV_FILE_IMAGE, ISLV_OP_WRITE, off, end - off);
+    islv_oplog_data(v->log, ISLV_FILE_IMAGE, ISLV_OP_WRITE, off, end - off, buf, end - off);
     return islv_pwrite_all(v->image_fd, buf, end - off, off);
   }
   int err = islv_persist(v);
@@ -306,13 +306,13 @@ static int write_data(struct islv_volume *v, const uint8_t *buf, uint64_t off, u
     while (c < last && islv_all_zero(buf + (c * C - off), C)) c++;
     uint64_t from = a * C, to = c * C;
     if (from > pos) {
-      islv_oplog_add(v->log, ISLV_FILE_IMAGE, ISLV_OP_WRITE, pos, from - pos);
+      islv_oplog_data(v->log, ISLV_FILE_IMAGE, ISLV_OP_WRITE, pos, from - pos, buf + (pos - off), from - pos);
       if ((err = islv_pwrite_all(v->image_fd, buf + (pos - off), from - pos, pos)) != 0) return err;
     }
     uint64_t phys = atomic_load(&v->phys_len);
     if (to > phys) {
       /* Extend by writing the last byte: a write never shrinks the file. */
-      islv_oplog_add(v->log, ISLV_FILE_IMAGE, ISLV_OP_WRITE, to - 1, 1);
+      islv_oplog_data(v->log, ISLV_FILE_IMAGE, ISLV_OP_WRITE, to - 1, 1, buf + (to - 1 - off), 1);
       if ((err = islv_pwrite_all(v->image_fd, buf + (to - 1 - off), 1, to - 1)) != 0) return err;
       while (phys < to && !atomic_compare_exchange_weak(&v->phys_len, &phys, to)) {
       }
@@ -322,7 +322,7 @@ static int write_data(struct islv_volume *v, const uint8_t *buf, uint64_t off, u
     pos = to;
   }
   if (end > pos) {
-    islv_oplog_add(v->log, ISLV_FILE_IMAGE, ISLV_OP_WRITE, pos, end - pos);
+    islv_oplog_data(v->log, ISLV_FILE_IMAGE, ISLV_OP_WRITE, pos, end - pos, buf + (pos - off), end - pos);
     err = islv_pwrite_all(v->image_fd, buf + (pos - off), end - pos, pos);
   }
   return err;

@@ -49,6 +49,8 @@ struct islv_config {
   uint64_t intent_epoch;
   uint64_t side_log_budget;
   bool op_log;
+  /* ... with the bytes of every page and image write (tests that replay the log). */
+  bool op_log_data;
   /* Clusters [c0, c1] are wanted (called from any thread, never under a lock of the volume). */
   void (*miss)(void *ctx, uint64_t c0, uint64_t c1);
   void (*event)(void *ctx, int kind, uint64_t a, const char *msg);

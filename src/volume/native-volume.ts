@@ -24,7 +24,7 @@ import { nodeFs } from './files.js';
 import { nativeAddonObject } from './native.js';
 import { Seal, SealState, type SealOps } from './seal.js';
 import { createParts, openParts, DEFAULT_FLUSH_INTERVAL_MS, DEFAULT_SIDE_LOG_BUDGET, type RecoveryInfo, type VolumeCreateOptions, type VolumeOptions, type VolumeParts, type VolumeLogger, type PresentFetcher } from './setup.js';
-import { MAX_IMAGE_LENGTH, writeState, type VolumeState } from './state.js';
+import { encodeState, MAX_IMAGE_LENGTH, writeState, type VolumeState } from './state.js';
 import type { VolumeStats } from './stats.js';
 
 /** File numbers of the addon (ISLV_FILE_* in native/volume/oplog.h). */
@@ -33,10 +33,12 @@ export const NATIVE_FILES = ['image', 'dirty.0', 'dirty.1', 'intent', 'present',
 export const NATIVE_OPS = ['', 'page', 'sync', 'write', 'punch', 'truncate'] as const;
 
 export interface NativeOp {
-  file: (typeof NATIVE_FILES)[number];
-  op: (typeof NATIVE_OPS)[number];
+  file: (typeof NATIVE_FILES)[number] | 'state';
+  op: (typeof NATIVE_OPS)[number] | 'record';
   a: number;
   b: number;
+  /** With opLogData: the bytes written (a page write, an image write, the state record). */
+  data?: Buffer | null;
 }
 
 /** Falloc modes (island_io.h). */
@@ -82,7 +84,7 @@ interface VolumeAddon {
   volumeDirtyList(h: Handle): Float64Array;
   volumeRecordInfo(h: Handle): RecordInfo;
   volumeStats(h: Handle): Record<string, number>;
-  volumeTakeOps(h: Handle): Float64Array;
+  volumeTakeOps(h: Handle): { ops: Float64Array; data: Array<Buffer | null> };
   volumeClose(h: Handle): Promise<boolean>;
   volumeRelease(h: Handle): void;
 }
@@ -115,6 +117,12 @@ function errnoOf(err: unknown): number | undefined {
 export interface NativeVolumeOptions {
   /** Keep the ordered list of file operations (tests): takeOps(). */
   opLog?: boolean;
+  /**
+   * The same with the bytes of every write, and the state record writes in their place (as
+   * op 'record' of file 'state', logged once the record is durable): enough to replay the
+   * operations into another file system (tests that crash the replay).
+   */
+  opLogData?: boolean;
 }
 
 export class NativeVolume extends EventEmitter {
@@ -214,6 +222,7 @@ export class NativeVolume extends EventEmitter {
         intentEpoch: p.tracker.intentEpoch,
         sideLogBudget: p.options.sideLogBudget ?? DEFAULT_SIDE_LOG_BUDGET,
         opLog: opts.opLog === true,
+        opLogData: opts.opLogData === true,
       },
       (c0, c1) => (self !== null ? self.onMiss(c0, c1) : pendingEvents.push(() => self?.onMiss(c0, c1))),
       (kind, x, msg) => (self !== null ? self.onEvent(kind, x, msg) : pendingEvents.push(() => self?.onEvent(kind, x, msg))),
@@ -233,6 +242,7 @@ export class NativeVolume extends EventEmitter {
       throw err;
     }
     self = new NativeVolume(p, h, a);
+    self.logData = opts.opLogData === true;
     for (const e of pendingEvents) e();
     return self;
   }
@@ -538,11 +548,16 @@ export class NativeVolume extends EventEmitter {
       };
       await writeState(nodeFs, this.dir, s);
       this.stateWrites++;
+      if (this.logData && !this.released) {
+        this.leftOps.push(...this.opsNow());
+        this.leftOps.push({ file: 'state', op: 'record', a: 0, b: 0, data: encodeState(s) });
+      }
       if (!this.released) this.a.volumeIntentRecorded(this.handle, info.recordableIntentEpoch);
     });
   }
 
   private released = false;
+  private logData = false;
 
   close(): Promise<void> {
     this.closing ??= this.closeNow();
@@ -654,10 +669,10 @@ export class NativeVolume extends EventEmitter {
   private leftOps: NativeOp[] = [];
 
   private opsNow(): NativeOp[] {
-    const flat = this.a.volumeTakeOps(this.handle);
+    const { ops: flat, data } = this.a.volumeTakeOps(this.handle);
     const out: NativeOp[] = [];
     for (let i = 0; i + 3 < flat.length; i += 4) {
-      out.push({ file: NATIVE_FILES[flat[i]!] ?? 'image', op: NATIVE_OPS[flat[i + 1]!] ?? '', a: flat[i + 2]!, b: flat[i + 3]! });
+      out.push({ file: NATIVE_FILES[flat[i]!] ?? 'image', op: NATIVE_OPS[flat[i + 1]!] ?? '', a: flat[i + 2]!, b: flat[i + 3]!, data: data[i / 4] ?? null });
     }
     return out;
   }

@@ -10,7 +10,7 @@
  *   - every cluster that differs from the snapshot the recovered state record names as
  *     committed dirty (change tracking never lost), or no committed snapshot at all.
  */
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -20,9 +20,11 @@ import { NativeVolume, nativeWritePathAvailable, type NativeOp } from '../../src
 import { decodeState, writeState } from '../../src/volume/state.js';
 import type { LocalFile } from '../../src/volume/files.js';
 import { Rng } from '../../src/util/random.js';
+import type { PresentFetcher } from '../../src/volume/setup.js';
 
 const DIR = '/data/v';
 const FILES = ['image.qcow2', 'dirty.0', 'dirty.1', 'intent', 'sidelog', 'state'];
+const BASE_SNAP = '01HZY5J8X3M6QK2V9T4N7RBCD0';
 const CROCKFORD = '0123456789ABCDEFGHJKMNPQRSTVWXYZ';
 const C = 4096;
 
@@ -50,7 +52,11 @@ async function replay(initial: Map<string, Buffer>, ops: NativeOp[], upTo: numbe
     else files.set(name, f);
   }
   await fs.syncDir(DIR);
-  const fileOf = (op: NativeOp): LocalFile => files.get(op.file === 'image' ? 'image.qcow2' : op.file)!;
+  const fileOf = (op: NativeOp): LocalFile => {
+    const f = files.get(op.file === 'image' ? 'image.qcow2' : op.file);
+    if (f === undefined) throw new Error(`replay: no file ${op.file}`);
+    return f;
+  };
   for (let i = 0; i < upTo; i++) {
     const op = ops[i]!;
     if (op.op === 'record') {
@@ -73,21 +79,46 @@ async function replay(initial: Map<string, Buffer>, ops: NativeOp[], upTo: numbe
   return fs;
 }
 
-t.test('the C path\'s log, crashed before every sync with torn sectors, recovers without losing fsynced data or changes', { skip: nativeWritePathAvailable() ? false : 'the native addon is not built' }, async (t) => {
+function baseOf(len: number): Buffer {
+  const b = new Rng(99).bytes(len);
+  b.fill(0, 0, 2 * C);
+  return b;
+}
+
+function fetcherOf(base: Buffer): PresentFetcher {
+  return {
+    async fetch(first: number, count: number): Promise<Buffer> {
+      await new Promise((r) => setImmediate(r));
+      return Buffer.from(base.subarray(first * C, Math.min(base.length, (first + count) * C)));
+    },
+  };
+}
+
+const skip = nativeWritePathAvailable() ? false : 'the native addon is not built';
+t.test('a new volume: the C path\'s log, crashed before every sync with torn sectors, recovers without losing fsynced data or changes', { skip }, (t) => crashRun(t, 11, null));
+t.test('a restored volume: the same, with present bits (a lost one would refetch over fsynced data)', { skip }, (t) => crashRun(t, 12, baseOf(384 * 1024)));
+
+async function crashRun(t: Test, seed: number, base: Buffer | null): Promise<void> {
   const tmp = await mkdtemp(join(tmpdir(), 'island-native-crash-'));
   t.teardown(() => rm(tmp, { recursive: true, force: true }));
   const vdir = join(tmp, 'v');
-  const native = await NativeVolume.create(vdir, { name: 'v', virtualSize: 64 * 1024 * 1024, clusterSize: C, regionSize: 16 * C, generation: 1, flushIntervalMs: 0, sideLogBudget: 8 * C, opLogData: true });
+  const restore = base === null ? {} : { baseSnapshot: BASE_SNAP, baseLength: base.length, fetcher: fetcherOf(base) };
+  const native = await NativeVolume.create(vdir, { name: 'v', virtualSize: 64 * 1024 * 1024, clusterSize: C, regionSize: 16 * C, generation: 1, flushIntervalMs: 0, sideLogBudget: 8 * C, opLogData: true, ...restore });
   const initial = new Map<string, Buffer>();
-  for (const f of FILES) initial.set(f, await readFile(join(vdir, f)));
-  const rng = new Rng(11);
+  for (const f of base === null ? FILES : [...FILES, 'present']) initial.set(f, await readFile(join(vdir, f)));
+  const rng = new Rng(seed);
   const ops: NativeOp[] = [];
   const drain = (): void => {
     ops.push(...native.takeOps());
   };
-  let cur = Buffer.from(initial.get('image.qcow2')!);
+  // What the guest sees: the base content where nothing was written yet.
+  let cur = base === null ? Buffer.from(initial.get('image.qcow2')!) : Buffer.from(base);
   const fsyncs: FsyncMark[] = [{ at: 0, image: Buffer.from(cur) }];
   const sealed = new Map<string, Buffer>();
+  function sealedBase(b: Buffer): void {
+    sealed.set(BASE_SNAP, Buffer.from(b));
+  }
+  if (base !== null) sealedBase(base);
   let ids = 0;
   const span = 512 * 1024;
   for (let step = 0; step < 160; step++) {
@@ -154,7 +185,7 @@ t.test('the C path\'s log, crashed before every sync with torn sectors, recovers
   let lostChanges = 0;
   for (const at of points) {
     const fs = await replay(initial, ops, at, new Rng(at + 1));
-    const v = await Volume.open(DIR, { fs, flushIntervalMs: 0 });
+    const v = await Volume.open(DIR, { fs, flushIntervalMs: 0, ...(base === null ? {} : { fetcher: fetcherOf(base) }) });
     const image = Buffer.alloc(v.length);
     await v.read(image, 0);
     // The last fsync completed before the crash, and what was written since.
@@ -202,5 +233,6 @@ t.test('the C path\'s log, crashed before every sync with torn sectors, recovers
   }
   t.equal(lostBytes, 0, `no fsynced byte lost at ${points.length} crash points`);
   t.equal(lostChanges, 0, 'no change lost from the tracking');
-  t.ok(sealed.size > 0, `${sealed.size} snapshots completed in the stream`);
-});
+  t.ok(sealed.size > (base === null ? 0 : 1), `${sealed.size} snapshots completed in the stream`);
+  if (base !== null) t.ok(native.stats().fetchedClusters > 0, 'clusters were fetched and installed');
+}

@@ -201,6 +201,7 @@ int islv_seal(struct islv_volume *v, uint64_t *epoch, uint64_t *length, uint64_t
   s->length = atomic_load(&v->len);
   s->open = 1;
   s->refs = 1;
+  s->count = islv_bitmap_count(s->bits);
   v->current = fresh;
   v->epoch++;
   v->sealed = s;
@@ -209,7 +210,6 @@ int islv_seal(struct islv_volume *v, uint64_t *epoch, uint64_t *length, uint64_t
   pthread_mutex_unlock(&v->smu);
   pthread_rwlock_unlock(&v->gate);
   CNT(v, seals);
-  s->count = islv_bitmap_count(s->bits);
   *epoch = s->epoch;
   *length = s->length;
   *clusters = s->count;

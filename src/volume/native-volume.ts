@@ -21,6 +21,7 @@ import { PagedBitmap } from './bitmap.js';
 import type { BitmapFile } from './bitmap-file.js';
 import { Coalescer, Mutex } from './concurrency.js';
 import { nodeFs } from './files.js';
+import { ReadAhead } from './lazy.js';
 import { nativeAddonObject } from './native.js';
 import { Seal, SealState, type SealOps } from './seal.js';
 import { createParts, openParts, DEFAULT_FLUSH_INTERVAL_MS, DEFAULT_SIDE_LOG_BUDGET, type RecoveryInfo, type VolumeCreateOptions, type VolumeOptions, type VolumeParts, type VolumeLogger, type PresentFetcher } from './setup.js';
@@ -150,6 +151,8 @@ export class NativeVolume extends EventEmitter {
   private closed = false;
   private closing: Promise<void> | null = null;
   private stateWrites = 0;
+  /** Read-ahead of sequential reads of missing clusters through this class (lazy.ts). */
+  private readonly ahead: ReadAhead | null;
   private fetches = 0;
 
   private constructor(
@@ -174,6 +177,7 @@ export class NativeVolume extends EventEmitter {
     this.restored = p.present !== null;
     this.logger = p.options.logger;
     this.fetcher = p.options.fetcher;
+    this.ahead = this.restored ? new ReadAhead(this.clusterSize, () => this.baseClusters, (c0, c1) => this.ensurePresent(c0, c1)) : null;
     const every = p.options.flushIntervalMs ?? DEFAULT_FLUSH_INTERVAL_MS;
     if (every > 0) {
       this.timer = setInterval(() => {
@@ -258,6 +262,12 @@ export class NativeVolume extends EventEmitter {
     this.checkOpen();
     checkRange(offset, buf.length);
     if (buf.length === 0) return 0;
+    if (this.ahead !== null && offset < this.length) {
+      const C = this.clusterSize;
+      const end = Math.min(offset + buf.length, this.length);
+      const c1 = Math.floor((end - 1) / C);
+      if (offset < this.baseClusters * C) this.ahead.note(offset, end, c1);
+    }
     return this.io('read', () => this.a.volumeRead(this.handle, buf, offset), { offset, len: buf.length });
   }
 

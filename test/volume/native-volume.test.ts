@@ -11,6 +11,8 @@ import { codeOf } from '../../src/errors.js';
 import { NativeVolume, nativeWritePathAvailable } from '../../src/volume/native-volume.js';
 import type { PresentFetcher } from '../../src/volume/setup.js';
 import { Rng } from '../../src/util/random.js';
+import { createVolume, openVolume } from '../../src/volume/write-path.js';
+import type { FuseVolume } from '../../src/fuse/adapter.js';
 
 const C = 4096;
 const BASE = '01HZY5J8X3M6QK2V9T4N7RBCD0';
@@ -152,4 +154,27 @@ t.test('sequential reads of missing clusters fetch ahead', { skip }, async (t) =
   while (!v.isPresent(255) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
   t.ok(v.isPresent(255), 'clusters past the last read were fetched ahead of it');
   t.ok(fetcher.calls.some(([, count]) => count > 16), `a fetch larger than one read (${JSON.stringify(fetcher.calls.slice(0, 6))})`);
+});
+
+t.test('either write path opens what the other closed', { skip }, async (t) => {
+  const dir = await tempDir(t);
+  const path = join(dir, 'v');
+  const data = new Rng(7).bytes(5 * C + 3);
+  const a = await createVolume(path, { writePath: 'native', name: 'v', virtualSize: 1024 * 1024, clusterSize: C, generation: 1, flushIntervalMs: 0 });
+  const served: FuseVolume = a; // what the fuse-native adapter asks of a volume
+  await served.write(data, 3 * C + 1);
+  await a.close();
+  const b = await openVolume(path, { writePath: 'typescript', flushIntervalMs: 0 });
+  const buf = Buffer.alloc(data.length);
+  await b.read(buf, 3 * C + 1);
+  t.ok(buf.equals(data), 'the TypeScript engine reads what the C path wrote');
+  t.ok(b.recovery.clean && b.isDirty(3) && b.isDirty(8));
+  await b.write(Buffer.alloc(C, 1), 20 * C);
+  await b.close();
+  const c = await openVolume(path, { writePath: 'native', flushIntervalMs: 0 });
+  t.teardown(() => c.close());
+  await c.read(buf.subarray(0, C), 20 * C);
+  t.ok(buf.subarray(0, C).equals(Buffer.alloc(C, 1)), 'and the other way round');
+  t.ok(c.isDirty(20));
+  t.equal(await codeOfRejection(openVolume(path, { writePath: 'other' as 'native' })), 'INVALID_ARGUMENT');
 });

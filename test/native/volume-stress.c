@@ -185,6 +185,10 @@ static void *io_thread(void *arg) {
         fprintf(stderr, "read: %lld\n", (long long)res);
         atomic_fetch_add(&failures, 1);
       }
+    } else if ((r >> 8) & 1) {
+      uint64_t c = (r >> 5) % ((uint64_t)(nthreads + 1) * BAND);
+      (void)islv_is_dirty(vol, c);
+      (void)islv_is_present(vol, c);
     } else {
       int e = islv_fsync(vol);
       if (e != 0) {
@@ -227,6 +231,17 @@ static void *control(void *arg) {
     }
     if (rand_r(&seed) % 3 == 0) islv_abandon(vol, epoch, "stress");
     else islv_complete(vol, epoch);
+    /* The tail past the bands grows and shrinks; the counters are read while I/O runs. */
+    uint64_t len = (uint64_t)(nthreads + 1) * BAND * C;
+    int te = islv_truncate(vol, len + (rand_r(&seed) % 4) * C);
+    if (te != 0) {
+      fprintf(stderr, "truncate: %d\n", te);
+      atomic_fetch_add(&failures, 1);
+    }
+    struct islv_stats st;
+    struct islv_record_info ri;
+    islv_get_stats(vol, &st);
+    islv_record_info(vol, &ri);
     islv_persist(vol);
     uint64_t ie;
     if (islv_new_intent_epoch(vol, &ie) == 0 && ie > 0) islv_intent_recorded(vol, ie);

@@ -4,7 +4,7 @@
   "targets": [
     {
       "target_name": "island_native",
-      "sources": ["island_native.c", "volume/addon.c", "volume/bitmap.c", "volume/oplog.c", "volume/pagefile.c", "volume/present.c", "volume/seal.c", "volume/track.c", "volume/volume.c"],
+      "sources": ["island_native.c", "volume/addon.c", "volume/addon-sync.c", "volume/bitmap.c", "volume/oplog.c", "volume/pagefile.c", "volume/present.c", "volume/seal.c", "volume/track.c", "volume/volume.c"],
       "defines": ["NAPI_VERSION=8", "_FILE_OFFSET_BITS=64"],
       "cflags": ["-Wall", "-Wextra", "-Wno-unused-parameter", "-pthread"],
       "libraries": ["-pthread"],

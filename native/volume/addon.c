@@ -44,19 +44,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "volume.h"
+#include "addon-util.h"
 
-static const napi_type_tag VOLUME_TAG = { 0x69736c616e64766fULL, 0x6c756d6568616e64ULL };
-
-struct vctx {
-  /* Two owners: the JavaScript handle (until finalized) and the thread-safe function (until the
-   * volume is freed and it is torn down); the last one frees. */
-  _Atomic int owners;
-  struct islv_volume *v;
-  napi_threadsafe_function tsfn;
-  napi_ref on_miss, on_event;
-  int released; /* volumeRelease was called */
-};
+const napi_type_tag ISLV_VOLUME_TAG = { 0x69736c616e64766fULL, 0x6c756d6568616e64ULL };
 
 #define MSG_MISS 1
 #define MSG_EVENT 2
@@ -97,13 +87,13 @@ struct run {
   int64_t result;
 };
 
-static napi_value undefined(napi_env env) {
+napi_value islv_undefined(napi_env env) {
   napi_value u;
   napi_get_undefined(env, &u);
   return u;
 }
 
-static napi_value make_errno_error(napi_env env, int err, const char *what) {
+napi_value islv_errno_error(napi_env env, int err, const char *what) {
   napi_value msg, error, num, sys;
   char text[256];
   snprintf(text, sizeof text, "%s: %s", what, strerror(err));
@@ -116,7 +106,7 @@ static napi_value make_errno_error(napi_env env, int err, const char *what) {
   return error;
 }
 
-static napi_value num(napi_env env, double x) {
+napi_value islv_num(napi_env env, double x) {
   napi_value v;
   napi_create_double(env, x, &v);
   return v;
@@ -196,10 +186,10 @@ static void call_js(napi_env env, napi_value js_cb, void *context, void *data) {
   if (m->type == MSG_RETRY) {
     struct job *j = m->job;
     if (m->err != 0) {
-      napi_reject_deferred(env, j->deferred, make_errno_error(env, -m->err, "volume I/O"));
+      napi_reject_deferred(env, j->deferred, islv_errno_error(env, -m->err, "volume I/O"));
       job_free(env, j);
     } else if (!queue(env, j)) {
-      napi_reject_deferred(env, j->deferred, make_errno_error(env, ENOMEM, "volume I/O"));
+      napi_reject_deferred(env, j->deferred, islv_errno_error(env, ENOMEM, "volume I/O"));
       job_free(env, j);
     }
   } else {
@@ -208,10 +198,10 @@ static void call_js(napi_env env, napi_value js_cb, void *context, void *data) {
     int argc = 2;
     if (m->type == MSG_MISS) {
       napi_get_reference_value(env, vc->on_miss, &fn);
-      argv[0] = num(env, (double)m->a), argv[1] = num(env, (double)m->b);
+      argv[0] = islv_num(env, (double)m->a), argv[1] = islv_num(env, (double)m->b);
     } else {
       napi_get_reference_value(env, vc->on_event, &fn);
-      argv[0] = num(env, (double)m->a), argv[1] = num(env, (double)m->b);
+      argv[0] = islv_num(env, (double)m->a), argv[1] = islv_num(env, (double)m->b);
       napi_create_string_utf8(env, m->text != NULL ? m->text : "", NAPI_AUTO_LENGTH, &argv[2]);
       argc = 3;
     }
@@ -289,17 +279,17 @@ static void complete(napi_env env, napi_status status, void *data) {
   napi_delete_async_work(env, r->work);
   free(r);
   if (res == ISL_PARKED) return; /* the waiter's wake queues it again */
-  napi_value value = undefined(env);
+  napi_value value = islv_undefined(env);
   if (status != napi_ok) res = -EIO;
   if (j->op == OP_READ_SEALED && res == -1000) {
-    value = num(env, -1);
+    value = islv_num(env, -1);
   } else if (res < 0) {
     if (j->op == OP_OPEN) {
       /* No handle will own the context: islv_open released the function (vctx_destroy). */
       vctx_put(env, j->vc);
       j->vc = NULL;
     }
-    napi_reject_deferred(env, j->deferred, make_errno_error(env, (int)-res, "volume"));
+    napi_reject_deferred(env, j->deferred, islv_errno_error(env, (int)-res, "volume"));
     job_free(env, j);
     return;
   } else {
@@ -307,21 +297,21 @@ static void complete(napi_env env, napi_status status, void *data) {
     case OP_OPEN: {
       napi_value ext;
       napi_create_external(env, j->vc, volume_finalize, NULL, &ext);
-      napi_type_tag_object(env, ext, &VOLUME_TAG);
+      napi_type_tag_object(env, ext, &ISLV_VOLUME_TAG);
       j->vc->v = j->v;
       value = ext;
       break;
     }
     case OP_READ:
     case OP_WRITE:
-    case OP_READ_SEALED: value = num(env, (double)res); break;
-    case OP_NEW_INTENT: value = num(env, (double)j->out[0]); break;
+    case OP_READ_SEALED: value = islv_num(env, (double)res); break;
+    case OP_NEW_INTENT: value = islv_num(env, (double)j->out[0]); break;
     case OP_CLOSE: napi_get_boolean(env, j->clean, &value); break;
     case OP_SEAL:
       napi_create_object(env, &value);
-      napi_set_named_property(env, value, "epoch", num(env, (double)j->out[0]));
-      napi_set_named_property(env, value, "length", num(env, (double)j->out[1]));
-      napi_set_named_property(env, value, "clusters", num(env, (double)j->out[2]));
+      napi_set_named_property(env, value, "epoch", islv_num(env, (double)j->out[0]));
+      napi_set_named_property(env, value, "length", islv_num(env, (double)j->out[1]));
+      napi_set_named_property(env, value, "clusters", islv_num(env, (double)j->out[2]));
       break;
     default: break;
     }
@@ -333,7 +323,7 @@ static void complete(napi_env env, napi_status status, void *data) {
 
 /* ---------- argument helpers ---------- */
 
-static bool args(napi_env env, napi_callback_info info, size_t n, napi_value *argv) {
+bool islv_args(napi_env env, napi_callback_info info, size_t n, napi_value *argv) {
   size_t argc = n;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return false;
   if (argc < n) {
@@ -343,7 +333,7 @@ static bool args(napi_env env, napi_callback_info info, size_t n, napi_value *ar
   return true;
 }
 
-static bool u53(napi_env env, napi_value x, const char *what, uint64_t *out) {
+bool islv_u53(napi_env env, napi_value x, const char *what, uint64_t *out) {
   double d;
   if (napi_get_value_double(env, x, &d) != napi_ok || d != d || d < 0 || d > 9007199254740991.0 || d != (double)(uint64_t)d) {
     char text[128];
@@ -355,10 +345,10 @@ static bool u53(napi_env env, napi_value x, const char *what, uint64_t *out) {
   return true;
 }
 
-static struct vctx *handle(napi_env env, napi_value h) {
+struct vctx *islv_handle(napi_env env, napi_value h) {
   bool ok = false;
   void *vc = NULL;
-  if (napi_check_object_type_tag(env, h, &VOLUME_TAG, &ok) != napi_ok || !ok || napi_get_value_external(env, h, &vc) != napi_ok) {
+  if (napi_check_object_type_tag(env, h, &ISLV_VOLUME_TAG, &ok) != napi_ok || !ok || napi_get_value_external(env, h, &vc) != napi_ok) {
     napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "not a volume handle");
     return NULL;
   }
@@ -370,7 +360,7 @@ static struct vctx *handle(napi_env env, napi_value h) {
   return c;
 }
 
-static bool buffer(napi_env env, napi_value x, uint8_t **data, size_t *len) {
+bool islv_buffer(napi_env env, napi_value x, uint8_t **data, size_t *len) {
   bool is;
   if (napi_is_typedarray(env, x, &is) == napi_ok && is) {
     napi_typedarray_type type;
@@ -410,14 +400,14 @@ static struct job *new_job(napi_env env, enum op op, struct vctx *vc, napi_value
 
 static napi_value start(napi_env env, struct job *j, napi_value promise) {
   if (!queue(env, j)) {
-    napi_reject_deferred(env, j->deferred, make_errno_error(env, ENOMEM, "volume"));
+    napi_reject_deferred(env, j->deferred, islv_errno_error(env, ENOMEM, "volume"));
     job_free(env, j);
   }
   return promise;
 }
 
 static bool keep_buffer(napi_env env, struct job *j, napi_value buf) {
-  if (!buffer(env, buf, &j->data, &j->len)) return false;
+  if (!islv_buffer(env, buf, &j->data, &j->len)) return false;
   return napi_create_reference(env, buf, 1, &j->buf_ref) == napi_ok;
 }
 
@@ -426,12 +416,12 @@ static bool keep_buffer(napi_env env, struct job *j, napi_value buf) {
 static bool prop_u53(napi_env env, napi_value obj, const char *name, uint64_t *out) {
   napi_value x;
   if (napi_get_named_property(env, obj, name, &x) != napi_ok) return false;
-  return u53(env, x, name, out);
+  return islv_u53(env, x, name, out);
 }
 
 static napi_value js_open(napi_env env, napi_callback_info info) {
   napi_value argv[3], promise, dirv, name, oplog;
-  if (!args(env, info, 3, argv)) return NULL;
+  if (!islv_args(env, info, 3, argv)) return NULL;
   uint64_t cs, rs, il, bl, ep, ce, ie, budget;
   if (!prop_u53(env, argv[0], "clusterSize", &cs) || !prop_u53(env, argv[0], "regionSize", &rs) || !prop_u53(env, argv[0], "imageLength", &il) ||
       !prop_u53(env, argv[0], "baseLength", &bl) || !prop_u53(env, argv[0], "epoch", &ep) || !prop_u53(env, argv[0], "completedEpoch", &ce) ||
@@ -494,12 +484,6 @@ static napi_value js_open(napi_env env, napi_callback_info info) {
   return start(env, j, promise);
 }
 
-#define HANDLE(n)                                   \
-  napi_value argv[n];                               \
-  if (!args(env, info, n, argv)) return NULL;       \
-  struct vctx *vc = handle(env, argv[0]);           \
-  if (vc == NULL) return NULL;
-
 static napi_value simple(napi_env env, napi_callback_info info, enum op op) {
   HANDLE(1);
   napi_value promise;
@@ -519,12 +503,12 @@ static napi_value io(napi_env env, napi_callback_info info, enum op op) {
   HANDLE(3);
   napi_value promise;
   uint64_t off;
-  if (!u53(env, argv[2], "offset", &off)) return NULL;
+  if (!islv_u53(env, argv[2], "offset", &off)) return NULL;
   struct job *j = new_job(env, op, vc, &promise);
   if (j == NULL) return NULL;
   j->a = off;
   if (!keep_buffer(env, j, argv[1])) {
-    napi_resolve_deferred(env, j->deferred, undefined(env));
+    napi_resolve_deferred(env, j->deferred, islv_undefined(env));
     job_free(env, j);
     return NULL;
   }
@@ -538,12 +522,12 @@ static napi_value js_install(napi_env env, napi_callback_info info) {
   HANDLE(3);
   napi_value promise;
   uint64_t c;
-  if (!u53(env, argv[1], "cluster", &c)) return NULL;
+  if (!islv_u53(env, argv[1], "cluster", &c)) return NULL;
   struct job *j = new_job(env, OP_INSTALL, vc, &promise);
   if (j == NULL) return NULL;
   j->a = c;
   if (!keep_buffer(env, j, argv[2])) {
-    napi_resolve_deferred(env, j->deferred, undefined(env));
+    napi_resolve_deferred(env, j->deferred, islv_undefined(env));
     job_free(env, j);
     return NULL;
   }
@@ -554,12 +538,12 @@ static napi_value js_read_sealed(napi_env env, napi_callback_info info) {
   HANDLE(4);
   napi_value promise;
   uint64_t epoch, c;
-  if (!u53(env, argv[1], "epoch", &epoch) || !u53(env, argv[2], "cluster", &c)) return NULL;
+  if (!islv_u53(env, argv[1], "epoch", &epoch) || !islv_u53(env, argv[2], "cluster", &c)) return NULL;
   struct job *j = new_job(env, OP_READ_SEALED, vc, &promise);
   if (j == NULL) return NULL;
   j->a = epoch, j->b = c;
   if (!keep_buffer(env, j, argv[3])) {
-    napi_resolve_deferred(env, j->deferred, undefined(env));
+    napi_resolve_deferred(env, j->deferred, islv_undefined(env));
     job_free(env, j);
     return NULL;
   }
@@ -568,14 +552,14 @@ static napi_value js_read_sealed(napi_env env, napi_callback_info info) {
 
 static napi_value two(napi_env env, napi_callback_info info, enum op op, size_t n) {
   napi_value argv[4];
-  if (!args(env, info, n, argv)) return NULL;
-  struct vctx *vc = handle(env, argv[0]);
+  if (!islv_args(env, info, n, argv)) return NULL;
+  struct vctx *vc = islv_handle(env, argv[0]);
   if (vc == NULL) return NULL;
   napi_value promise;
   uint64_t a = 0, b = 0, mode = 0;
-  if (n >= 2 && !u53(env, argv[1], "argument", op == OP_FALLOCATE ? &mode : &a)) return NULL;
-  if (n >= 3 && !u53(env, argv[2], "offset", op == OP_FALLOCATE ? &a : &b)) return NULL;
-  if (n >= 4 && !u53(env, argv[3], "length", &b)) return NULL;
+  if (n >= 2 && !islv_u53(env, argv[1], "argument", op == OP_FALLOCATE ? &mode : &a)) return NULL;
+  if (n >= 3 && !islv_u53(env, argv[2], "offset", op == OP_FALLOCATE ? &a : &b)) return NULL;
+  if (n >= 4 && !islv_u53(env, argv[3], "length", &b)) return NULL;
   struct job *j = new_job(env, op, vc, &promise);
   if (j == NULL) return NULL;
   j->a = a, j->b = b, j->mode = (int)mode;
@@ -587,201 +571,10 @@ static napi_value js_complete(napi_env env, napi_callback_info info) { return tw
 static napi_value js_abandon(napi_env env, napi_callback_info info) { return two(env, info, OP_ABANDON, 2); }
 static napi_value js_fallocate(napi_env env, napi_callback_info info) { return two(env, info, OP_FALLOCATE, 4); }
 
-static napi_value js_load_gens(napi_env env, napi_callback_info info) {
-  HANDLE(5);
-  uint64_t file, page, g0, g1;
-  if (!u53(env, argv[1], "file", &file) || !u53(env, argv[2], "page", &page) || !u53(env, argv[3], "g0", &g0) || !u53(env, argv[4], "g1", &g1)) return NULL;
-  int err = islv_load_gens(vc->v, (int)file, page, g0, g1);
-  if (err != 0) napi_throw_error(env, "ERR_VOLUME", strerror(-err));
-  return undefined(env);
-}
-
-static napi_value js_load_synced(napi_env env, napi_callback_info info) {
-  HANDLE(3);
-  uint64_t file, pages;
-  if (!u53(env, argv[1], "file", &file) || !u53(env, argv[2], "pages", &pages)) return NULL;
-  int err = islv_load_synced(vc->v, (int)file, pages);
-  if (err != 0) napi_throw_error(env, "ERR_VOLUME", strerror(-err));
-  return undefined(env);
-}
-
-static napi_value js_load_bits(napi_env env, napi_callback_info info) {
-  HANDLE(5);
-  uint64_t which, page;
-  uint8_t *data;
-  size_t len;
-  bool unsaved = false;
-  if (!u53(env, argv[1], "which", &which) || !u53(env, argv[2], "page", &page) || !buffer(env, argv[3], &data, &len)) return NULL;
-  napi_get_value_bool(env, argv[4], &unsaved);
-  if (len != 4064) {
-    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "a page payload is 4064 bytes");
-    return NULL;
-  }
-  int err = islv_load_bits(vc->v, (int)which, page, data, unsaved);
-  if (err != 0) napi_throw_error(env, "ERR_VOLUME", strerror(-err));
-  return undefined(env);
-}
-
-static napi_value js_size(napi_env env, napi_callback_info info) {
-  HANDLE(1);
-  return num(env, (double)islv_size(vc->v));
-}
-
-static napi_value list_value(napi_env env, uint64_t *a, uint64_t n) {
-  napi_value ab, arr;
-  void *data;
-  napi_create_arraybuffer(env, n * sizeof(double), &data, &ab);
-  for (uint64_t i = 0; i < n; i++) ((double *)data)[i] = (double)a[i];
-  napi_create_typedarray(env, napi_float64_array, n, ab, 0, &arr);
-  free(a);
-  return arr;
-}
-
-static napi_value js_sealed_list(napi_env env, napi_callback_info info) {
-  HANDLE(2);
-  uint64_t epoch, *a = NULL, n = 0;
-  if (!u53(env, argv[1], "epoch", &epoch)) return NULL;
-  int err = islv_sealed_list(vc->v, epoch, &a, &n);
-  if (err != 0) {
-    napi_throw(env, make_errno_error(env, -err, "sealed clusters"));
-    return NULL;
-  }
-  return list_value(env, a, n);
-}
-
-static napi_value js_dirty_list(napi_env env, napi_callback_info info) {
-  HANDLE(1);
-  uint64_t *a = NULL, n = 0;
-  int err = islv_dirty_list(vc->v, &a, &n);
-  if (err != 0) {
-    napi_throw(env, make_errno_error(env, -err, "dirty clusters"));
-    return NULL;
-  }
-  return list_value(env, a, n);
-}
-
-static napi_value js_mark_uploaded(napi_env env, napi_callback_info info) {
-  HANDLE(3);
-  uint64_t epoch, c;
-  if (!u53(env, argv[1], "epoch", &epoch) || !u53(env, argv[2], "cluster", &c)) return NULL;
-  return num(env, islv_mark_uploaded(vc->v, epoch, c));
-}
-
-static napi_value js_intent_recorded(napi_env env, napi_callback_info info) {
-  HANDLE(2);
-  uint64_t epoch;
-  if (!u53(env, argv[1], "epoch", &epoch)) return NULL;
-  islv_intent_recorded(vc->v, epoch);
-  return undefined(env);
-}
-
-static napi_value js_fetch_failed(napi_env env, napi_callback_info info) {
-  HANDLE(4);
-  uint64_t c0, c1, err;
-  if (!u53(env, argv[1], "c0", &c0) || !u53(env, argv[2], "c1", &c1) || !u53(env, argv[3], "errno", &err)) return NULL;
-  islv_fetch_failed(vc->v, c0, c1, err > 0 && err < 4096 ? -(int)err : -EIO);
-  return undefined(env);
-}
-
-static napi_value js_is_present(napi_env env, napi_callback_info info) {
-  HANDLE(2);
-  uint64_t c;
-  napi_value b;
-  if (!u53(env, argv[1], "cluster", &c)) return NULL;
-  napi_get_boolean(env, islv_is_present(vc->v, c), &b);
-  return b;
-}
-
-static napi_value js_is_dirty(napi_env env, napi_callback_info info) {
-  HANDLE(2);
-  uint64_t c;
-  napi_value b;
-  if (!u53(env, argv[1], "cluster", &c)) return NULL;
-  napi_get_boolean(env, islv_is_dirty(vc->v, c), &b);
-  return b;
-}
-
-static napi_value js_record_info(napi_env env, napi_callback_info info) {
-  HANDLE(1);
-  struct islv_record_info r;
-  islv_record_info(vc->v, &r);
-  napi_value o, pages;
-  napi_create_object(env, &o);
-  napi_set_named_property(env, o, "epoch", num(env, (double)r.epoch));
-  napi_set_named_property(env, o, "completedEpoch", num(env, (double)r.completed_epoch));
-  napi_set_named_property(env, o, "recordableIntentEpoch", num(env, (double)r.recordable_intent_epoch));
-  napi_set_named_property(env, o, "imageLength", num(env, (double)r.image_length));
-  napi_set_named_property(env, o, "baseLength", num(env, (double)r.base_length));
-  napi_create_array_with_length(env, 4, &pages);
-  for (uint32_t i = 0; i < 4; i++) napi_set_element(env, pages, i, num(env, (double)r.synced_pages[i]));
-  napi_set_named_property(env, o, "syncedPages", pages);
-  return o;
-}
-
-static napi_value js_stats(napi_env env, napi_callback_info info) {
-  HANDLE(1);
-  struct islv_stats s;
-  islv_get_stats(vc->v, &s);
-  napi_value o;
-  napi_create_object(env, &o);
-#define P(name, f) napi_set_named_property(env, o, name, num(env, (double)s.f))
-  P("reads", reads), P("writes", writes), P("bytesRead", bytes_read), P("bytesWritten", bytes_written);
-  P("zeroClusters", zero_clusters), P("fsyncs", fsyncs), P("imageSyncs", image_syncs), P("discards", discards);
-  P("seals", seals), P("sealsCompleted", seals_completed), P("sealsAbandoned", seals_abandoned);
-  P("sideLogCopies", side_log_copies), P("sideLogBytes", side_log_bytes), P("sealedReadRetries", read_retries);
-  P("dirtyClusters", dirty_clusters), P("sealedClusters", sealed_clusters), P("presentClusters", present_clusters);
-  P("parked", parked), P("installs", installs), P("fetchedClusters", fetched_clusters);
-  P("dirtySyncs", dirty_syncs), P("intentSyncs", intent_syncs), P("intentEpochs", intent_epochs), P("presentSyncs", present_syncs);
-  P("dirtyPageWrites", dirty_page_writes), P("intentPageWrites", intent_page_writes), P("presentPageWrites", present_page_writes);
-#undef P
-  return o;
-}
-
-static void free_data(napi_env env, void *data, void *hint) {
-  free(data);
-}
-
-static napi_value js_take_ops(napi_env env, napi_callback_info info) {
-  HANDLE(1);
-  uint64_t n = 0;
-  struct islv_op *ops = islv_take_ops(vc->v, &n);
-  uint64_t *flat = malloc((n ? n : 1) * 4 * sizeof *flat);
-  napi_value result, data, nul;
-  if (flat == NULL) {
-    for (uint64_t i = 0; i < n; i++) free(ops[i].data);
-    free(ops);
-    napi_throw_error(env, "ERR_MEMORY_ALLOCATION_FAILED", "out of memory");
-    return NULL;
-  }
-  napi_create_object(env, &result);
-  napi_create_array_with_length(env, n, &data);
-  napi_get_null(env, &nul);
-  for (uint64_t i = 0; i < n; i++) {
-    flat[4 * i] = ops[i].file, flat[4 * i + 1] = ops[i].kind, flat[4 * i + 2] = ops[i].a, flat[4 * i + 3] = ops[i].b;
-    napi_value b = nul;
-    if (ops[i].data != NULL && napi_create_external_buffer(env, ops[i].data_len, ops[i].data, free_data, NULL, &b) != napi_ok) {
-      free(ops[i].data);
-      b = nul;
-    }
-    napi_set_element(env, data, (uint32_t)i, b);
-  }
-  free(ops);
-  napi_set_named_property(env, result, "ops", list_value(env, flat, 4 * n));
-  napi_set_named_property(env, result, "data", data);
-  return result;
-}
-
-static napi_value js_release(napi_env env, napi_callback_info info) {
-  HANDLE(1);
-  vc->released = 1;
-  islv_unref(vc->v);
-  return undefined(env);
-}
-
 int isl_volume_unwrap(napi_env env, napi_value h, const struct isl_file_ops **ops, void **file) {
   bool ok = false;
   void *vc = NULL;
-  if (napi_check_object_type_tag(env, h, &VOLUME_TAG, &ok) != napi_ok || !ok) return 0;
+  if (napi_check_object_type_tag(env, h, &ISLV_VOLUME_TAG, &ok) != napi_ok || !ok) return 0;
   if (napi_get_value_external(env, h, &vc) != napi_ok || vc == NULL || ((struct vctx *)vc)->released) return 0;
   struct islv_volume *v = ((struct vctx *)vc)->v;
   islv_ref(v);
@@ -793,16 +586,12 @@ int isl_volume_unwrap(napi_env env, napi_value h, const struct isl_file_ops **op
 int islv_addon_init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
 #define F(name, fn) { name, NULL, fn, NULL, NULL, NULL, napi_enumerable, NULL }
-    F("volumeOpen", js_open), F("volumeLoadGens", js_load_gens), F("volumeLoadSynced", js_load_synced), F("volumeLoadBits", js_load_bits),
-    F("volumeRead", js_read), F("volumeWrite", js_write), F("volumeFsync", js_fsync), F("volumeFallocate", js_fallocate),
-    F("volumeTruncate", js_truncate), F("volumeSize", js_size), F("volumeSeal", js_seal), F("volumeSealedList", js_sealed_list),
-    F("volumeReadSealed", js_read_sealed), F("volumeMarkUploaded", js_mark_uploaded), F("volumeComplete", js_complete),
-    F("volumeAbandon", js_abandon), F("volumePersist", js_persist), F("volumeSyncPresent", js_sync_present),
-    F("volumeNewIntentEpoch", js_new_intent), F("volumeIntentRecorded", js_intent_recorded), F("volumeMarkAllDirty", js_mark_all_dirty),
-    F("volumeInstall", js_install), F("volumeFetchFailed", js_fetch_failed), F("volumeIsPresent", js_is_present),
-    F("volumeIsDirty", js_is_dirty), F("volumeDirtyList", js_dirty_list), F("volumeRecordInfo", js_record_info),
-    F("volumeStats", js_stats), F("volumeTakeOps", js_take_ops), F("volumeClose", js_close), F("volumeRelease", js_release),
+    F("volumeOpen", js_open), F("volumeRead", js_read), F("volumeWrite", js_write), F("volumeFsync", js_fsync),
+    F("volumeFallocate", js_fallocate), F("volumeTruncate", js_truncate), F("volumeSeal", js_seal),
+    F("volumeReadSealed", js_read_sealed), F("volumeComplete", js_complete), F("volumeAbandon", js_abandon),
+    F("volumePersist", js_persist), F("volumeSyncPresent", js_sync_present), F("volumeNewIntentEpoch", js_new_intent),
+    F("volumeMarkAllDirty", js_mark_all_dirty), F("volumeInstall", js_install), F("volumeClose", js_close),
 #undef F
   };
-  return napi_define_properties(env, exports, sizeof props / sizeof props[0], props) == napi_ok;
+  return napi_define_properties(env, exports, sizeof props / sizeof props[0], props) == napi_ok && islv_addon_init_sync(env, exports);
 }

@@ -14,7 +14,6 @@
  * is still missing), the state record and the flush timer.
  */
 import { EventEmitter } from 'node:events';
-import { constants as osConstants } from 'node:os';
 import { IslandError } from '../errors.js';
 import { parseSnapshotId } from '../format/names.js';
 import { PagedBitmap } from './bitmap.js';
@@ -22,98 +21,13 @@ import type { BitmapFile } from './bitmap-file.js';
 import { Coalescer, Mutex } from './concurrency.js';
 import { nodeFs } from './files.js';
 import { ReadAhead } from './lazy.js';
-import { nativeAddonObject } from './native.js';
+import { E, errnoOf, EVENT_SEAL_ABANDONED, EVENT_STATE, FALLOC_KEEP_SIZE, FALLOC_PUNCH_HOLE, NATIVE_FILES, NATIVE_OPS, volumeAddon, type Handle, type NativeOp, type VolumeAddon } from './native-volume-addon.js';
 import { Seal, SealState, type SealOps } from './seal.js';
 import { createParts, openParts, DEFAULT_FLUSH_INTERVAL_MS, DEFAULT_SIDE_LOG_BUDGET, type RecoveryInfo, type VolumeCreateOptions, type VolumeOptions, type VolumeParts, type VolumeLogger, type PresentFetcher } from './setup.js';
 import { encodeState, MAX_IMAGE_LENGTH, writeState, type VolumeState } from './state.js';
 import type { VolumeStats } from './stats.js';
 
-/** File numbers of the addon (ISLV_FILE_* in native/volume/oplog.h). */
-export const NATIVE_FILES = ['image', 'dirty.0', 'dirty.1', 'intent', 'present', 'sidelog'] as const;
-/** Operation kinds of the addon's log (ISLV_OP_*). */
-export const NATIVE_OPS = ['', 'page', 'sync', 'write', 'punch', 'truncate'] as const;
-
-export interface NativeOp {
-  file: (typeof NATIVE_FILES)[number] | 'state';
-  op: (typeof NATIVE_OPS)[number] | 'record';
-  a: number;
-  b: number;
-  /** With opLogData: the bytes written (a page write, an image write, the state record). */
-  data?: Buffer | null;
-}
-
-/** Falloc modes (island_io.h). */
-export const FALLOC_KEEP_SIZE = 0x01;
-export const FALLOC_PUNCH_HOLE = 0x02;
-export const FALLOC_ZERO_RANGE = 0x10;
-
-type Handle = object;
-interface RecordInfo {
-  epoch: number;
-  completedEpoch: number;
-  recordableIntentEpoch: number;
-  imageLength: number;
-  baseLength: number;
-  syncedPages: [number, number, number, number];
-}
-interface VolumeAddon {
-  volumeOpen(cfg: object, onMiss: (c0: number, c1: number) => void, onEvent: (kind: number, a: number, msg: string) => void): Promise<Handle>;
-  volumeLoadGens(h: Handle, file: number, page: number, g0: number, g1: number): void;
-  volumeLoadSynced(h: Handle, file: number, pages: number): void;
-  volumeLoadBits(h: Handle, which: number, page: number, payload: Uint8Array, unsaved: boolean): void;
-  volumeRead(h: Handle, buf: Uint8Array, off: number): Promise<number>;
-  volumeWrite(h: Handle, buf: Uint8Array, off: number): Promise<number>;
-  volumeFsync(h: Handle): Promise<void>;
-  volumeFallocate(h: Handle, mode: number, off: number, len: number): Promise<void>;
-  volumeTruncate(h: Handle, size: number): Promise<void>;
-  volumeSize(h: Handle): number;
-  volumeSeal(h: Handle): Promise<{ epoch: number; length: number; clusters: number }>;
-  volumeSealedList(h: Handle, epoch: number): Float64Array;
-  volumeReadSealed(h: Handle, epoch: number, c: number, buf: Uint8Array): Promise<number>;
-  volumeMarkUploaded(h: Handle, epoch: number, c: number): number;
-  volumeComplete(h: Handle, epoch: number): Promise<void>;
-  volumeAbandon(h: Handle, epoch: number): Promise<void>;
-  volumePersist(h: Handle): Promise<void>;
-  volumeSyncPresent(h: Handle): Promise<void>;
-  volumeNewIntentEpoch(h: Handle): Promise<number>;
-  volumeIntentRecorded(h: Handle, epoch: number): void;
-  volumeMarkAllDirty(h: Handle): Promise<void>;
-  volumeInstall(h: Handle, c: number, buf: Uint8Array): Promise<void>;
-  volumeFetchFailed(h: Handle, c0: number, c1: number, errno: number): void;
-  volumeIsPresent(h: Handle, c: number): boolean;
-  volumeIsDirty(h: Handle, c: number): boolean;
-  volumeDirtyList(h: Handle): Float64Array;
-  volumeRecordInfo(h: Handle): RecordInfo;
-  volumeStats(h: Handle): Record<string, number>;
-  volumeTakeOps(h: Handle): { ops: Float64Array; data: Array<Buffer | null> };
-  volumeClose(h: Handle): Promise<boolean>;
-  volumeRelease(h: Handle): void;
-}
-
-const EVENT_SEAL_ABANDONED = 1;
-const EVENT_STATE = 2;
-const E = osConstants.errno;
-
-function addon(): VolumeAddon {
-  const a = nativeAddonObject() as Partial<VolumeAddon>;
-  if (typeof a.volumeOpen !== 'function') throw new IslandError('NATIVE_MISSING', 'island native addon has no volume write path: run scripts/build-native.sh');
-  return a as VolumeAddon;
-}
-
-/** True when the addon with the native write path is built. */
-export function nativeWritePathAvailable(): boolean {
-  try {
-    addon();
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-function errnoOf(err: unknown): number | undefined {
-  const n = (err as { errno?: unknown } | null)?.errno;
-  return typeof n === 'number' ? n : undefined;
-}
+export { FALLOC_KEEP_SIZE, FALLOC_PUNCH_HOLE, FALLOC_ZERO_RANGE, nativeWritePathAvailable, type NativeOp } from './native-volume-addon.js';
 
 export interface NativeVolumeOptions {
   /** Keep the ordered list of file operations (tests): takeOps(). */
@@ -200,7 +114,7 @@ export class NativeVolume extends EventEmitter {
   }
 
   private static async handOver(p: VolumeParts, opts: NativeVolumeOptions): Promise<NativeVolume> {
-    const a = addon();
+    const a = volumeAddon();
     const files = p.tracker.files();
     const present = p.present?.parts() ?? null;
     const bitmapFiles: Array<[number, BitmapFile]> = [

@@ -82,8 +82,12 @@ struct waiter {
   int woken, err;
 };
 
+/* Every ISL_PARKED return must be followed by exactly one wake. */
+static _Atomic uint64_t parks, wakes;
+
 static void wake(struct isl_waiter *w, int err) {
   struct waiter *x = (struct waiter *)w;
+  atomic_fetch_add(&wakes, 1);
   pthread_mutex_lock(&x->mu);
   x->woken = 1;
   x->err = err;
@@ -101,6 +105,7 @@ static void wake(struct isl_waiter *w, int err) {
       struct isl_waiter *W = &wt.w;                                        \
       (out) = (expr);                                                      \
       if ((out) == ISL_PARKED) {                                           \
+        atomic_fetch_add(&parks, 1);                                       \
         pthread_mutex_lock(&wt.mu);                                        \
         while (!wt.woken) pthread_cond_wait(&wt.cv, &wt.mu);               \
         pthread_mutex_unlock(&wt.mu);                                      \
@@ -321,6 +326,10 @@ int main(int argc, char **argv) {
   pthread_cond_broadcast(&qcv);
   pthread_mutex_unlock(&qmu);
   pthread_join(fth, NULL);
+  if (atomic_load(&parks) != atomic_load(&wakes)) {
+    fprintf(stderr, "%llu calls parked but %llu wakes\n", (unsigned long long)atomic_load(&parks), (unsigned long long)atomic_load(&wakes));
+    atomic_fetch_add(&failures, 1);
+  }
   struct islv_stats s;
   islv_get_stats(vol, &s);
   bool clean;

@@ -61,27 +61,46 @@ static napi_value list_value(napi_env env, uint64_t *a, uint64_t n) {
   return arr;
 }
 
-static napi_value js_sealed_list(napi_env env, napi_callback_info info) {
+static void free_payloads(napi_env env, void *data, void *hint) {
+  free(data);
+}
+
+/* { pages: Float64Array of page indices, data: Buffer of pages.length * 4064 payload bytes } */
+static napi_value pages_value(napi_env env, uint64_t *pages, uint8_t *payloads, uint64_t n) {
+  napi_value o, data;
+  napi_create_object(env, &o);
+  napi_set_named_property(env, o, "pages", list_value(env, pages, n));
+  if (n == 0 || napi_create_external_buffer(env, n * 4064, payloads, free_payloads, NULL, &data) != napi_ok) {
+    free(payloads);
+    napi_create_buffer(env, 0, NULL, &data);
+  }
+  napi_set_named_property(env, o, "data", data);
+  return o;
+}
+
+static napi_value js_sealed_pages(napi_env env, napi_callback_info info) {
   HANDLE(2);
-  uint64_t epoch, *a = NULL, n = 0;
+  uint64_t epoch, *pages = NULL, n = 0;
+  uint8_t *payloads = NULL;
   if (!islv_u53(env, argv[1], "epoch", &epoch)) return NULL;
-  int err = islv_sealed_list(vc->v, epoch, &a, &n);
+  int err = islv_sealed_pages(vc->v, epoch, &pages, &payloads, &n);
   if (err != 0) {
     napi_throw(env, islv_errno_error(env, -err, "sealed clusters"));
     return NULL;
   }
-  return list_value(env, a, n);
+  return pages_value(env, pages, payloads, n);
 }
 
-static napi_value js_dirty_list(napi_env env, napi_callback_info info) {
+static napi_value js_dirty_pages(napi_env env, napi_callback_info info) {
   HANDLE(1);
-  uint64_t *a = NULL, n = 0;
-  int err = islv_dirty_list(vc->v, &a, &n);
+  uint64_t *pages = NULL, n = 0;
+  uint8_t *payloads = NULL;
+  int err = islv_dirty_pages(vc->v, &pages, &payloads, &n);
   if (err != 0) {
     napi_throw(env, islv_errno_error(env, -err, "dirty clusters"));
     return NULL;
   }
-  return list_value(env, a, n);
+  return pages_value(env, pages, payloads, n);
 }
 
 static napi_value js_mark_uploaded(napi_env env, napi_callback_info info) {
@@ -209,8 +228,8 @@ bool islv_addon_init_sync(napi_env env, napi_value exports) {
     F("volumeLoadSynced", js_load_synced),
     F("volumeLoadBits", js_load_bits),
     F("volumeSize", js_size),
-    F("volumeSealedList", js_sealed_list),
-    F("volumeDirtyList", js_dirty_list),
+    F("volumeSealedPages", js_sealed_pages),
+    F("volumeDirtyPages", js_dirty_pages),
     F("volumeMarkUploaded", js_mark_uploaded),
     F("volumeIntentRecorded", js_intent_recorded),
     F("volumeFetchFailed", js_fetch_failed),

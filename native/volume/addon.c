@@ -19,7 +19,8 @@
  *   volumeFsync(h), volumeFallocate(h, mode, off, len), volumeTruncate(h, size) -> Promise
  *   volumeSize(h) -> number
  *   volumeSeal(h) -> Promise<{ epoch, length, clusters }>
- *   volumeSealedList(h, epoch) -> Float64Array      volumeDirtyList(h) -> Float64Array
+ *   volumeSealedPages(h, epoch), volumeDirtyPages(h) -> { pages: Float64Array, data: Buffer }
+ *       the sealed / current dirty set as bitmap pages: indices, and 4064 payload bytes each
  *   volumeReadSealed(h, epoch, c, buf) -> Promise<bytes, or -1 when the cluster is not local>
  *   volumeMarkUploaded(h, epoch, c) -> 0 | -errno
  *   volumeComplete(h, epoch), volumeAbandon(h, epoch) -> Promise

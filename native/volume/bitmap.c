@@ -1,6 +1,7 @@
 /* bitmap.c: see bitmap.h. */
 #include "bitmap.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -196,4 +197,25 @@ void islv_bitmap_each(const struct islv_bitmap *b, bool (*fn)(void *ctx, uint64_
       }
     }
   }
+}
+
+int islv_bitmap_pages(const struct islv_bitmap *b, uint64_t **pages, uint8_t **payloads, uint64_t *n) {
+  uint64_t total = atomic_load(&((struct islv_bitmap *)b)->npages), count = 0;
+  *pages = NULL, *payloads = NULL, *n = 0;
+  for (uint64_t p = 0; p < total; p++) count += islv_bitmap_page(b, p) != NULL;
+  if (count == 0) return 0;
+  uint64_t *idx = malloc(count * sizeof *idx);
+  uint8_t *data = malloc(count * ISLV_PAYLOAD_BYTES);
+  if (idx == NULL || data == NULL) {
+    free(idx);
+    free(data);
+    return -ENOMEM;
+  }
+  uint64_t k = 0;
+  for (uint64_t p = 0; p < total && k < count; p++) {
+    if (!islv_bitmap_copy(b, p, data + k * ISLV_PAYLOAD_BYTES)) continue;
+    idx[k++] = p;
+  }
+  *pages = idx, *payloads = data, *n = k;
+  return 0;
 }

@@ -62,6 +62,9 @@ uint64_t islv_bitmap_take_unsaved(struct islv_bitmap *b, uint64_t **out);
 void islv_bitmap_mark_unsaved(struct islv_bitmap *b, const uint64_t *pages, uint64_t n);
 bool islv_bitmap_has_unsaved(const struct islv_bitmap *b);
 uint64_t islv_bitmap_count(const struct islv_bitmap *b);
+/* Copies of the allocated pages: *n of them, indices in *pages and payloads (n * 4064 bytes)
+ * in *payloads, both malloc'd (NULL when n is 0); -ENOMEM. */
+int islv_bitmap_pages(const struct islv_bitmap *b, uint64_t **pages, uint8_t **payloads, uint64_t *n);
 /* Calls fn for every set bit, ascending, until it returns false. */
 void islv_bitmap_each(const struct islv_bitmap *b, bool (*fn)(void *ctx, uint64_t bit), void *ctx);
 

@@ -241,6 +241,17 @@ int islv_sealed_list(struct islv_volume *v, uint64_t epoch, uint64_t **out, uint
   return err;
 }
 
+int islv_sealed_pages(struct islv_volume *v, uint64_t epoch, uint64_t **pages, uint8_t **payloads, uint64_t *n) {
+  pthread_mutex_lock(&v->smu);
+  struct islv_seal *s = open_seal(v, epoch);
+  if (s != NULL) atomic_fetch_add(&s->refs, 1);
+  pthread_mutex_unlock(&v->smu);
+  if (s == NULL) return -ECANCELED;
+  int err = islv_bitmap_pages(s->bits, pages, payloads, n);
+  islv_seal_unref(s);
+  return err;
+}
+
 void islv_protect(struct islv_volume *v, uint64_t c0, uint64_t c1) {
   pthread_mutex_lock(&v->smu);
   for (uint64_t c = c0; c <= c1; c++) {

@@ -284,3 +284,10 @@ int islv_dirty_list(struct islv_volume *v, uint64_t **out, uint64_t *n) {
   pthread_rwlock_unlock(&v->gate);
   return err;
 }
+
+int islv_dirty_pages(struct islv_volume *v, uint64_t **pages, uint8_t **payloads, uint64_t *n) {
+  pthread_rwlock_rdlock(&v->gate);
+  int err = islv_bitmap_pages(v->current, pages, payloads, n);
+  pthread_rwlock_unlock(&v->gate);
+  return err;
+}

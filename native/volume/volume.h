@@ -87,6 +87,8 @@ int islv_seal(struct islv_volume *v, uint64_t *epoch, uint64_t *length, uint64_t
 int islv_sealed_list(struct islv_volume *v, uint64_t epoch, uint64_t **out, uint64_t *n);
 /* The cluster as it was at the seal, into buf (cluster size bytes); *len set. -ECANCELED: the
  * seal is no longer open; -EINVAL: not sealed; -EALREADY: already uploaded; ISLV_MISSING. */
+/* The sealed set as bitmap pages (islv_bitmap_pages in bitmap.h). -ECANCELED: no such open seal. */
+int islv_sealed_pages(struct islv_volume *v, uint64_t epoch, uint64_t **pages, uint8_t **payloads, uint64_t *n);
 int islv_read_sealed(struct islv_volume *v, uint64_t epoch, uint64_t c, uint8_t *buf, uint64_t *len);
 int islv_mark_uploaded(struct islv_volume *v, uint64_t epoch, uint64_t c);
 /* The sealed epoch is in a completed snapshot (the caller writes the state record next). */
@@ -117,6 +119,8 @@ bool islv_is_present(struct islv_volume *v, uint64_t c);
 bool islv_is_dirty(struct islv_volume *v, uint64_t c);
 /* Clusters dirty in the current epoch (malloc'd array). */
 int islv_dirty_list(struct islv_volume *v, uint64_t **out, uint64_t *n);
+/* The same as bitmap pages (islv_bitmap_pages in bitmap.h). */
+int islv_dirty_pages(struct islv_volume *v, uint64_t **pages, uint8_t **payloads, uint64_t *n);
 
 struct islv_record_info {
   uint64_t epoch, completed_epoch, recordable_intent_epoch, image_length, base_length;

@@ -35,6 +35,12 @@ export interface RecordInfo {
   baseLength: number;
   syncedPages: [number, number, number, number];
 }
+/** A bitmap as its allocated pages: indices, and BITMAP_PAYLOAD_BYTES of payload each. */
+export interface BitmapPages {
+  pages: Float64Array;
+  data: Buffer;
+}
+
 export interface VolumeAddon {
   volumeOpen(cfg: object, onMiss: (c0: number, c1: number) => void, onEvent: (kind: number, a: number, msg: string) => void): Promise<Handle>;
   volumeLoadGens(h: Handle, file: number, page: number, g0: number, g1: number): void;
@@ -47,7 +53,7 @@ export interface VolumeAddon {
   volumeTruncate(h: Handle, size: number): Promise<void>;
   volumeSize(h: Handle): number;
   volumeSeal(h: Handle): Promise<{ epoch: number; length: number; clusters: number }>;
-  volumeSealedList(h: Handle, epoch: number): Float64Array;
+  volumeSealedPages(h: Handle, epoch: number): BitmapPages;
   volumeReadSealed(h: Handle, epoch: number, c: number, buf: Uint8Array): Promise<number>;
   volumeMarkUploaded(h: Handle, epoch: number, c: number): number;
   volumeComplete(h: Handle, epoch: number): Promise<void>;
@@ -61,7 +67,7 @@ export interface VolumeAddon {
   volumeFetchFailed(h: Handle, c0: number, c1: number, errno: number): void;
   volumeIsPresent(h: Handle, c: number): boolean;
   volumeIsDirty(h: Handle, c: number): boolean;
-  volumeDirtyList(h: Handle): Float64Array;
+  volumeDirtyPages(h: Handle): BitmapPages;
   volumeRecordInfo(h: Handle): RecordInfo;
   volumeStats(h: Handle): Record<string, number>;
   volumeTakeOps(h: Handle): { ops: Float64Array; data: Array<Buffer | null> };

@@ -16,12 +16,13 @@
 import { EventEmitter } from 'node:events';
 import { IslandError } from '../errors.js';
 import { parseSnapshotId } from '../format/names.js';
+import { BITMAP_PAYLOAD_BYTES } from './bitmap-page.js';
 import { PagedBitmap } from './bitmap.js';
 import type { BitmapFile } from './bitmap-file.js';
 import { Coalescer, Mutex } from './concurrency.js';
 import { nodeFs } from './files.js';
 import { ReadAhead } from './lazy.js';
-import { E, errnoOf, EVENT_SEAL_ABANDONED, EVENT_STATE, FALLOC_KEEP_SIZE, FALLOC_PUNCH_HOLE, NATIVE_FILES, NATIVE_OPS, volumeAddon, type Handle, type NativeOp, type VolumeAddon } from './native-volume-addon.js';
+import { E, errnoOf, EVENT_SEAL_ABANDONED, EVENT_STATE, FALLOC_KEEP_SIZE, FALLOC_PUNCH_HOLE, NATIVE_FILES, NATIVE_OPS, volumeAddon, type BitmapPages, type Handle, type NativeOp, type VolumeAddon } from './native-volume-addon.js';
 import { Seal, SealState, type SealOps } from './seal.js';
 import { createParts, openParts, DEFAULT_FLUSH_INTERVAL_MS, DEFAULT_SIDE_LOG_BUDGET, type RecoveryInfo, type VolumeCreateOptions, type VolumeOptions, type VolumeParts, type VolumeLogger, type PresentFetcher } from './setup.js';
 import { encodeState, MAX_IMAGE_LENGTH, writeState, type VolumeState } from './state.js';
@@ -339,9 +340,7 @@ export class NativeVolume extends EventEmitter {
       if (errnoOf(err) === E.EBUSY) throw new IslandError('BUSY', `volume ${this.name} already has a sealed epoch in progress`, { details: { volume: this.name } });
       throw this.ioError('seal', err, {});
     }
-    const bits = new PagedBitmap();
-    for (const c of this.a.volumeSealedList(this.handle, r.epoch)) bits.set(c);
-    bits.takeUnsaved();
+    const bits = bitmapOf(this.a.volumeSealedPages(this.handle, r.epoch));
     const s = new SealState(r.epoch, bits, r.length);
     this.sealState = s;
     this.persistInBackground();
@@ -542,7 +541,7 @@ export class NativeVolume extends EventEmitter {
   }
 
   *dirtyClusters(): Generator<number> {
-    yield* this.a.volumeDirtyList(this.handle);
+    yield* bitmapOf(this.a.volumeDirtyPages(this.handle)).bits();
   }
 
   isDirty(cluster: number): boolean {
@@ -613,6 +612,12 @@ export class NativeVolume extends EventEmitter {
 function checkRange(offset: number, len: number): void {
   if (!Number.isSafeInteger(offset) || offset < 0) throw new IslandError('INVALID_ARGUMENT', `offset must be a non-negative integer: ${offset}`, { details: { offset } });
   if (offset + len > MAX_IMAGE_LENGTH) throw new IslandError('TOO_LARGE', `I/O up to byte ${offset + len} is past island's image limit of ${MAX_IMAGE_LENGTH}`, { details: { offset, len } });
+}
+
+function bitmapOf(p: BitmapPages): PagedBitmap {
+  const bits = new PagedBitmap();
+  p.pages.forEach((page, i) => bits.loadPage(page, p.data.subarray(i * BITMAP_PAYLOAD_BYTES, (i + 1) * BITMAP_PAYLOAD_BYTES)));
+  return bits;
 }
 
 function notSealed(s: SealState, c: number): IslandError {

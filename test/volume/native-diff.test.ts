@@ -303,6 +303,7 @@ async function run(t: Test, cfg: Config): Promise<void> {
       break;
     }
   }
+  t.same([...native.dirtyClusters()], [...oracle.dirtyClusters()], 'the current epoch\'s dirty clusters');
   await oracle.close();
   await native.close();
   await compareFiles(cfg.steps, 'close');

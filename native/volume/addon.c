@@ -10,7 +10,7 @@
  * again. Failures reject with an Error carrying `errno` (positive) and `syscall` ('volume').
  *
  * Exports (handle h; numbers are JavaScript integers below 2^53):
- *   volumeOpen(cfg, onMiss(c0, c1), onEvent(kind, a, msg)) -> Promise<h>
+ *   volumeOpen(cfg, onMiss(c0, c1, reading), onEvent(kind, a, msg)) -> Promise<h>
  *       cfg: { dir, clusterSize, regionSize, imageLength, baseLength, epoch, completedEpoch,
  *              intentEpoch, sideLogBudget, opLog }
  *   volumeLoadGens(h, file, page, g0, g1), volumeLoadSynced(h, file, pages),
@@ -125,10 +125,10 @@ static void post(struct vctx *vc, struct msg *m) {
   }
 }
 
-static void on_miss(void *ctx, uint64_t c0, uint64_t c1) {
+static void on_miss(void *ctx, uint64_t c0, uint64_t c1, bool reading) {
   struct msg *m = calloc(1, sizeof *m);
   if (m == NULL) return;
-  m->type = MSG_MISS, m->a = c0, m->b = c1;
+  m->type = MSG_MISS, m->a = c0, m->b = c1, m->err = reading;
   post(ctx, m);
 }
 
@@ -200,6 +200,8 @@ static void call_js(napi_env env, napi_value js_cb, void *context, void *data) {
     if (m->type == MSG_MISS) {
       napi_get_reference_value(env, vc->on_miss, &fn);
       argv[0] = islv_num(env, (double)m->a), argv[1] = islv_num(env, (double)m->b);
+      napi_get_boolean(env, m->err != 0, &argv[2]);
+      argc = 3;
     } else {
       napi_get_reference_value(env, vc->on_event, &fn);
       argv[0] = islv_num(env, (double)m->a), argv[1] = islv_num(env, (double)m->b);

@@ -60,7 +60,7 @@ struct islv_volume {
   int image_fd, sidelog_fd;
   struct islv_pagefile dirty[2], intent, present_file;
   struct islv_oplog *log;
-  void (*miss_cb)(void *ctx, uint64_t c0, uint64_t c1);
+  void (*miss_cb)(void *ctx, uint64_t c0, uint64_t c1, bool reading);
   void (*event_cb)(void *ctx, int kind, uint64_t a, const char *msg);
   void (*destroy_cb)(void *ctx);
   void *ctx;
@@ -141,7 +141,7 @@ void islv_present_destroy(struct islv_volume *v);
 bool islv_present(struct islv_volume *v, uint64_t c);
 void islv_present_written(struct islv_volume *v, uint64_t c);
 /* Wait for cluster c (missing) and ask for [c, c1]: ISL_PARKED, or 0 when it became present. */
-int islv_park(struct islv_volume *v, uint64_t c, uint64_t c1, struct isl_waiter *w);
+int islv_park(struct islv_volume *v, uint64_t c, uint64_t c1, struct isl_waiter *w, bool reading);
 void islv_wake(struct islv_volume *v, uint64_t c, int err);
 void islv_wake_all(struct islv_volume *v, int err);
 

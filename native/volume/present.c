@@ -134,7 +134,7 @@ static struct islv_miss **miss_slot(struct islv_volume *v, uint64_t c) {
   return p;
 }
 
-int islv_park(struct islv_volume *v, uint64_t c, uint64_t c1, struct isl_waiter *w) {
+int islv_park(struct islv_volume *v, uint64_t c, uint64_t c1, struct isl_waiter *w, bool reading) {
   if (w == NULL) return -EAGAIN;
   uint64_t runs[16][2];
   int nruns = 0;
@@ -177,7 +177,7 @@ int islv_park(struct islv_volume *v, uint64_t c, uint64_t c1, struct isl_waiter 
   pthread_mutex_unlock(&v->mmu);
   CNT(v, parked);
   for (int i = 0; i < nruns; i++) {
-    if (v->miss_cb != NULL) v->miss_cb(v->ctx, runs[i][0], runs[i][1]);
+    if (v->miss_cb != NULL) v->miss_cb(v->ctx, runs[i][0], runs[i][1], reading);
   }
   return ISL_PARKED;
 }

@@ -225,7 +225,7 @@ int64_t islv_read(struct islv_volume *v, void *buf, size_t len, uint64_t off, st
       for (uint64_t c = c0; c <= c1 && !missing; c++) {
         if (islv_present(v, c)) continue;
         missing = true;
-        int parked = islv_park(v, c, c1, w);
+        int parked = islv_park(v, c, c1, w, true);
         if (parked != 0) return parked;
       }
       if (missing) continue; /* it became present meanwhile: look again */
@@ -345,7 +345,7 @@ static int enter_for_change(struct islv_volume *v, uint64_t off, uint64_t end, s
     uint64_t need;
     if (claim_clusters(v, off, end, &need, made0, made1)) return 1;
     pthread_rwlock_unlock(&v->gate);
-    int r = islv_park(v, need, need, w);
+    int r = islv_park(v, need, need, w, false);
     if (r != 0) return r;
   }
 }

@@ -51,8 +51,9 @@ struct islv_config {
   bool op_log;
   /* ... with the bytes of every page and image write (tests that replay the log). */
   bool op_log_data;
-  /* Clusters [c0, c1] are wanted (called from any thread, never under a lock of the volume). */
-  void (*miss)(void *ctx, uint64_t c0, uint64_t c1);
+  /* Clusters [c0, c1] are wanted (called from any thread, never under a lock of the volume);
+   * reading: for a read (the owner may fetch ahead of a sequential reader), not a write. */
+  void (*miss)(void *ctx, uint64_t c0, uint64_t c1, bool reading);
   void (*event)(void *ctx, int kind, uint64_t a, const char *msg);
   /* Called once when the volume is freed (its last reference dropped), from that thread. */
   void (*destroy)(void *ctx);

@@ -42,7 +42,7 @@ export interface BitmapPages {
 }
 
 export interface VolumeAddon {
-  volumeOpen(cfg: object, onMiss: (c0: number, c1: number) => void, onEvent: (kind: number, a: number, msg: string) => void): Promise<Handle>;
+  volumeOpen(cfg: object, onMiss: (c0: number, c1: number, reading: boolean) => void, onEvent: (kind: number, a: number, msg: string) => void): Promise<Handle>;
   volumeLoadGens(h: Handle, file: number, page: number, g0: number, g1: number): void;
   volumeLoadSynced(h: Handle, file: number, pages: number): void;
   volumeLoadBits(h: Handle, which: number, page: number, payload: Uint8Array, unsaved: boolean): void;

@@ -66,7 +66,7 @@ export class NativeVolume extends EventEmitter {
   private closed = false;
   private closing: Promise<void> | null = null;
   private stateWrites = 0;
-  /** Read-ahead of sequential reads of missing clusters through this class (lazy.ts). */
+  /** Read-ahead of sequential reads of missing clusters, fed by the reads' misses (lazy.ts). */
   private readonly ahead: ReadAhead | null;
   private fetches = 0;
 
@@ -143,7 +143,7 @@ export class NativeVolume extends EventEmitter {
         opLog: opts.opLog === true,
         opLogData: opts.opLogData === true,
       },
-      (c0, c1) => (self !== null ? self.onMiss(c0, c1) : pendingEvents.push(() => self?.onMiss(c0, c1))),
+      (c0, c1, reading) => (self !== null ? self.onMiss(c0, c1, reading) : pendingEvents.push(() => self?.onMiss(c0, c1, reading))),
       (kind, x, msg) => (self !== null ? self.onEvent(kind, x, msg) : pendingEvents.push(() => self?.onEvent(kind, x, msg))),
     );
     try {
@@ -177,12 +177,6 @@ export class NativeVolume extends EventEmitter {
     this.checkOpen();
     checkRange(offset, buf.length);
     if (buf.length === 0) return 0;
-    if (this.ahead !== null && offset < this.length) {
-      const C = this.clusterSize;
-      const end = Math.min(offset + buf.length, this.length);
-      const c1 = Math.floor((end - 1) / C);
-      if (offset < this.baseClusters * C) this.ahead.note(offset, end, c1);
-    }
     return this.io('read', () => this.a.volumeRead(this.handle, buf, offset), { offset, len: buf.length });
   }
 
@@ -250,7 +244,13 @@ export class NativeVolume extends EventEmitter {
 
   // ---------- misses and the fill ----------
 
-  private onMiss(c0: number, c1: number): void {
+  /**
+   * Clusters a parked request wants. A read's miss also feeds the read-ahead: a reader served
+   * by the native FUSE server reaches JavaScript only where it misses, so its sequential
+   * stream shows as misses one window apart.
+   */
+  private onMiss(c0: number, c1: number, reading: boolean): void {
+    if (reading && this.ahead !== null) this.ahead.note(c0 * this.clusterSize, (c1 + 1) * this.clusterSize, c1);
     let start = -1;
     for (let c = c0; c <= c1 + 1; c++) {
       const needed = c <= c1 && !this.fetching.has(c);

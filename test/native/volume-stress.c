@@ -44,7 +44,7 @@ static pthread_cond_t qcv = PTHREAD_COND_INITIALIZER;
 static uint64_t queue_c[4096];
 static int qn;
 
-static void on_miss(void *ctx, uint64_t c0, uint64_t c1) {
+static void on_miss(void *ctx, uint64_t c0, uint64_t c1, bool reading) {
   pthread_mutex_lock(&qmu);
   for (uint64_t c = c0; c <= c1 && qn < 4096; c++) queue_c[qn++] = c;
   pthread_cond_signal(&qcv);
@@ -223,7 +223,7 @@ static void *control(void *arg) {
         uint64_t len;
         int r = islv_read_sealed(vol, epoch, list[i], buf, &len);
         if (r == ISLV_MISSING) {
-          on_miss(NULL, list[i], list[i]);
+          on_miss(NULL, list[i], list[i], false);
           continue;
         }
         if (r == 0) islv_mark_uploaded(vol, epoch, list[i]);

@@ -33,6 +33,12 @@
  *                                                   on the native server (the start fails without it),
  *                                                   "fuse-native" takes the fuse-native one
  *   FUSE threads fuseThreads  ISLAND_FUSE_THREADS   2 per CPU, 4 to 16: threads of the native server
+ *   write path   writePath    ISLAND_WRITE_PATH     "native": reads, writes, fsync and discard of the
+ *                                                   attached volumes run in C (native/volume/; the
+ *                                                   native FUSE server calls it from its threads),
+ *                                                   "typescript" runs them in the TypeScript engine
+ *                                                   (src/volume/engine.ts); the local state is the
+ *                                                   same, so a volume closed by one opens in the other
  *
  * User and group names are resolved once, here, through the system's name service (getent,
  * so /etc/passwd and /etc/group or whatever nsswitch.conf adds); a name that does not exist
@@ -86,6 +92,8 @@ export interface Config {
   fuse: FuseChoice;
   /** Threads of the native FUSE server. */
   fuseThreads: number;
+  /** Which write path serves the attached volumes (src/volume/write-path.ts). */
+  writePath: WritePath;
   /** GC acts on a tombstone, and deletes an unreferenced pack, only after this long (G). */
   gcGraceMs: number;
   /** W: a snapshot upload commits within this long of checking its parent, or re-checks. */
@@ -136,6 +144,15 @@ function fuseThreads(v: unknown): number {
   const n = typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : v;
   if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > FUSE_THREADS_MAX) throw new IslandError('INVALID_CONFIG', `fuseThreads (ISLAND_FUSE_THREADS) must be an integer from 1 to ${FUSE_THREADS_MAX}, got ${JSON.stringify(v).slice(0, 80)}`);
   return n;
+}
+
+export const WRITE_PATHS = ['native', 'typescript'] as const;
+export type WritePath = (typeof WRITE_PATHS)[number];
+
+function writePath(v: unknown): WritePath {
+  if (v === undefined) return 'native';
+  if (typeof v !== 'string' || !WRITE_PATHS.includes(v as WritePath)) throw new IslandError('INVALID_CONFIG', `writePath (ISLAND_WRITE_PATH) must be one of ${WRITE_PATHS.join(', ')}, got ${JSON.stringify(v).slice(0, 80)}`);
+  return v as WritePath;
 }
 
 const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace'] as const;
@@ -341,6 +358,7 @@ export async function loadConfig(env: NodeJS.ProcessEnv = process.env): Promise<
     libvirtUri: libvirtUri(pick('libvirtUri', 'ISLAND_LIBVIRT_URI')),
     fuse: fuseChoice(pick('fuse', 'ISLAND_FUSE')),
     fuseThreads: fuseThreads(pick('fuseThreads', 'ISLAND_FUSE_THREADS')),
+    writePath: writePath(pick('writePath', 'ISLAND_WRITE_PATH')),
     gcGraceMs,
     commitWindowMs,
     testSwitches,

@@ -77,7 +77,7 @@ export async function startDaemon(c: Config, log: Logger = makeLogger(c)): Promi
       await new Promise((r) => api.close(r));
       await rm(c.socket, { force: true });
     });
-    log.info({ mount: c.mount, fuse: mount.transport, socket: c.socket, store: store.description, attached: service.attached.size, metricsPort: c.metricsPort, metricsAddress: c.metricsAddress }, 'serving');
+    log.info({ mount: c.mount, fuse: mount.transport, writePath: c.writePath, socket: c.socket, store: store.description, attached: service.attached.size, metricsPort: c.metricsPort, metricsAddress: c.metricsAddress }, 'serving');
     let stopping: Promise<void> | undefined;
     const stop = (force = false): Promise<void> => {
       stopping ??= (async () => {

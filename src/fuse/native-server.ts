@@ -152,6 +152,9 @@ export class NativeFuseMount implements FuseTransport {
       protocol: `7.${s.protocolMinor}`,
       kernelProtocol: `7.${s.kernelMinor}`,
       parallelDirectWrites: ((s.openFlags ?? 0) & FOPEN_PARALLEL_DIRECT_WRITES) !== 0,
+      /** Files served in C alone (native write path) and files whose requests cross to JavaScript. */
+      nativeFiles: [...this.served.values()].filter((f) => f.native).length,
+      javascriptFiles: [...this.served.values()].filter((f) => !f.native).length,
       parked: s.parked,
       malformed: s.malformed,
       unknownOps: s.unknownOps,

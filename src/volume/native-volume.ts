@@ -171,6 +171,11 @@ export class NativeVolume extends EventEmitter {
     return this.closed ? 0 : this.a.volumeSize(this.handle);
   }
 
+  /** The handle a native FUSE server serves in C (isl_volume_unwrap): FuseVolume.native. */
+  get native(): Handle {
+    return this.handle;
+  }
+
   // ---------- I/O (the C path) ----------
 
   async read(buf: Buffer, offset: number): Promise<number> {

@@ -72,6 +72,9 @@ export async function startDaemon(c: Config, log: Logger = makeLogger(c)): Promi
     undo.push(() => mount.unmount());
     service.openHandles = (n) => mount.openCount(n);
     service.fuseStatus = () => mount.describe();
+    // The native server answers requests on the native write path in C alone: metrics
+    // read their counts from the volumes (metrics.ts).
+    if (mount.transport === 'native') metrics.countNative(() => service.nativeVolumes());
     const api = await startApi(service, c.socket, log);
     undo.push(async () => {
       await new Promise((r) => api.close(r));

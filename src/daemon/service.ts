@@ -243,6 +243,12 @@ export class Service {
     return this.mounts.names();
   }
 
+  /** Attached volumes on the native write path (and those still uploading a detach). */
+  nativeVolumes(): NativeVolume[] {
+    const all = [...this.attached.values(), ...[...this.ctx.detaching.values()].map((d) => d.attached)];
+    return all.map((a) => a.volume).filter((v): v is NativeVolume => v instanceof NativeVolume);
+  }
+
   fileVolume(name: string): FuseVolume | undefined {
     return this.mounts.get(name);
   }

@@ -55,6 +55,8 @@
 
 #include <node_api.h>
 
+#include "volume/addon.h"
+
 /* Raised whenever an export, an argument or a result changes meaning; native.ts refuses
  * an addon built from other sources (a stale native/build) instead of misreading it. */
 #define ISLAND_NATIVE_ABI 2
@@ -440,5 +442,6 @@ NAPI_MODULE_INIT() {
     { "lockExclusive", NULL, js_lock_exclusive, NULL, NULL, NULL, napi_enumerable, NULL },
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
+  if (!islv_addon_init(env, exports)) return NULL;
   return isl_fuse_init(env, exports);
 }

@@ -5,9 +5,13 @@
  *                       passthrough that keeps O_DIRECT on its backing file: the binding's ceiling
  *   passthrough-cached  the same passthrough with O_DIRECT stripped, every file in the page
  *                       cache: what island's engine does with its image file
- *   island              a volume's `<name>.qcow2` on island's own mount (`island serve`), served
- *                       by island's native FUSE server (native/fuse/, ISLAND_FUSE=native)
- *   island-fuse-native  the same, served by the fuse-native transport (ISLAND_FUSE=fuse-native)
+ *   island              a volume's `<name>.qcow2` on island's own mount (`island serve`) as the
+ *                       daemon serves it by default: island's native FUSE server (native/fuse/)
+ *                       with the volume on the native write path (native/volume/), C alone
+ *   island-fuse-native  the same volume, served by the fuse-native transport (ISLAND_FUSE=
+ *                       fuse-native), which calls the native write path through the addon
+ *   island-typescript   the native server with the TypeScript write path (ISLAND_WRITE_PATH=
+ *                       typescript): every request crosses to JavaScript
  * and, when asked for with --targets, qemu-storage-daemon's own FUSE export (C, libfuse3) of
  * such a file as a raw image, aio=threads:
  *   qsd                 cache.direct=on: O_DIRECT kept on the backing file, as `passthrough`
@@ -78,6 +82,7 @@ const USAGE = `usage: npx tsx scripts/bench-fuse.ts [options]   (run npx tsc -p 
   --reps N       interleaved repetitions; the table shows medians (default 3)
   --dir DIR      where the files and mounts go, in a fresh subdirectory (default ${tmpdir()})
   --targets L    comma list of local,passthrough,passthrough-cached,island,island-fuse-native,
+                 island-typescript,
                  qsd,qsd-cached (default: the first five; qsd* need qemu-storage-daemon)
   --no-libaio    leave out 4 KiB random read/write with libaio at queue depth 16
   --keep-servers one server per target for the whole bench instead of a fresh one per run
@@ -85,8 +90,8 @@ const USAGE = `usage: npx tsx scripts/bench-fuse.ts [options]   (run npx tsc -p 
   --json         print one JSON object instead of tables
 `;
 
-type TargetId = 'local' | 'passthrough' | 'passthrough-cached' | 'island' | 'island-fuse-native' | 'qsd' | 'qsd-cached';
-const TARGET_IDS: readonly TargetId[] = ['local', 'passthrough', 'passthrough-cached', 'island', 'island-fuse-native', 'qsd', 'qsd-cached'];
+type TargetId = 'local' | 'passthrough' | 'passthrough-cached' | 'island' | 'island-fuse-native' | 'island-typescript' | 'qsd' | 'qsd-cached';
+const TARGET_IDS: readonly TargetId[] = ['local', 'passthrough', 'passthrough-cached', 'island', 'island-fuse-native', 'island-typescript', 'qsd', 'qsd-cached'];
 const DEFAULT_TARGETS: readonly TargetId[] = ['local', 'passthrough', 'passthrough-cached', 'island', 'island-fuse-native'];
 const QSD = 'qemu-storage-daemon';
 
@@ -455,8 +460,9 @@ async function main(): Promise<number> {
         } finally {
           await store.close();
         }
-        const fuse = id === 'island' ? 'native' : 'fuse-native';
-        const env = serverEnv({ ISLAND_DATA_DIR: dataDir, ISLAND_MOUNT: mnt, ISLAND_HOST_ID: 'bench', ISLAND_LOG_LEVEL: 'info', ISLAND_FUSE: fuse });
+        // `island` is the daemon's default (native server insisted on, native write path).
+        const paths: Record<string, string> = id === 'island-fuse-native' ? { ISLAND_FUSE: 'fuse-native' } : id === 'island-typescript' ? { ISLAND_FUSE: 'native', ISLAND_WRITE_PATH: 'typescript' } : { ISLAND_FUSE: 'native' };
+        const env = serverEnv({ ISLAND_DATA_DIR: dataDir, ISLAND_MOUNT: mnt, ISLAND_HOST_ID: 'bench', ISLAND_LOG_LEVEL: 'info', ...paths });
         const t: Target = { id, file: join(mnt, `${VOLUME}.qcow2`), spawn: () => spawnServer(id, mnt, [join(ROOT, 'dist/cli/main.js'), 'serve'], env), server: null };
         await start(t);
         const header = (await stat(t.file)).size;
@@ -515,6 +521,7 @@ async function main(): Promise<number> {
       ['island/local', 'island', 'local'],
       ['island/qsd-cached', 'island', 'qsd-cached'],
       ['island/island-fuse-native', 'island', 'island-fuse-native'],
+      ['island/island-typescript', 'island', 'island-typescript'],
       ['qsd/passthrough', 'qsd', 'passthrough'],
     ];
     const usedRatios = ratios.filter(([, a, b]) => targetIds.includes(a) && targetIds.includes(b));

@@ -38,6 +38,12 @@
  *                                                   master key (docs/formats/encryption.md)
  *   passphrase   keyPassphraseFile ISLAND_KEY_PASSPHRASE_FILE  none: the key file has no passphrase.
  *                                                   An absolute path to a file (mode 0600) holding it
+ *   write path   writePath    ISLAND_WRITE_PATH     "native": reads, writes, fsync and discard of the
+ *                                                   attached volumes run in C (native/volume/; the
+ *                                                   native FUSE server calls it from its threads),
+ *                                                   "typescript" runs them in the TypeScript engine
+ *                                                   (src/volume/engine.ts); the local state is the
+ *                                                   same, so a volume closed by one opens in the other
  *
  * User and group names are resolved once, here, through the system's name service (getent,
  * so /etc/passwd and /etc/group or whatever nsswitch.conf adds); a name that does not exist
@@ -95,6 +101,8 @@ export interface Config {
   keyFile: string | undefined;
   /** The file holding the key file's passphrase; undefined: the key file has none. */
   keyPassphraseFile: string | undefined;
+  /** Which write path serves the attached volumes (src/volume/write-path.ts). */
+  writePath: WritePath;
   /** GC acts on a tombstone, and deletes an unreferenced pack, only after this long (G). */
   gcGraceMs: number;
   /** W: a snapshot upload commits within this long of checking its parent, or re-checks. */
@@ -145,6 +153,15 @@ function fuseThreads(v: unknown): number {
   const n = typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : v;
   if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > FUSE_THREADS_MAX) throw new IslandError('INVALID_CONFIG', `fuseThreads (ISLAND_FUSE_THREADS) must be an integer from 1 to ${FUSE_THREADS_MAX}, got ${JSON.stringify(v).slice(0, 80)}`);
   return n;
+}
+
+export const WRITE_PATHS = ['native', 'typescript'] as const;
+export type WritePath = (typeof WRITE_PATHS)[number];
+
+function writePath(v: unknown): WritePath {
+  if (v === undefined) return 'native';
+  if (typeof v !== 'string' || !WRITE_PATHS.includes(v as WritePath)) throw new IslandError('INVALID_CONFIG', `writePath (ISLAND_WRITE_PATH) must be one of ${WRITE_PATHS.join(', ')}, got ${JSON.stringify(v).slice(0, 80)}`);
+  return v as WritePath;
 }
 
 const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace'] as const;
@@ -356,6 +373,7 @@ export async function loadConfig(env: NodeJS.ProcessEnv = process.env): Promise<
     fuseThreads: fuseThreads(pick('fuseThreads', 'ISLAND_FUSE_THREADS')),
     keyFile: optionalPath(pick('keyFile', 'ISLAND_KEY_FILE'), 'keyFile (ISLAND_KEY_FILE)'),
     keyPassphraseFile: optionalPath(pick('keyPassphraseFile', 'ISLAND_KEY_PASSPHRASE_FILE'), 'keyPassphraseFile (ISLAND_KEY_PASSPHRASE_FILE)'),
+    writePath: writePath(pick('writePath', 'ISLAND_WRITE_PATH')),
     gcGraceMs,
     commitWindowMs,
     testSwitches,

@@ -13,7 +13,8 @@ import { checkHolds } from '../repo/fencing.js';
 import { untilAvailable } from '../util/backoff.js';
 import { sleep } from '../util/sleep.js';
 import { treeFetcher } from '../snapshot/restore.js';
-import { Volume, hasVolumeState, type Seal } from '../volume/engine.js';
+import { hasVolumeState, type Seal } from '../volume/engine.js';
+import { createVolume, openVolume, type AnyVolume } from '../volume/write-path.js';
 import { mountFile, type Attached, type AttachRequest, type DaemonContext, type Detaching } from './context.js';
 import { LazyFetcher, parseFillRate, type Fills } from './fills.js';
 import type { SnapshotJobs } from './snapshot-jobs.js';
@@ -80,7 +81,7 @@ export class Attachments {
           continue;
         }
         const lazy = new LazyFetcher();
-        const volume = await Volume.open(this.ctx.dirs.live(name), { logger: vlog, fetcher: lazy });
+        const volume = await openVolume(this.ctx.dirs.live(name), { logger: vlog, fetcher: lazy, writePath: this.ctx.config.writePath });
         const baseId = volume.baseSnapshot;
         if (baseId) this.fills.resolveBase(lazy, name, baseId);
         // The parent is read from the store when the next snapshot needs it: a volume
@@ -226,14 +227,14 @@ export class Attachments {
       await ctx.dirs.reclaim(name);
       fromKept = true;
     }
-    let volume: Volume | undefined;
+    let volume: AnyVolume | undefined;
     let fillFrom: string | undefined;
     /** The local copy is made by this attach (nothing but this attach ever wrote it). */
     let made = true;
     if (await hasVolumeState(dir)) {
       made = false;
       const lazy = new LazyFetcher();
-      volume = await Volume.open(dir, { logger: vlog, generation, fetcher: lazy });
+      volume = await openVolume(dir, { logger: vlog, generation, fetcher: lazy, writePath: ctx.config.writePath });
       if (base && base.volume === name && volume.committedSnapshot !== base.id) {
         // A newer snapshot exists than this copy holds: restore from it instead. A kept
         // copy holds exactly its final snapshot and goes; any other copy is set aside.
@@ -258,7 +259,8 @@ export class Attachments {
       // (an attach pin, kept at most its lifetime) only delays the collection of that snapshot.
       await Promise.all([checkUndamaged(repo, base), fills.pinBase(base)]);
       // The base is the committed snapshot from the start: one state record says both.
-      volume = await Volume.create(dir, {
+      volume = await createVolume(dir, {
+        writePath: ctx.config.writePath,
         name,
         virtualSize: rec.virtualSize,
         clusterSize: base.clusterSize,
@@ -272,7 +274,7 @@ export class Attachments {
       fillFrom = base.id;
       vlog.info({ base: base.id, imageLength: base.imageLength }, 'attached from snapshot: clusters are fetched on first touch');
     } else if (!volume) {
-      volume = await Volume.create(dir, { name, virtualSize: rec.virtualSize, clusterSize: rec.clusterSize, generation, logger: vlog });
+      volume = await createVolume(dir, { name, virtualSize: rec.virtualSize, clusterSize: rec.clusterSize, generation, logger: vlog, writePath: ctx.config.writePath });
     }
     const committed = volume.committedSnapshot;
     const parent = committed ? await this.snapshots.parentById(name, committed, volume) : null;

@@ -11,7 +11,7 @@ import type { Manifest, VolumeRecord } from '../format/records.js';
 import type { Repository } from '../repo/repository.js';
 import type { FillProgress } from '../snapshot/fill.js';
 import type { LocalDirectories } from '../volume/directories.js';
-import type { Volume } from '../volume/engine.js';
+import type { AnyVolume } from '../volume/write-path.js';
 
 /** A clone pin lasts until the clone's first snapshot commits (or the clone is deleted). */
 export const CLONE_PIN_MS = 100 * 365 * 24 * 3600 * 1000;
@@ -98,7 +98,7 @@ export interface Access {
 }
 
 export interface Attached {
-  volume: Volume;
+  volume: AnyVolume;
   access: Access;
   /** Stops the lease confirmation of a reopened volume (detach, shutdown). */
   confirming?: AbortController;
@@ -154,7 +154,7 @@ export interface VolumeView {
   /** Present (true) while detaching without waiting: the final snapshot is uploading. */
   detaching?: boolean;
   /** Present when attached on this host. */
-  local?: { file: string; length: number; openHandles: number; dirtyClusters: number; recovery: Volume['recovery']; fill: FillView | null; access: Access };
+  local?: { file: string; length: number; openHandles: number; dirtyClusters: number; recovery: AnyVolume['recovery']; fill: FillView | null; access: Access };
 }
 
 export interface SnapshotView {

@@ -8,6 +8,7 @@ import { IslandError, codeOf } from '../errors.js';
 import type { Manifest } from '../format/records.js';
 import { findSnapshot } from '../repo/snapshots.js';
 import { fillVolume, type FillProgress } from '../snapshot/fill.js';
+import type { AnyVolume } from '../volume/write-path.js';
 import { treeFetcher } from '../snapshot/restore.js';
 import { untilAvailable } from '../util/backoff.js';
 import type { PresentFetcher } from '../volume/engine.js';
@@ -88,7 +89,7 @@ export class Fills {
       const t0 = performance.now();
       // The store may be down (the fill waits for it); anything else ends the fill.
       const p = await untilAvailable(
-        async () => fillVolume(this.ctx.repo, await this.baseOf(name, baseId), a.volume, { signal: controller.signal, rateBytesPerSec: rate, log, onProgress: (x) => (job.progress = x) }),
+        async () => fillVolume(this.ctx.repo, await this.baseOf(name, baseId), fillTarget(a.volume), { signal: controller.signal, rateBytesPerSec: rate, log, onProgress: (x) => (job.progress = x) }),
         {
           signal: controller.signal,
           onWait: (err, delay) => {
@@ -137,4 +138,13 @@ export class Fills {
     const repo = this.ctx.repo;
     for (const p of await repo.listPins(snapshot)) if (p.host === repo.host && p.holder === 'attach') await repo.deletePin(p);
   }
+}
+
+/**
+ * The volume a fill writes into. fillVolume is typed with the TypeScript engine but uses only
+ * what both write paths offer (isPresent, baseClusters, prefetch, supply, stats, flushBitmaps:
+ * the same single-flight fetch and present-only-if-missing install either way).
+ */
+function fillTarget(volume: AnyVolume): Parameters<typeof fillVolume>[2] {
+  return volume as Parameters<typeof fillVolume>[2];
 }

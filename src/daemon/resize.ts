@@ -31,7 +31,7 @@ import type { VolumeRecord } from '../format/records.js';
 import { acquireGeneration, releaseGeneration } from '../repo/attach.js';
 import type { QmpSession } from '../qmp/session.js';
 import { parseDomainName, type Virsh } from '../libvirt/virsh.js';
-import type { Volume } from '../volume/engine.js';
+import type { AnyVolume } from '../volume/write-path.js';
 import { mountFile, type Attached, type DaemonContext } from './context.js';
 
 /**
@@ -60,7 +60,7 @@ export interface ResizeOutcome {
 }
 
 /** The virtual size the qcow2 header of an attached volume's image says. */
-export async function imageVirtualSize(volume: Volume): Promise<number> {
+export async function imageVirtualSize(volume: AnyVolume): Promise<number> {
   const buf = Buffer.alloc(Math.min(QCOW2_MAX_HEADER_BYTES, volume.clusterSize));
   const n = await volume.read(buf, 0);
   try {

@@ -79,12 +79,15 @@ export async function startDaemon(c: Config, log: Logger = makeLogger(c)): Promi
     undo.push(() => mount.unmount());
     service.openHandles = (n) => mount.openCount(n);
     service.fuseStatus = () => mount.describe();
+    // The native server answers requests on the native write path in C alone: metrics
+    // read their counts from the volumes (metrics.ts).
+    if (mount.transport === 'native') metrics.countNative(() => service.nativeVolumes());
     const api = await startApi(service, c.socket, log);
     undo.push(async () => {
       await new Promise((r) => api.close(r));
       await rm(c.socket, { force: true });
     });
-    log.info({ mount: c.mount, fuse: mount.transport, socket: c.socket, store: store.description, attached: service.attached.size, metricsPort: c.metricsPort, metricsAddress: c.metricsAddress }, 'serving');
+    log.info({ mount: c.mount, fuse: mount.transport, writePath: c.writePath, socket: c.socket, store: store.description, attached: service.attached.size, metricsPort: c.metricsPort, metricsAddress: c.metricsAddress }, 'serving');
     let stopping: Promise<void> | undefined;
     const stop = (force = false): Promise<void> => {
       stopping ??= (async () => {

@@ -16,7 +16,7 @@
  * volume/directories.ts.
  */
 import type { Logger } from 'pino';
-import type { Config } from '../config.js';
+import type { Config, WritePath } from '../config.js';
 import type { Manifest } from '../format/records.js';
 import type { GcReport } from '../repo/gc.js';
 import type { PruneReport } from '../repo/prune.js';
@@ -24,6 +24,7 @@ import { Repository } from '../repo/repository.js';
 import { openStore } from '../store/open.js';
 import { LocalDirectories } from '../volume/directories.js';
 import type { FuseVolume } from '../fuse/adapter.js';
+import { NativeVolume } from '../volume/native-volume.js';
 import { Attachments, type DetachRequest } from './attachments.js';
 import { Catalog } from './catalog.js';
 import { detachingView, fillView, snapshotView, type Access, type AttachRequest, type Attached, type DaemonContext, type FillView, type SnapshotView, type VolumeView } from './context.js';
@@ -50,6 +51,8 @@ export interface StatusView {
   mount: string;
   /** The FUSE server that serves the mount (transport: native or fuse-native) and what it tells. */
   fuse: Record<string, unknown>;
+  /** The write path attached volumes open on (config writePath): native (C) or typescript. */
+  writePath: WritePath;
   attached: number;
   /** Local volumes that could not be opened at start, and why: not served until settled. */
   unopened: { name: string; code: string; why: string }[];
@@ -64,6 +67,8 @@ export interface StatusView {
     length: number;
     openHandles: number;
     dirtyClusters: number;
+    /** The write path this volume runs on (one opened before a change of writePath keeps its own). */
+    writePath: WritePath;
     generation: number;
     lastSnapshot: string | null;
     snapshot: { done: number; total: number; seconds: number } | null;
@@ -162,6 +167,7 @@ export class Service {
       host: this.config.hostId,
       mount: this.config.mount,
       fuse: this.fuseStatus(),
+      writePath: this.config.writePath,
       attached: this.attached.size,
       unopened: [...this.ctx.unopened].map(([name, u]) => ({ name, ...u })),
       gc: this.history.gcStatus(),
@@ -173,6 +179,7 @@ export class Service {
         length: a.volume.length,
         openHandles: this.openHandles(name),
         dirtyClusters: a.volume.stats().dirtyClusters,
+        writePath: a.volume instanceof NativeVolume ? 'native' : 'typescript',
         generation: a.generation,
         lastSnapshot: a.parent?.id ?? null,
         snapshot: a.job ? { done: a.job.done, total: a.job.total, seconds: (Date.now() - a.job.started) / 1000 } : null,
@@ -234,6 +241,12 @@ export class Service {
 
   fileNames(): string[] {
     return this.mounts.names();
+  }
+
+  /** Attached volumes on the native write path (and those still uploading a detach). */
+  nativeVolumes(): NativeVolume[] {
+    const all = [...this.attached.values(), ...[...this.ctx.detaching.values()].map((d) => d.attached)];
+    return all.map((a) => a.volume).filter((v): v is NativeVolume => v instanceof NativeVolume);
   }
 
   fileVolume(name: string): FuseVolume | undefined {

@@ -22,7 +22,8 @@ import { quiesced, type Quiesced } from '../libvirt/quiesce.js';
 import { Virsh } from '../libvirt/virsh.js';
 import { GuestAgent } from '../qmp/guest-agent.js';
 import { QmpSession } from '../qmp/session.js';
-import type { Seal, Volume } from '../volume/engine.js';
+import type { Seal } from '../volume/engine.js';
+import type { AnyVolume } from '../volume/write-path.js';
 import { snapshotView, type Attached, type DaemonContext, type SnapshotJob, type SnapshotView } from './context.js';
 
 export type Consistency = Manifest['consistency'];
@@ -48,7 +49,7 @@ export class SnapshotJobs {
   }
 
   /** The snapshot `id` a local copy's change tracking is relative to, if it still exists. */
-  async parentById(name: string, id: string, volume: Volume): Promise<Manifest | null> {
+  async parentById(name: string, id: string, volume: AnyVolume): Promise<Manifest | null> {
     const repo = this.ctx.repo;
     // The parent is the volume's own snapshot, or (before its first one) its source's.
     const m = (await repo.getManifest(name, id)) ?? (await findSnapshot(repo, id));

@@ -66,6 +66,28 @@ interface FuseAddon {
 }
 
 const SYNC_INTERVAL_MS = 1000;
+const FALLOC_KEEP_SIZE = 0x01;
+const FALLOC_PUNCH_HOLE = 0x02;
+const FALLOC_ZERO_RANGE = 0x10;
+
+type Discard = (offset: number, len: number) => Promise<void>;
+
+/** A volume without fallocate that can discard (the TypeScript engine's discard()). */
+function discardOf(vol: FuseVolume): Discard | undefined {
+  const d = (vol as { discard?: unknown }).discard;
+  return typeof d === 'function' ? (d as Discard) : undefined;
+}
+
+/**
+ * A FALLOCATE that discard() answers exactly: a hole punched (PUNCH_HOLE | KEEP_SIZE), or a
+ * range zeroed that does not change the length (ZERO_RANGE inside the file, or with
+ * KEEP_SIZE); anything else stays EOPNOTSUPP.
+ */
+function zeroesInside(mode: number, off: number, len: number, length: number): boolean {
+  if (mode === (FALLOC_PUNCH_HOLE | FALLOC_KEEP_SIZE)) return true;
+  if (mode === (FALLOC_ZERO_RANGE | FALLOC_KEEP_SIZE)) return true;
+  return mode === FALLOC_ZERO_RANGE && off + len <= length;
+}
 const EOPNOTSUPP = -constants.errno.EOPNOTSUPP;
 const FOPEN_PARALLEL_DIRECT_WRITES = 1 << 6;
 
@@ -152,6 +174,9 @@ export class NativeFuseMount implements FuseTransport {
       protocol: `7.${s.protocolMinor}`,
       kernelProtocol: `7.${s.kernelMinor}`,
       parallelDirectWrites: ((s.openFlags ?? 0) & FOPEN_PARALLEL_DIRECT_WRITES) !== 0,
+      /** Files served in C alone (native write path) and files whose requests cross to JavaScript. */
+      nativeFiles: [...this.served.values()].filter((f) => f.native).length,
+      javascriptFiles: [...this.served.values()].filter((f) => !f.native).length,
       parked: s.parked,
       malformed: s.malformed,
       unknownOps: s.unknownOps,
@@ -243,6 +268,7 @@ export class NativeFuseMount implements FuseTransport {
     else if (kind === k.fsync) vol.fsync().then(() => done(0), fail);
     else if (kind === k.truncate) vol.truncate(off).then(() => done(0), fail);
     else if (kind === k.fallocate && vol.fallocate) vol.fallocate(mode, off, len).then(() => done(0), fail);
+    else if (kind === k.fallocate && discardOf(vol) && zeroesInside(mode, off, len, vol.length)) (discardOf(vol) as Discard).call(vol, off, len).then(() => done(0), fail);
     else done(EOPNOTSUPP);
   }
 }

@@ -191,6 +191,15 @@ export class BitmapFile {
     });
   }
 
+  /**
+   * Per page, the generations of its two slots (undefined: never seen), for handing the file
+   * over to the native write path. Only meaningful with nothing unsynced (after open or create).
+   */
+  slotGenerations(): ReadonlyArray<readonly [number, number] | undefined> {
+    if (this.unsynced.size > 0 || this.singles.length > 0) throw new Error(`${this.path}: pages written since the last sync cannot be handed over`);
+    return this.gens.map((g) => (g === undefined ? undefined : ([g[0], g[1]] as const)));
+  }
+
   close(): Promise<void> {
     return this.file.close();
   }

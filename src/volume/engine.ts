@@ -241,6 +241,34 @@ export class Volume extends EventEmitter {
     return len;
   }
 
+  /**
+   * Discard (QEMU's discard and write-zeroes, a guest's fstrim): bytes [offset, offset + len)
+   * below the image length read as zeros afterwards; the length does not change. The same
+   * steps as a write (intent, side-log copy, dirty bits), then the dirty pages are made
+   * durable (a hole cannot be told from an old one by a rescan) and the hole is punched.
+   */
+  async discard(offset: number, len: number): Promise<void> {
+    this.checkOpen();
+    checkRange(offset, len);
+    const end = Math.min(offset + len, this.len);
+    if (len === 0 || offset >= end) return;
+    const C = this.clusterSize;
+    const c0 = Math.floor(offset / C);
+    const c1 = Math.floor((end - 1) / C);
+    await this.enterForWrite(offset, end, c0, c1);
+    try {
+      this.checkOpen();
+      await this.tracker.ensureIntent(offset, end);
+      if (this.seals.sealed !== null) await this.seals.protect(c0, c1);
+      this.tracker.markDirty(c0, c1);
+      await this.tracker.persist();
+      if (!(await this.image.punchHole(offset, end - offset))) await this.image.write(Buffer.alloc(end - offset), 0, end - offset, offset);
+      if (this.present !== null) for (let c = c0; c <= c1; c++) this.present.written(c);
+    } finally {
+      this.gate.leave();
+    }
+  }
+
   /** QEMU's fdatasync: every completed write is durable, with what is needed to find it again. */
   async fsync(): Promise<void> {
     this.checkOpen();

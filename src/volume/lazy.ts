@@ -35,15 +35,16 @@ export interface LazyHost {
 export class LazyRestore {
   /** Fetches in flight, by cluster. */
   readonly fetching = new Map<number, Promise<void>>();
-  /** Sequential reads of missing clusters: where the last one started and ended, and how far ahead is requested. */
-  private readonly seq = { start: -1, end: -Infinity, aheadTo: -1, window: 0 };
+  private readonly ahead: ReadAhead;
 
   constructor(
     readonly present: PresentMap,
     private readonly fetcher: PresentFetcher | undefined,
     private readonly signal: AbortSignal,
     private readonly h: LazyHost,
-  ) {}
+  ) {
+    this.ahead = new ReadAhead(h.clusterSize, () => this.baseClusters, (c0, c1) => this.ensurePresent(c0, c1));
+  }
 
   /** Clusters below this still come from the base snapshot until present (0: not restored). */
   get baseClusters(): number {
@@ -62,34 +63,9 @@ export class LazyRestore {
   }
 
 
-  /**
-   * A reader going through missing clusters in order gets the clusters after its read
-   * fetched before it asks: the window starts at READ_AHEAD_MIN_BYTES and doubles per
-   * sequential read up to READ_AHEAD_MAX_BYTES; a new window is requested once the reader
-   * is half way into the last one, so the fetches stay large (the fetcher reads adjacent
-   * blobs with one ranged GET). Reads out of order reset it. The read never waits for it.
-   */
+  /** See ReadAhead.note. */
   readAhead(start: number, end: number, c1: number): void {
-    const s = this.seq;
-    const C = this.h.clusterSize;
-    // Parallel requests of one sequential stream arrive slightly out of order: allow a slack.
-    const sequential = start > s.start && Math.abs(start - s.end) <= READ_AHEAD_SLACK_BYTES;
-    s.start = start;
-    s.end = Math.max(end, sequential ? s.end : 0);
-    if (!sequential) {
-      s.window = 0;
-      s.aheadTo = c1;
-      return;
-    }
-    s.window = Math.min(READ_AHEAD_MAX_BYTES, Math.max(READ_AHEAD_MIN_BYTES, s.window * 2));
-    const clusters = Math.max(1, Math.floor(s.window / C));
-    if (s.aheadTo - c1 > clusters / 2) return;
-    const from = Math.max(c1, s.aheadTo) + 1;
-    const to = Math.min(c1 + clusters, this.baseClusters - 1);
-    if (from > to) return;
-    s.aheadTo = to;
-    // A failed read-ahead costs nothing: the read that needs the cluster fetches it again.
-    this.ensurePresent(from, to).catch(() => undefined);
+    this.ahead.note(start, end, c1);
   }
 
   /** Make clusters [c0, c1] local, fetching missing runs (single flight per cluster). */
@@ -168,5 +144,48 @@ export class LazyRestore {
     });
     for (let i = 0; i < count; i++) this.fetching.set(first + i, tracked);
     return tracked;
+  }
+}
+
+/**
+ * Read-ahead of a reader going through missing clusters in order: the clusters after its read
+ * are fetched before it asks. The window starts at READ_AHEAD_MIN_BYTES and doubles per
+ * sequential read up to READ_AHEAD_MAX_BYTES; a new window is requested once the reader is
+ * half way into the last one, so the fetches stay large (the fetcher reads adjacent blobs with
+ * one ranged GET). Reads out of order reset it. The read never waits for it. Shared by the
+ * TypeScript engine (LazyRestore) and the native one (native-volume.ts).
+ */
+export class ReadAhead {
+  /** Where the last read started and ended, and how far ahead is requested. */
+  private readonly seq = { start: -1, end: -Infinity, aheadTo: -1, window: 0 };
+
+  constructor(
+    private readonly clusterSize: number,
+    private readonly baseClusters: () => number,
+    private readonly fetch: (c0: number, c1: number) => Promise<void>,
+  ) {}
+
+  /** A read of bytes [start, end) whose last cluster is c1. */
+  note(start: number, end: number, c1: number): void {
+    const s = this.seq;
+    const C = this.clusterSize;
+    // Parallel requests of one sequential stream arrive slightly out of order: allow a slack.
+    const sequential = start > s.start && Math.abs(start - s.end) <= READ_AHEAD_SLACK_BYTES;
+    s.start = start;
+    s.end = Math.max(end, sequential ? s.end : 0);
+    if (!sequential) {
+      s.window = 0;
+      s.aheadTo = c1;
+      return;
+    }
+    s.window = Math.min(READ_AHEAD_MAX_BYTES, Math.max(READ_AHEAD_MIN_BYTES, s.window * 2));
+    const clusters = Math.max(1, Math.floor(s.window / C));
+    if (s.aheadTo - c1 > clusters / 2) return;
+    const from = Math.max(c1, s.aheadTo) + 1;
+    const to = Math.min(c1 + clusters, this.baseClusters() - 1);
+    if (from > to) return;
+    s.aheadTo = to;
+    // A failed read-ahead costs nothing: the read that needs the cluster fetches it again.
+    this.fetch(from, to).catch(() => undefined);
   }
 }

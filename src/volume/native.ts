@@ -95,6 +95,14 @@ function addon(): Addon {
   return r.addon;
 }
 
+/**
+ * The loaded addon object itself, for the native volume write path (native-volume.ts, whose
+ * exports native/volume/addon.c lists). NATIVE_MISSING when it is not built.
+ */
+export function nativeAddonObject(): object {
+  return addon();
+}
+
 /** True when the addon is built and loads; the first call tries to load it. */
 export function nativeAvailable(): boolean {
   return 'addon' in load();

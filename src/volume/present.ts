@@ -85,6 +85,11 @@ export class PresentMap {
     });
   }
 
+  /** The bits and the file (for handing them over to the native write path). */
+  parts(): { bits: PagedBitmap; file: BitmapFile } {
+    return { bits: this.bits, file: this.file };
+  }
+
   /** Number of present clusters below the base length. */
   count(): number {
     return this.bits.count();

@@ -246,6 +246,11 @@ export class ChangeTracker {
     await Promise.allSettled([this.dirtyFiles[0].close(), this.dirtyFiles[1].close(), this.intentFile.close()]);
   }
 
+  /** The files (for handing them over to the native write path). */
+  files(): { dirty: readonly [BitmapFile, BitmapFile]; intent: BitmapFile } {
+    return { dirty: this.dirtyFiles, intent: this.intentFile };
+  }
+
   /** Synced page counts of the files, for the state record. */
   syncedPages(): { dirty0: number; dirty1: number; intent: number } {
     return { dirty0: this.dirtyFiles[0].syncedPages, dirty1: this.dirtyFiles[1].syncedPages, intent: this.intentFile.syncedPages };

@@ -96,3 +96,23 @@ t.test('a restarted host that still holds its volume gets it back read-write', a
   t.equal((await cli(a, 'detach', 'vol')).code, 0);
   await kill(a, 'SIGTERM');
 });
+
+t.test('a handle held open across a live fence gets EROFS at once', async (t) => {
+  // The native server answers a native volume's writes in C: the fence must reach it when it
+  // happens, not at the mount's next periodic refresh.
+  const a = await makeHost(t, 'host-a');
+  const b = await makeHost(t, 'host-b', a.storeDir);
+  await serve(a);
+  await serve(b);
+  t.equal((await cli(a, 'volume', 'create', 'live', '--size', '16M')).code, 0);
+  t.equal((await cli(a, 'attach', 'live')).code, 0);
+  const fh = await open(image(a, 'live'), 'r+');
+  t.teardown(() => fh.close().catch(() => undefined));
+  await fh.write(Buffer.alloc(65536, 0x11), 0, 65536, 1 << 20);
+  await fh.sync();
+  t.equal((await cli(b, 'attach', 'live', '--force')).code, 0, 'host B takes the volume with --force while A serves it');
+  t.not((await cli(a, 'snapshot', 'create', 'live')).code, 0, "A's next snapshot finds it fenced");
+  const st = ((await cliJson(a, 'status')) as unknown as StatusOut).volumes.find((v) => v.name === 'live');
+  t.equal(st?.access.mode, 'fenced', 'status shows it FENCED');
+  await t.rejects(fh.write(Buffer.alloc(4096, 0x22), 0, 4096, 1 << 20), { code: 'EROFS' }, 'a write on the handle opened before is refused');
+});

@@ -25,6 +25,7 @@ import { Metrics } from './metrics.js';
 import { Service } from './service.js';
 import { LocalDirectories } from '../volume/directories.js';
 import { armCrashPoint } from '../util/crash.js';
+import { sleep } from '../util/sleep.js';
 
 export interface Daemon {
   readonly service: Service;
@@ -36,6 +37,10 @@ export interface Daemon {
 export function makeLogger(c: Config): Logger {
   return pino({ level: c.logLevel, base: { host: c.hostId }, redact: LOG_REDACT });
 }
+
+/** How long a stop waits for RELEASE requests in flight before it counts a file as open. */
+const RELEASE_GRACE_MS = 2000;
+const RELEASE_POLL_MS = 20;
 
 export async function startDaemon(c: Config, log: Logger = makeLogger(c)): Promise<Daemon> {
   // Start fully or not at all: each step that succeeded is undone, last first, when a later
@@ -91,7 +96,11 @@ export async function startDaemon(c: Config, log: Logger = makeLogger(c)): Promi
     let stopping: Promise<void> | undefined;
     const stop = (force = false): Promise<void> => {
       stopping ??= (async () => {
-        const open = [...service.attached.keys()].filter((n) => mount.openCount(n) > 0);
+        const openNow = (): string[] => [...service.attached.keys()].filter((n) => mount.openCount(n) > 0);
+        // close(2) returns before the kernel sends FUSE RELEASE: a file its last user just
+        // closed may still count as open here for a moment. Wait that out before refusing.
+        let open = openNow();
+        for (const until = Date.now() + RELEASE_GRACE_MS; open.length && !force && Date.now() < until; open = openNow()) await sleep(RELEASE_POLL_MS);
         if (open.length && !force) {
           stopping = undefined;
           throw Object.assign(new Error(`volume files are open: ${open.join(', ')}`), { code: 'BUSY' });

@@ -33,7 +33,7 @@ import type { LocalFile, LocalFs } from './files.js';
 import type { PresentMap } from './present.js';
 import { Seal, SealKeeper, type SealOps, type SealState } from './seal.js';
 import { createParts, openParts, syncedPagesOf, DEFAULT_FLUSH_INTERVAL_MS, DEFAULT_SIDE_LOG_BUDGET, type RecoveryInfo, type VolumeCreateOptions, type VolumeLogger, type VolumeOptions, type VolumeParts } from './setup.js';
-import { MAX_IMAGE_LENGTH, writeState, type VolumeState } from './state.js';
+import { checkIoRange, writeState, type VolumeState } from './state.js';
 import { LazyRestore, type LazyHost } from './lazy.js';
 import { volumeStats, type Counters, type VolumeStats } from './stats.js';
 import { parseSnapshotId } from '../format/names.js';
@@ -57,10 +57,6 @@ function invalid(message: string, details: Record<string, unknown> = {}): Island
   return new IslandError('INVALID_ARGUMENT', message, { details });
 }
 
-function checkRange(offset: number, len: number): void {
-  if (!Number.isSafeInteger(offset) || offset < 0) throw invalid(`offset must be a non-negative integer: ${offset}`, { offset });
-  if (offset + len > MAX_IMAGE_LENGTH) throw new IslandError('TOO_LARGE', `I/O up to byte ${offset + len} is past island's image limit of ${MAX_IMAGE_LENGTH}`, { details: { offset, len } });
-}
 
 export class Volume extends EventEmitter {
   readonly dir: string;
@@ -193,7 +189,7 @@ export class Volume extends EventEmitter {
   /** Read buf.length bytes at `offset`; returns how many (short at the end of the image). */
   async read(buf: Buffer, offset: number): Promise<number> {
     this.checkOpen();
-    checkRange(offset, buf.length);
+    checkIoRange(offset, buf.length);
     if (buf.length === 0 || offset >= this.len) return 0;
     let want = Math.min(buf.length, this.len - offset);
     const C = this.clusterSize;
@@ -217,7 +213,7 @@ export class Volume extends EventEmitter {
   async write(buf: Buffer, offset: number): Promise<number> {
     this.checkOpen();
     const len = buf.length;
-    checkRange(offset, len);
+    checkIoRange(offset, len);
     if (len === 0) return 0;
     const end = offset + len;
     const C = this.clusterSize;
@@ -249,7 +245,7 @@ export class Volume extends EventEmitter {
    */
   async discard(offset: number, len: number): Promise<void> {
     this.checkOpen();
-    checkRange(offset, len);
+    checkIoRange(offset, len);
     const end = Math.min(offset + len, this.len);
     if (len === 0 || offset >= end) return;
     const C = this.clusterSize;
@@ -281,7 +277,7 @@ export class Volume extends EventEmitter {
   /** Set the image length. Both ways the clusters between the old and new end become dirty. */
   async truncate(newLength: number): Promise<void> {
     this.checkOpen();
-    checkRange(newLength, 0);
+    checkIoRange(newLength, 0);
     const C = this.clusterSize;
     const edge = Math.min(newLength, this.len);
     // The cluster cut by the new end (or left partial by the old one) keeps base content.

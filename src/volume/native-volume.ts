@@ -25,7 +25,7 @@ import { ReadAhead } from './lazy.js';
 import { E, errnoOf, EVENT_SEAL_ABANDONED, EVENT_STATE, FALLOC_KEEP_SIZE, FALLOC_PUNCH_HOLE, NATIVE_FILES, NATIVE_OPS, volumeAddon, type BitmapPages, type Handle, type NativeOp, type VolumeAddon } from './native-volume-addon.js';
 import { Seal, SealState, type SealOps } from './seal.js';
 import { createParts, openParts, DEFAULT_FLUSH_INTERVAL_MS, DEFAULT_SIDE_LOG_BUDGET, type RecoveryInfo, type VolumeCreateOptions, type VolumeOptions, type VolumeParts, type VolumeLogger, type PresentFetcher } from './setup.js';
-import { encodeState, MAX_IMAGE_LENGTH, writeState, type VolumeState } from './state.js';
+import { checkIoRange, encodeState, writeState, type VolumeState } from './state.js';
 import type { VolumeStats } from './stats.js';
 
 export { FALLOC_KEEP_SIZE, FALLOC_PUNCH_HOLE, FALLOC_ZERO_RANGE, nativeWritePathAvailable, type NativeOp } from './native-volume-addon.js';
@@ -180,14 +180,14 @@ export class NativeVolume extends EventEmitter {
 
   async read(buf: Buffer, offset: number): Promise<number> {
     this.checkOpen();
-    checkRange(offset, buf.length);
+    checkIoRange(offset, buf.length);
     if (buf.length === 0) return 0;
     return this.io('read', () => this.a.volumeRead(this.handle, buf, offset), { offset, len: buf.length });
   }
 
   async write(buf: Buffer, offset: number): Promise<number> {
     this.checkOpen();
-    checkRange(offset, buf.length);
+    checkIoRange(offset, buf.length);
     if (buf.length === 0) return 0;
     return this.io('write', () => this.a.volumeWrite(this.handle, buf, offset), { offset, len: buf.length });
   }
@@ -200,7 +200,7 @@ export class NativeVolume extends EventEmitter {
   /** Discard: [offset, offset + len) below the image length reads as zeros (engine.ts discard()). */
   async discard(offset: number, len: number): Promise<void> {
     this.checkOpen();
-    checkRange(offset, len);
+    checkIoRange(offset, len);
     if (len === 0) return;
     await this.io('discard', () => this.a.volumeFallocate(this.handle, FALLOC_PUNCH_HOLE | FALLOC_KEEP_SIZE, offset, len), { offset, len });
   }
@@ -208,13 +208,13 @@ export class NativeVolume extends EventEmitter {
   /** fallocate with the kernel's modes (PUNCH_HOLE | KEEP_SIZE, ZERO_RANGE [| KEEP_SIZE]). */
   async fallocate(mode: number, offset: number, len: number): Promise<void> {
     this.checkOpen();
-    checkRange(offset, len);
+    checkIoRange(offset, len);
     await this.io('fallocate', () => this.a.volumeFallocate(this.handle, mode, offset, len), { mode, offset, len });
   }
 
   async truncate(newLength: number): Promise<void> {
     this.checkOpen();
-    checkRange(newLength, 0);
+    checkIoRange(newLength, 0);
     const before = this.a.volumeRecordInfo(this.handle).baseLength;
     for (;;) {
       const edge = Math.min(newLength, this.length);
@@ -614,10 +614,6 @@ export class NativeVolume extends EventEmitter {
   }
 }
 
-function checkRange(offset: number, len: number): void {
-  if (!Number.isSafeInteger(offset) || offset < 0) throw new IslandError('INVALID_ARGUMENT', `offset must be a non-negative integer: ${offset}`, { details: { offset } });
-  if (offset + len > MAX_IMAGE_LENGTH) throw new IslandError('TOO_LARGE', `I/O up to byte ${offset + len} is past island's image limit of ${MAX_IMAGE_LENGTH}`, { details: { offset, len } });
-}
 
 function bitmapOf(p: BitmapPages): PagedBitmap {
   const bits = new PagedBitmap();

@@ -100,6 +100,12 @@ export const MAX_REGION_SIZE = 2 ** 30;
  * leaves room for qcow2 metadata and keeps every offset an exact JS number.
  */
 export const MAX_IMAGE_LENGTH = 2 ** 52;
+
+/** Check an I/O's offset and length against the image limit (both engines, before any I/O). */
+export function checkIoRange(offset: number, len: number): void {
+  if (!Number.isSafeInteger(offset) || offset < 0) throw new IslandError('INVALID_ARGUMENT', `offset must be a non-negative integer: ${offset}`, { details: { offset } });
+  if (offset + len > MAX_IMAGE_LENGTH) throw new IslandError('TOO_LARGE', `I/O up to byte ${offset + len} is past island's image limit of ${MAX_IMAGE_LENGTH}`, { details: { offset, len } });
+}
 /** Largest synced page count: a page index is a u32 (bitmap-page.ts). */
 const MAX_SYNCED_PAGES = 0xffff_ffff;
 

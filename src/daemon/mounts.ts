@@ -11,6 +11,7 @@ import { SnapshotImage } from '../snapshot/view.js';
 import type { FuseVolume } from '../fuse/adapter.js';
 import { PIN_TTL_MS, mountFile, type DaemonContext } from './context.js';
 import { checkRestorable } from './sources.js';
+import { ObservedMap } from '../util/observed-map.js';
 
 /** A snapshot shown read-only on the mount, and the pin that keeps its data. */
 interface MountedSnapshot {
@@ -20,7 +21,11 @@ interface MountedSnapshot {
 
 export class MountTable {
   /** Snapshots mounted read-only, by file name (`<volume>@<snapshot>`). */
-  private readonly snapshots = new Map<string, MountedSnapshot>();
+  private readonly snapshots = new ObservedMap<string, MountedSnapshot>();
+  /** Called when a snapshot view appears or goes (see Service.onFilesChanged). */
+  set onChange(fn: () => void) {
+    this.snapshots.onChange = fn;
+  }
 
   constructor(private readonly ctx: DaemonContext) {}
 

@@ -83,6 +83,7 @@ export async function startDaemon(c: Config, log: Logger = makeLogger(c)): Promi
     }, log);
     undo.push(() => mount.unmount());
     service.openHandles = (n) => mount.openCount(n);
+    service.onFilesChanged = () => mount.refresh();
     service.fuseStatus = () => mount.describe();
     // The native server answers requests on the native write path in C alone: metrics
     // read their counts from the volumes (metrics.ts).

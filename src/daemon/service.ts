@@ -38,6 +38,7 @@ import type { ResizeOutcome, ResizeRequest } from './resize.js';
 import { SnapshotJobs } from './snapshot-jobs.js';
 import { Images } from './images.js';
 import { revertDetached, snapshotDetached } from './detached-snapshots.js';
+import { ObservedMap } from '../util/observed-map.js';
 
 export { PIN_TTL_MS, snapshotView, fillView } from './context.js';
 export type { Access, AttachRequest, Attached, FillJob, FillView, SnapshotJob, SnapshotView, VolumeView } from './context.js';
@@ -78,9 +79,14 @@ export interface StatusView {
 }
 
 export class Service {
-  readonly attached = new Map<string, Attached>();
+  readonly attached = new ObservedMap<string, Attached>();
   /** Open handles on a file of the mount (the composition root wires it to the FUSE mount). */
   openHandles: (name: string) => number = () => 0;
+  /** Called when the files the mount shows change (attach, detach, snapshot mount); serve.ts wires it to the mount. */
+  set onFilesChanged(fn: () => void) {
+    this.attached.onChange = fn;
+    this.mounts.onChange = fn;
+  }
   /** Set by serve.ts once the mount is made. */
   fuseStatus: () => Record<string, unknown> = () => ({ transport: 'none' });
   /** Copies of snapshots to other regions. */

@@ -150,6 +150,9 @@ export class FuseMount {
   }
 
   /** Open handles of a volume's file (detach and shutdown refuse while it is open). */
+  /** Nothing to do: every request looks its file up in the table. */
+  refresh(): void {}
+
   openCount(name: string): number {
     let n = 0;
     for (const h of this.handles.values()) if (h.name === name) n++;

@@ -39,6 +39,8 @@ export interface FuseTransport {
   openCount(name: string): number;
   /** What the transport tells about itself (status). */
   describe(): Record<string, unknown>;
+  /** The table changed: show it now (a transport that asks the table per request does nothing). */
+  refresh(): void;
 }
 
 export interface NativeMountOptions extends FuseMountOptions {
@@ -181,6 +183,10 @@ export class NativeFuseMount implements FuseTransport {
       malformed: s.malformed,
       unknownOps: s.unknownOps,
     };
+  }
+
+  refresh(): void {
+    this.sync();
   }
 
   /** Make the server's files those of the table (see the top comment). */

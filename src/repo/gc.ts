@@ -107,6 +107,8 @@ export interface GcReport {
   checkpointsDeleted: number;
   /** Released snapshots some of whose packs are still live (through a later snapshot) or not yet gone (lagging listing): their tombstones are kept for a later GC. */
   releasedDeferred: number;
+  /** Tombstones of released snapshots that wrote no pack, kept while their chain links stay (the proof they were collected, not lost). */
+  tombstonesKept: number;
 }
 
 /** Keep `top` sorted by reclaimable bytes, descending, at most GC_TOP_PACKS long. */
@@ -239,6 +241,7 @@ export async function collectGarbage(repo: Repository, opts: GcOptions): Promise
     tombstonesDeleted: 0,
     checkpointsDeleted: 0,
     releasedDeferred: 0,
+    tombstonesKept: 0,
   };
   markedNodes.clear();
   const doomed: string[] = [];
@@ -313,6 +316,14 @@ export async function collectGarbage(repo: Repository, opts: GcOptions): Promise
   const candidates = [...releasedManifests.map((r, i) => ({ id: r.id, m: manifests[i] })), ...releasedLinks.map((m) => ({ id: m.id, m }))];
   const unsettled = await Promise.all(candidates.map((c) => sem.run(async () => c.m !== undefined && (await someUnsettled(repo, c.m, usage, signal)), signal)));
   for (const [i, c] of candidates.entries()) {
+    // A snapshot that wrote no pack (no change, or a revert sharing an older tree) keeps
+    // its tombstone for as long as its chain link is there: with no pack to have gone
+    // first, the tombstone is the only proof that its missing manifest was collected, not
+    // lost (attach would take the link for evidence of a lost snapshot: HEAD_UNCERTAIN).
+    if (c.m !== undefined && c.m.packs.length === 0) {
+      report.tombstonesKept++;
+      continue;
+    }
     if (unsettled[i]) {
       report.releasedDeferred++;
       continue;

@@ -129,13 +129,17 @@ export class Attachments {
       signal: controller.signal,
       onWait: (err, delay) => {
         a.access = { mode: 'read-only', why: `the store cannot be reached (${codeOf(err)}) to confirm that this host still holds generation ${a.generation}; read-only until it answers` };
+        this.ctx.attached.onChange();
         log.warn({ err, retryInMs: delay }, 'volume stays read-only: the store cannot confirm this host still holds it');
         firstTry();
       },
     })
       .then(
         () => {
-          if (a.access.mode === 'read-only') a.access = { mode: 'read-write', why: null };
+          if (a.access.mode === 'read-only') {
+            a.access = { mode: 'read-write', why: null };
+            this.ctx.attached.onChange();
+          }
           log.info('the store confirms this host holds the volume: read-write');
         },
         (err: unknown) => {
@@ -152,6 +156,7 @@ export class Attachments {
   fence(name: string, a: Attached, err: unknown): void {
     const message = err instanceof Error ? err.message : String(err);
     a.access = { mode: 'fenced', why: `${codeOf(err)}: ${message}; detach it here to set its local copy aside (kept under ${this.ctx.dirs.asideRoot()})` };
+    this.ctx.attached.onChange();
     this.ctx.log.error({ volume: name, err, code: codeOf(err) }, 'volume fenced: it is read-only on this host for good');
   }
 

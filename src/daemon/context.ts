@@ -12,6 +12,7 @@ import type { Repository } from '../repo/repository.js';
 import type { FillProgress } from '../snapshot/fill.js';
 import type { LocalDirectories } from '../volume/directories.js';
 import type { AnyVolume } from '../volume/write-path.js';
+import type { ObservedMap } from '../util/observed-map.js';
 
 /** A clone pin lasts until the clone's first snapshot commits (or the clone is deleted). */
 export const CLONE_PIN_MS = 100 * 365 * 24 * 3600 * 1000;
@@ -22,8 +23,12 @@ export interface DaemonContext {
   readonly config: Config;
   readonly repo: Repository;
   readonly log: Logger;
-  /** Volumes attached (served) on this host, by name. */
-  readonly attached: Map<string, Attached>;
+  /**
+   * Volumes attached (served) on this host, by name. Its onChange tells the mount that its
+   * files changed: called by the map on set and delete, and by whoever changes an entry's
+   * access (a fence must reach the native server's open handles at once).
+   */
+  readonly attached: ObservedMap<string, Attached>;
   readonly dirs: LocalDirectories;
   /**
    * Volumes detached without waiting (detach --no-wait): gone from the mount, their final

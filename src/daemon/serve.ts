@@ -12,11 +12,11 @@ import type { Server } from 'node:http';
 import { rm } from 'node:fs/promises';
 import pino, { type Logger } from 'pino';
 import { LOG_REDACT, type Config } from '../config.js';
-import { codeOf } from '../errors.js';
+import { codeOf, isTransient } from '../errors.js';
 import type { FuseTransport } from '../fuse/native-server.js';
 import { mountFuse } from '../fuse/transport.js';
 import { Repository } from '../repo/repository.js';
-import { openEncryption, openRegionStore } from '../crypto/open.js';
+import { loadConfiguredKey, openEncryption, openRegionStore } from '../crypto/open.js';
 import { openStore } from '../store/open.js';
 import { ChaosStore } from '../store/chaos.js';
 import type { ObjectStore } from '../store/types.js';
@@ -62,7 +62,15 @@ export async function startDaemon(c: Config, log: Logger = makeLogger(c)): Promi
     undo.push(() => store.close());
     // Encryption is decided before anything is written: no key, or another repository's key,
     // for an encrypted store (or a key for a store holding unencrypted data) stops the start.
-    const enc = await openEncryption(store, c);
+    const enc = await openEncryption(store, c).catch(async (err: unknown) => {
+      if (!isTransient(err)) throw err;
+      // The store does not answer: the local volumes are served now (reads and writes need
+      // no store); whether this key may use the store is decided at its first answer, and a
+      // refusal then comes before anything is written (openRegionStore's gate).
+      log.warn({ err, code: codeOf(err) }, 'the store cannot be reached to check its encryption; checked at its first use');
+      const keyFile = await loadConfiguredKey(c);
+      return { ...openRegionStore(store, keyFile), keyFile };
+    });
     const repo = new Repository(enc.store, { host: c.hostId, region: c.region, frames: enc.frames });
     const service = new Service(c, repo, log, (name, backend) => {
       const r = openRegionStore(openStore(backend, { onObserve: (o) => metrics.store(o) }).store, enc.keyFile);

@@ -12,6 +12,7 @@ import { mkdir, open, readdir, rename, rm, stat, type FileHandle } from 'node:fs
 import { dirname, join } from 'node:path';
 import { IslandError } from '../errors.js';
 import { lockExclusive } from './native.js';
+import { STATE_FILE } from './state.js';
 
 export const VOLUMES_DIR = 'volumes';
 export const KEPT_DIR = 'kept';
@@ -123,12 +124,25 @@ export class LocalDirectories {
   }
 
   async dropLive(name: string): Promise<void> {
-    await rm(this.live(name), { recursive: true, force: true });
+    await dropVolumeDir(this.live(name));
   }
 
   async dropKept(name: string): Promise<void> {
-    await rm(this.kept(name), { recursive: true, force: true });
+    await dropVolumeDir(this.kept(name));
   }
+}
+
+/**
+ * Remove a volume directory, its state record first (durably): a removal cut short by a
+ * crash then leaves a directory without a state record, which the next attach takes for an
+ * unfinished create and starts over. Removed in readdir order, it could leave the state
+ * record without the image, a copy island refuses to serve (LOCAL_STATE_DAMAGED).
+ */
+async function dropVolumeDir(dir: string): Promise<void> {
+  if (!(await exists(dir))) return;
+  await rm(join(dir, STATE_FILE), { force: true });
+  await syncDirectory(dir);
+  await rm(dir, { recursive: true, force: true });
 }
 
 async function exists(p: string): Promise<boolean> {

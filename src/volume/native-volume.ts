@@ -13,6 +13,7 @@
  * clusters wanted; the fetched bytes are installed through the addon, only where the cluster
  * is still missing), the state record and the flush timer.
  */
+import { nativeVolumeStats } from './stats.js';
 import { EventEmitter } from 'node:events';
 import { IslandError } from '../errors.js';
 import { parseSnapshotId } from '../format/names.js';
@@ -561,30 +562,7 @@ export class NativeVolume extends EventEmitter {
 
   stats(): VolumeStats {
     if (this.lastStats !== null) return this.lastStats;
-    const n = this.a.volumeStats(this.handle) as Record<string, number>;
-    const v = (k: string): number => n[k] ?? 0;
-    return {
-      reads: v('reads'),
-      writes: v('writes'),
-      bytesRead: v('bytesRead'),
-      bytesWritten: v('bytesWritten'),
-      zeroClusters: v('zeroClusters'),
-      fsyncs: v('fsyncs'),
-      fdatasyncs: { image: v('imageSyncs'), intent: v('intentSyncs'), dirty: v('dirtySyncs'), present: v('presentSyncs'), total: v('imageSyncs') + v('intentSyncs') + v('dirtySyncs') + v('presentSyncs') },
-      stateWrites: this.stateWrites,
-      pageWrites: { intent: v('intentPageWrites'), dirty: v('dirtyPageWrites'), present: v('presentPageWrites') },
-      intentEpochs: v('intentEpochs'),
-      seals: v('seals'),
-      sealsCompleted: v('sealsCompleted'),
-      sealsAbandoned: v('sealsAbandoned'),
-      sideLogCopies: v('sideLogCopies'),
-      sideLogBytes: v('sideLogBytes'),
-      readSealedRetries: v('sealedReadRetries'),
-      fetches: this.fetches,
-      fetchedClusters: v('fetchedClusters'),
-      dirtyClusters: v('dirtyClusters'),
-      sealedClusters: v('sealedClusters'),
-    };
+    return nativeVolumeStats(this.a.volumeStats(this.handle) as Record<string, number>, this.stateWrites, this.fetches);
   }
 
   /** The file operations logged since the last call (opened with opLog). */

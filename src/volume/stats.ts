@@ -56,3 +56,30 @@ export function volumeStats(c: Counters, tracker: ChangeTracker, present: Presen
     sealedClusters: seals.sealed?.clusterCount() ?? 0,
   };
 }
+
+/** The same figures for a volume on the native write path, from its C counters (native/volume). */
+export function nativeVolumeStats(n: Record<string, number>, stateWrites: number, fetches: number): VolumeStats {
+  const v = (k: string): number => n[k] ?? 0;
+  return {
+    reads: v('reads'),
+    writes: v('writes'),
+    bytesRead: v('bytesRead'),
+    bytesWritten: v('bytesWritten'),
+    zeroClusters: v('zeroClusters'),
+    fsyncs: v('fsyncs'),
+    fdatasyncs: { image: v('imageSyncs'), intent: v('intentSyncs'), dirty: v('dirtySyncs'), present: v('presentSyncs'), total: v('imageSyncs') + v('intentSyncs') + v('dirtySyncs') + v('presentSyncs') },
+    stateWrites,
+    pageWrites: { intent: v('intentPageWrites'), dirty: v('dirtyPageWrites'), present: v('presentPageWrites') },
+    intentEpochs: v('intentEpochs'),
+    seals: v('seals'),
+    sealsCompleted: v('sealsCompleted'),
+    sealsAbandoned: v('sealsAbandoned'),
+    sideLogCopies: v('sideLogCopies'),
+    sideLogBytes: v('sideLogBytes'),
+    readSealedRetries: v('sealedReadRetries'),
+    fetches,
+    fetchedClusters: v('fetchedClusters'),
+    dirtyClusters: v('dirtyClusters'),
+    sealedClusters: v('sealedClusters'),
+  };
+}

@@ -4,7 +4,7 @@
  * concurrency, through the same S3 client island uses, against a real Swift.
  *
  *   npx tsx scripts/bench-store.ts [--swift swift.json] [--mib 256] [--concurrency 16]
- *       [--attach 1,100] [--reps 3] [--stores swift,fs]
+ *       [--attach 1,100] [--reps 3] [--stores swift,fs] [--walk]
  *
  * Without --swift it starts a private Swift (scripts/swift.sh) and stops it after.
  * Prints MiB/s and request latency percentiles; `--json` for the report script.
@@ -16,7 +16,9 @@
  * generations, claim, head) to its first read (cluster 0 of the restore base, through the
  * restore fetcher with a cold node cache), and how many store requests that took. On Swift
  * and on the embedded directory store (`--stores`); in this process, without the daemon,
- * its CLI or FUSE (bench-restore times those). Medians of `--reps` attaches.
+ * its CLI or FUSE (bench-restore times those). Medians of `--reps` attaches. Each
+ * generation detaches with a head record (the attach proves it and skips the walk);
+ * `--walk` leaves them out, so the attach walks the chain as before they existed.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -43,6 +45,8 @@ const { values } = parseArgs({
     attach: { type: 'string' },
     reps: { type: 'string', default: '3' },
     stores: { type: 'string', default: 'swift,fs' },
+    /** Detach without head records, so every attach walks the chain (the old path, for comparison). */
+    walk: { type: 'boolean', default: false },
     json: { type: 'boolean', default: false },
   },
 });
@@ -95,7 +99,8 @@ async function benchAttach(label: string, backend: () => ObjectStore, n: number)
       const changes = [{ cluster: 0, data: randomBytes(C) }, { cluster: 1 + (made % 1000), data: randomBytes(C) }];
       parent = await commitSnapshot(writer, { volume: name, generation: att.generation, parent, imageLength: 1 << 30, clusterSize: C, consistency: 'crash', changes, windowMs: 3_600_000 });
     }
-    await releaseGeneration(writer, name, att.generation);
+    // A clean detach names its chain's end (the head record) unless --walk measures the walk.
+    await releaseGeneration(writer, name, att.generation, {}, values.walk ? null : parent);
   }
   await writer.store.put('rtt', randomBytes(4096));
   const lat: number[] = [];
@@ -125,7 +130,7 @@ async function benchAttach(label: string, backend: () => ObjectStore, n: number)
     reqs.push(Object.values(stats.snapshot()).reduce((a, o) => a + o.requests, 0));
     attachMs.push(t1 - t0);
     readMs.push(t2 - t1);
-    await releaseGeneration(reader, name, att.generation);
+    await releaseGeneration(reader, name, att.generation, {}, values.walk ? null : att.head.head);
     await store.close();
   }
   const t1 = pct(attachMs, 50);

@@ -197,7 +197,7 @@ export class Attachments {
       } catch (err) {
         // Nothing was served under the generation just taken: hand it back, so a later
         // attach (here or elsewhere) is not blocked by it.
-        if (!ctx.attached.has(rec.name)) await releaseGeneration(ctx.repo, rec.name, att.generation).catch(() => undefined);
+        if (!ctx.attached.has(rec.name)) await releaseGeneration(ctx.repo, rec.name, att.generation, {}, att.head.head).catch(() => undefined);
         throw err;
       }
     });
@@ -363,7 +363,7 @@ export class Attachments {
     if (req.keepLocal) await ctx.dirs.keep(name);
     else await ctx.dirs.dropLive(name);
     crashPoint('detach.local-released');
-    await releaseGeneration(ctx.repo, name, a.generation);
+    await releaseGeneration(ctx.repo, name, a.generation, {}, finalHead(a));
     if (a.domain !== undefined) this.snapshots.unwatchDomain(a.domain);
     // The final snapshot holds everything the base gave: this host's pins on it can go.
     if (base) await this.fills.releasePins(base);
@@ -443,7 +443,7 @@ export class Attachments {
         vlog.error({ err, code: codeOf(err) }, 'detach: releasing the volume failed after its final snapshot');
         return;
       }
-      await untilAvailable(() => releaseGeneration(ctx.repo, name, a.generation), { signal: this.stopping.signal }).catch((e: unknown) => vlog.error({ err: e }, 'detach: the detach record could not be written'));
+      await untilAvailable(() => releaseGeneration(ctx.repo, name, a.generation, {}, finalHead(a)), { signal: this.stopping.signal }).catch((e: unknown) => vlog.error({ err: e }, 'detach: the detach record could not be written'));
     }
   }
 
@@ -478,4 +478,13 @@ export class Attachments {
       await a.volume.close().catch((err: unknown) => this.ctx.log.error({ volume: name, err }, 'volume close failed'));
     }
   }
+}
+
+/**
+ * The chain's end a detach leaves: the final snapshot (the parent of the next one), or
+ * nothing when it is not known here (its manifest not read yet since a restart): then no
+ * head record is written and the next attach walks the chain.
+ */
+function finalHead(a: Attached): Manifest | null {
+  return a.parentId === undefined ? a.parent : null;
 }

@@ -58,6 +58,7 @@ async function commitDetached(ctx: DaemonContext, name: string, target: Manifest
   if (!rec) throw new IslandError('NOT_FOUND', `no volume named ${name}`, { details: { volume: name } });
   if (target) await checkRestorable(repo, target);
   const att = await acquireGeneration(repo, name);
+  let head = att.head.head;
   try {
     let base = target ?? att.base;
     if (!base && rec.source) base = (await repo.getManifest(rec.source.volume, rec.source.id)) ?? null;
@@ -80,11 +81,12 @@ async function commitDetached(ctx: DaemonContext, name: string, target: Manifest
       changes: [],
       windowMs: ctx.config.commitWindowMs,
     });
+    head = m;
     if (!own) await onFirstOwnSnapshot(base);
     ctx.log.info({ volume: name, snapshot: m.id, shares: base.id, what }, target ? 'detached volume reverted to a snapshot' : 'snapshot of a detached volume (shares the tree of the snapshot it restores from)');
     return m;
   } finally {
-    await releaseGeneration(repo, name, att.generation);
+    await releaseGeneration(repo, name, att.generation, {}, head);
   }
 }
 

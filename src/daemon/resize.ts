@@ -134,7 +134,7 @@ export class Resizes {
         refuseShrink(name, fresh.virtualSize, size);
         await this.ctx.repo.putVolume({ ...fresh, virtualSize: size, revision: fresh.revision + 1 });
       } finally {
-        await releaseGeneration(this.ctx.repo, name, att.generation);
+        await releaseGeneration(this.ctx.repo, name, att.generation, {}, att.head.head);
       }
       this.ctx.log.info({ volume: name, from: rec.virtualSize, to: size }, 'volume grown (its image follows at the next attach)');
       return { name, from: rec.virtualSize, to: size, how: 'record' };

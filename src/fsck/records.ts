@@ -18,7 +18,7 @@ import {
   type Tombstone,
   type VolumeRecord,
 } from '../format/records.js';
-import { keys, parseLinkKey, parseManifestKey } from '../repo/keys.js';
+import { keys, parseHeadKey, parseLinkKey, parseManifestKey } from '../repo/keys.js';
 import type { Repository } from '../repo/repository.js';
 import { listAll, type OpOptions } from '../store/types.js';
 import type { Findings } from './findings.js';
@@ -91,6 +91,7 @@ function repairOf(prefix: string): string {
   if (prefix === LINKS_PREFIX) return 'rebuild it from the manifest it should hold (same volume, parent and generation)';
   if (prefix === keys.manifestsPrefix()) return 'rewrite it from its copy in the chain link, if that one is sound; otherwise mark the snapshot damaged';
   if (prefix === keys.volumesPrefix) return 'none: recreate the catalog record by hand (its snapshots are intact)';
+  if (prefix === keys.headsPrefix) return 'remove it: attach then finds the head by walking the chain';
   return 'none: report it; the record is a hint or history';
 }
 
@@ -141,6 +142,14 @@ export async function readRecords(repo: Repository, findings: Findings, opts: Op
   for await (const { value } of decoded(repo, keys.damagePrefix, decodeDamageMark, findings, 'damage mark', out, opts)) out.damage.set(value.snapshot, value);
   for (const prefix of ['gens/', 'detached/']) {
     for await (const _ of decoded(repo, prefix, decodeLease, findings, 'generation record', out, opts)) void _;
+  }
+  // Head records (attach's hint, proved before use): one that names another place is
+  // ignored by attach, which then walks the chain.
+  for await (const { key, value } of decoded(repo, keys.headsPrefix, decodeManifest, findings, 'head record', out, opts)) {
+    const k = parseHeadKey(key);
+    if (!k || k.volume !== value.volume || value.generation > k.generation) {
+      findings.add('undecodable', key, `head record ${key} holds ${value.volume}/${value.id} (generation ${value.generation})`, repairOf(keys.headsPrefix));
+    }
   }
   for await (const { value } of decoded(repo, keys.checkpointsPrefix, decodeManifest, findings, 'upload checkpoint', out, opts)) {
     for (const p of value.packs) out.checkpointPacks.add(p.toString('hex'));

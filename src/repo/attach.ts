@@ -19,7 +19,7 @@
  *
  * Detach writes detached/<volume>/<g> once the final snapshot is committed.
  */
-import { IslandError } from '../errors.js';
+import { codeOf, IslandError } from '../errors.js';
 import type { Lease, Manifest, VolumeRecord } from '../format/records.js';
 import type { OpOptions } from '../store/types.js';
 import { sleep as realSleep } from '../util/sleep.js';
@@ -27,7 +27,7 @@ import { MAX_CLAIM_ROUNDS } from './keys.js';
 import type { Repository } from './repository.js';
 import { lookup } from '../format/tree.js';
 import { manifestTree } from './commit.js';
-import { highestGeneration, resolveHead, type Head, type HeadOptions } from './snapshots.js';
+import { highestGeneration, namedHead, resolveHead, type Head, type HeadOptions } from './snapshots.js';
 
 /** A generation record never expires by time: it is ended by a detach record. */
 const FOREVER_MS = 100 * 365 * 24 * 3600 * 1000;
@@ -73,10 +73,14 @@ export interface Attachment {
 }
 
 export async function acquireGeneration(repo: Repository, volume: string, opts: AttachOptions = {}): Promise<Attachment> {
-  const rec = await repo.getVolume(volume, opts);
+  // On a store without create-if-absent the registered hosts are listed (claim rounds,
+  // step 1) beside the catalog and generation reads: a listing is the slowest request.
+  // (The store's answer on create-if-absent is probed once per store, then cached.)
+  const [conditional, rec] = await Promise.all([repo.store.conditionalPut(opts), repo.getVolume(volume, opts)]);
+  const hostsEarly = conditional ? undefined : settle(repo.listHosts(opts));
   // The highest generation, its record and its detach record, in one round trip when the
-  // catalog's hint is right (the usual case).
-  const { generation: g, holder, detached } = await probeGenerations(repo, volume, rec?.generation ?? 0, opts);
+  // catalog's hint is right (the usual case); claim rounds' first reads come with them.
+  const { generation: g, holder, detached, named, firstRound } = await probeGenerations(repo, volume, rec?.generation ?? 0, !conditional, opts);
   let tookOverFrom: string | null = null;
   if (g > 0) {
     if (!holder) {
@@ -96,17 +100,18 @@ export async function acquireGeneration(repo: Repository, volume: string, opts: 
   // while the claim runs, and used only once the claim is won. Otherwise (a forced
   // attach, or this host's own attach that never detached) the holder may still commit
   // until g + 1 exists, so the head is read after the claim.
-  const early = g === 0 || detached !== undefined ? settle(resolveHead(repo, volume, g + 1, opts)) : undefined;
+  // A clean detach names the chain's end (heads/<volume>/<g>): proved in one round trip, it
+  // spares the walk, whose cost grows with the history; otherwise the walk decides.
+  const early = g === 0 || detached !== undefined ? settle(headAfterDetach(repo, volume, g, named, opts)) : undefined;
   const now = repo.now();
   const lease: Lease = { volume, host: repo.host, generation: g + 1, created: now, expires: now + FOREVER_MS };
-  const conditional = await repo.store.conditionalPut(opts);
   if (conditional) {
     if (!(await repo.claimGeneration(lease, opts))) {
       throw new IslandError('BUSY', `another host attached ${volume} at the same moment (generation ${g + 1}); try again`, { details: { volume, generation: g + 1 } });
     }
   } else {
     warnClaimRounds(repo);
-    await claimByRounds(repo, lease, opts);
+    await claimByRounds(repo, lease, opts, { hosts: hostsEarly ? unsettle(await hostsEarly) : undefined, firstRound });
   }
   let head: Head;
   try {
@@ -125,6 +130,12 @@ export async function acquireGeneration(repo: Repository, volume: string, opts: 
   if (opts.catalogBeside) catalog.catch(() => undefined); // the caller awaits it
   else await catalog;
   return { generation: g + 1, head, base: head.live, tookOverFrom, claim: conditional ? 'conditional-put' : 'claim-rounds', catalog };
+}
+
+/** The head after generation g detached: the one its head record names once proved, else the walk's. */
+async function headAfterDetach(repo: Repository, volume: string, g: number, named: Manifest | undefined, opts: AttachOptions): Promise<Head> {
+  const proved = named ? await namedHead(repo, volume, named, g + 1, opts) : undefined;
+  return proved ?? resolveHead(repo, volume, g + 1, opts);
 }
 
 type Settled<T> = { ok: true; value: T } | { ok: false; err: unknown };
@@ -149,18 +160,48 @@ function unsettle<T>(s: Settled<T>): T {
  * while the hinted record is missing and forward while the next one exists, as
  * highestGeneration does, and reads the two records of the generation it stops at.
  */
-async function probeGenerations(repo: Repository, volume: string, hint: number, opts: OpOptions): Promise<{ generation: number; holder: Lease | undefined; detached: Lease | undefined }> {
+async function probeGenerations(repo: Repository, volume: string, hint: number, claimRounds: boolean, opts: OpOptions): Promise<Probe> {
   const h = Math.max(0, hint);
-  const [atHint, next, detachedAtHint] = await Promise.all([
+  const [atHint, next, detachedAtHint, namedAtHint, ownClaim] = await Promise.all([
     h > 0 ? repo.getGeneration(volume, h, opts) : Promise.resolve(undefined),
     repo.getGeneration(volume, h + 1, opts),
     h > 0 ? repo.getDetached(volume, h, opts) : Promise.resolve(undefined),
+    h > 0 ? headRecord(repo, volume, h, opts) : Promise.resolve(undefined),
+    claimRounds ? repo.getClaim(volume, h + 1, 0, repo.host, opts) : Promise.resolve(undefined),
   ]);
-  if ((h === 0 || atHint) && !next) return { generation: h, holder: atHint, detached: detachedAtHint };
+  if ((h === 0 || atHint) && !next) {
+    return { generation: h, holder: atHint, detached: detachedAtHint, named: namedAtHint, firstRound: claimRounds ? { claimedBefore: ownClaim !== undefined } : undefined };
+  }
   const g = await highestGeneration(repo, volume, h, opts);
-  if (g === 0) return { generation: 0, holder: undefined, detached: undefined };
-  const [holder, detached] = await Promise.all([repo.getGeneration(volume, g, opts), repo.getDetached(volume, g, opts)]);
-  return { generation: g, holder, detached };
+  if (g === 0) return { generation: 0, holder: undefined, detached: undefined, named: undefined, firstRound: undefined };
+  const [holder, detached, named] = await Promise.all([repo.getGeneration(volume, g, opts), repo.getDetached(volume, g, opts), headRecord(repo, volume, g, opts)]);
+  return { generation: g, holder, detached, named, firstRound: undefined };
+}
+
+interface Probe {
+  generation: number;
+  holder: Lease | undefined;
+  detached: Lease | undefined;
+  /** The head record of that generation: a hint (a damaged one is no hint). */
+  named: Manifest | undefined;
+  /**
+   * Claim rounds: the reads of round 0 of generation + 1 made with the probe (that
+   * generation was read as not won, and whether this host had claimed that round),
+   * when the hint was the highest generation.
+   */
+  firstRound: FirstRound | undefined;
+}
+
+interface FirstRound {
+  claimedBefore: boolean;
+}
+
+/** A head record that does not decode is ignored: the walk decides instead. */
+function headRecord(repo: Repository, volume: string, g: number, opts: OpOptions): Promise<Manifest | undefined> {
+  return repo.getHeadRecord(volume, g, opts).catch((err: unknown) => {
+    if (codeOf(err) === 'FORMAT_CORRUPT' || codeOf(err) === 'HASH_MISMATCH' || codeOf(err) === 'FORMAT_UNSUPPORTED' || codeOf(err) === 'AUTH_FAILED') return undefined;
+    throw err;
+  });
 }
 
 const warned = new Set<string>();
@@ -185,13 +226,13 @@ function busy(volume: string, n: number, why: string, details: Record<string, un
  * The steps and the race each one closes are numbered in docs/protocols.md
  * ("Attach without create-if-absent"); the comments below carry the same numbers.
  */
-async function claimByRounds(repo: Repository, l: Lease, opts: AttachOptions): Promise<void> {
+async function claimByRounds(repo: Repository, l: Lease, opts: AttachOptions, early: { hosts: string[] | undefined; firstRound: FirstRound | undefined }): Promise<void> {
   const { volume, generation: n } = l;
   const sleep = opts.sleep ?? realSleep;
   const random = opts.random ?? Math.random;
   const waitMs = opts.verdictWaitMs ?? DEFAULT_VERDICT_WAIT_MS;
   // 1. register, and contend only once this host is listed among the registered hosts.
-  let hosts = await repo.listHosts(opts);
+  let hosts = early.hosts ?? (await repo.listHosts(opts));
   if (!hosts.includes(repo.host)) {
     await repo.registerHost(opts);
     hosts = await repo.listHosts(opts);
@@ -202,8 +243,14 @@ async function claimByRounds(repo: Repository, l: Lease, opts: AttachOptions): P
     // 3. a round this host took part in before (an earlier, abandoned attempt) is lost,
     //    but, like any lost round, passed only once the others' verdicts are known (6).
     //    Both are reads before this round's claim: made at once.
-    const [won, before] = await Promise.all([repo.getGeneration(volume, n, opts), repo.getClaim(volume, n, r, repo.host, opts)]);
-    if (won) throw busy(volume, n, 'another host won it');
+    //    Round 0's were made with the generation probe when its hint was right.
+    let before: boolean;
+    if (r === 0 && early.firstRound) before = early.firstRound.claimedBefore;
+    else {
+      const [won, claim] = await Promise.all([repo.getGeneration(volume, n, opts), repo.getClaim(volume, n, r, repo.host, opts)]);
+      if (won) throw busy(volume, n, 'another host won it');
+      before = claim !== undefined;
+    }
     // 4. claim, then read the claim of every other contender this round: every read
     //    starts after the claim's PUT returned, all at once; the claimants only the
     //    listing shows are read as soon as it answers.
@@ -242,10 +289,23 @@ async function claimByRounds(repo: Repository, l: Lease, opts: AttachOptions): P
   throw busy(volume, n, `no host won in ${MAX_CLAIM_ROUNDS} rounds`);
 }
 
-/** Mark generation g ended cleanly (its chain links are all written). */
-export async function releaseGeneration(repo: Repository, volume: string, generation: number, opts: OpOptions = {}): Promise<void> {
+/**
+ * Mark generation g ended cleanly (its chain links are all written). `head`, when the
+ * caller knows it, is the chain's end as this generation leaves it (its final snapshot,
+ * or the head its attach found when it committed nothing): written as the head record
+ * beside the detach record, so the next attach can skip the walk. Without it the next attach walks.
+ */
+export async function releaseGeneration(repo: Repository, volume: string, generation: number, opts: OpOptions = {}, head?: Manifest | null): Promise<void> {
   const now = repo.now();
-  await repo.putDetached({ volume, host: repo.host, generation, created: now, expires: now + FOREVER_MS }, opts);
+  // Both at once: the head record is only ever read beside its detach record, and either
+  // alone is safe (no detach record: the volume stays held; no head record: a walk).
+  await Promise.all([
+    head ? repo.putHeadRecord(generation, head, opts) : undefined,
+    repo.putDetached({ volume, host: repo.host, generation, created: now, expires: now + FOREVER_MS }, opts),
+  ]);
+  // On a store without create-if-absent the registered hosts are listed (claim rounds,
+  // step 1) beside the catalog and generation reads: a listing is the slowest request.
+  const hostsEarly = settle(repo.store.conditionalPut(opts).then((c) => (c ? undefined : repo.listHosts(opts))));
   const rec = await repo.getVolume(volume, opts);
   if (rec && rec.generation === generation) {
     await repo.putVolume({ ...rec, status: 'available', host: null, revision: rec.revision + 1 }, opts);

@@ -179,6 +179,7 @@ export async function copySnapshot(src: Repository, dst: Repository, req: CopyRe
     if (src.now() - protectedAt > req.windowMs / 2) await protect();
     const att = await acquireGeneration(dst, m.volume, opts);
     let copy: Manifest;
+    let chainEnd = att.head.head;
     try {
       refuseNewer(dst, m, att.head.head);
       if (await dst.getGeneration(m.volume, att.generation + 1, opts)) {
@@ -187,9 +188,10 @@ export async function copySnapshot(src: Repository, dst: Repository, req: CopyRe
       // 9. manifest, link, detach record.
       copy = { ...m, parent: att.head.head?.id ?? null, generation: att.generation, host: dst.host, region: dst.region, packs: [...written].sort(Buffer.compare) };
       await dst.putManifest(copy, opts);
+      chainEnd = copy;
       await dst.putLink(copy, opts);
     } finally {
-      await releaseGeneration(dst, m.volume, att.generation, opts);
+      await releaseGeneration(dst, m.volume, att.generation, opts, chainEnd);
     }
     progress.phase = 'done';
     report();

@@ -10,6 +10,9 @@
  *   hosts/<host>                              host registration (empty; the contenders a claim
  *                                             round must read, on stores without create-if-absent)
  *   detached/<volume>/<generation:010>        clean-detach record (Lease) of generation g
+ *   heads/<volume>/<generation:010>           head record: a copy of the manifest of the chain's
+ *                                             end when generation g detached, written beside
+ *                                             its detach record (lets an attach skip the walk)
  *   snapshots/<volume>/<snapshotId>           manifest: the commit record of a snapshot
  *   next/<volume>/<parentId|root>/<gen:010>   chain link: a copy of the child's manifest,
  *                                             written after the manifest (a hint for "latest")
@@ -53,6 +56,8 @@ export const keys = {
   generation: (volume: string, g: number): string => `gens/${volume}/${gen(g)}`,
   generationsPrefix: (volume: string): string => `gens/${volume}/`,
   detached: (volume: string, g: number): string => `detached/${volume}/${gen(g)}`,
+  head: (volume: string, g: number): string => `heads/${volume}/${gen(g)}`,
+  headsPrefix: 'heads/',
   claim: (volume: string, g: number, r: number, host: string): string => `claims/${volume}/${gen(g)}/${round(r)}/claim/${host}`,
   claimsPrefix: (volume: string, g: number, r: number): string => `claims/${volume}/${gen(g)}/${round(r)}/claim/`,
   claimLost: (volume: string, g: number, r: number, host: string): string => `claims/${volume}/${gen(g)}/${round(r)}/lost/${host}`,
@@ -97,6 +102,12 @@ export function parseLinkKey(key: string): { volume: string; parent: string | nu
   const m = /^next\/([^/]+)\/([0-9A-HJKMNP-TV-Z]{26}|root)\/(\d{10})$/.exec(key);
   if (!m) return undefined;
   return { volume: m[1] as string, parent: m[2] === ROOT_PARENT ? null : (m[2] as string), generation: Number(m[3]) };
+}
+
+/** Parse "heads/<volume>/<generation>" into its parts. */
+export function parseHeadKey(key: string): { volume: string; generation: number } | undefined {
+  const m = /^heads\/([^/]+)\/(\d{10})$/.exec(key);
+  return m ? { volume: m[1] as string, generation: Number(m[2]) } : undefined;
 }
 
 export function parseGeneration(s: string): number | undefined {

@@ -205,6 +205,23 @@ export class Repository {
     await this.store.put(keys.detached(l.volume, l.generation), encodeLease(l), opts);
   }
 
+  /**
+   * The head record of generation g (heads/<volume>/<g>): the manifest of the chain's end
+   * as the host that detached g left it. A hint that attach proves before it trusts it.
+   */
+  async getHeadRecord(volume: string, g: number, opts?: OpOptions): Promise<Manifest | undefined> {
+    const key = keys.head(volume, g);
+    const buf = await orUndefined(this.store.get(key, opts));
+    if (buf === undefined) return undefined;
+    const m = this.verified(() => decodeManifest(buf), key);
+    if (m.volume !== volume || m.generation > g) throw new IslandError('FORMAT_CORRUPT', `head record ${key} holds ${m.volume}/${m.id} of generation ${m.generation}`, { details: { key } });
+    return m;
+  }
+
+  async putHeadRecord(generation: number, m: Manifest, opts?: OpOptions): Promise<void> {
+    await this.store.put(keys.head(m.volume, generation), encodeManifest(m), opts);
+  }
+
   async getVolume(name: string, opts?: OpOptions): Promise<VolumeRecord | undefined> {
     const buf = await orUndefined(this.store.get(keys.volume(name), opts));
     return buf === undefined ? undefined : this.verified(() => decodeVolumeRecord(buf), keys.volume(name));

@@ -92,6 +92,8 @@ export interface HeadOptions extends OpOptions {
 
 /** Error codes of a record that exists but is damaged (a newer build's record is not damage). */
 const DAMAGED = new Set(['FORMAT_CORRUPT', 'HASH_MISMATCH']);
+/** A named head is proved by reading the links of at most this many generations at once. */
+const MAX_NAMED_HEAD_LINKS = 64;
 /** Evidence lines quoted in a refusal (all of them are in its details). */
 const QUOTED_EVIDENCE = 3;
 
@@ -204,6 +206,42 @@ export async function resolveHead(repo: Repository, volume: string, maxGeneratio
   return { head, live, forks, unlinked, uncertain: evidence };
 }
 
+/**
+ * The head a clean detach named (heads/<volume>/<g>, docs/protocols.md, "Attach" step 4),
+ * proved without walking the chain, or undefined when it cannot be (the caller walks).
+ * Given that generation g is the highest and detached, and that its detaching host wrote
+ * the record just before the detach record, the named snapshot is the chain's end if, read
+ * at once:
+ *  - its manifest exists and is the one named, and it has no tombstone (it is then also the
+ *    restore base);
+ *  - no chain link leaves it for any generation from its own to maxGeneration (a child
+ *    would be newer; a damaged link might be);
+ *  - the listing of the volume's manifests shows none after it (a commit whose link was
+ *    lost is found by its manifest, as the walk's step 5 would).
+ * Anything else (deleted, a child, a later manifest, a damaged record) sends the caller to
+ * the walk, which decides it as before. One round trip, whatever the history's length.
+ */
+export async function namedHead(repo: Repository, volume: string, named: Manifest, maxGeneration: number, opts: OpOptions = {}): Promise<Head | undefined> {
+  const gens: number[] = [];
+  for (let g = named.generation; g <= maxGeneration; g++) gens.push(g);
+  if (gens.length > MAX_NAMED_HEAD_LINKS) return undefined; // many generations without a commit: walk
+  const orDamaged = <T>(p: Promise<T>): Promise<T | 'damaged'> =>
+    p.catch((err: unknown) => {
+      if (DAMAGED.has(codeOf(err))) return 'damaged' as const;
+      throw err;
+    });
+  const [manifest, tombstone, later, ...links] = await Promise.all([
+    orDamaged(repo.getManifest(volume, named.id, opts)),
+    orDamaged(repo.getTombstone(named.id, opts)),
+    repo.store.list(keys.manifestsPrefix(volume), { startAfter: keys.manifest(volume, named.id), limit: 1, signal: opts.signal }),
+    ...gens.map((g) => orDamaged(repo.getLink(volume, named.id, g, opts))),
+  ]);
+  if (manifest === undefined || manifest === 'damaged' || tombstone !== undefined) return undefined;
+  if (manifest.generation !== named.generation || manifest.parent !== named.parent) return undefined;
+  if (later.items.length > 0 || links.some((l) => l !== undefined)) return undefined;
+  return { head: manifest, live: manifest, forks: [], unlinked: [], uncertain: [] };
+}
+
 /** Every pack a snapshot wrote still exists (in either kind's place: the manifest does not say which). */
 export async function allPacksExist(repo: Repository, m: Manifest, opts: OpOptions): Promise<boolean> {
   for (const p of m.packs) {
@@ -231,21 +269,47 @@ async function unreached(repo: Repository, volume: string, reached: ReadonlySet<
 
 /**
  * The unreached manifest that extends the chain: its parent is on the chain (or it is a
- * root), and it is the head's child or was written by a higher generation than the child
- * the chain took there. The highest generation wins, then the latest id.
+ * root), and it is the head's child or its branch was written by a higher generation
+ * than the chain from there on. A branch counts by its highest generation (its own and
+ * that of every unreached manifest below it): a same-generation sibling whose link was
+ * overwritten (a retake of the generation's first snapshot after its parent was deleted
+ * writes the same root link again) still wins where a later generation built on it. A
+ * sibling of the same generation with nothing newer below it is a retried commit whose
+ * link names the other one. The highest generation wins, then the latest id.
  */
 function extension(chain: readonly Manifest[], off: ReadonlyMap<string, Manifest>, reached: ReadonlySet<string>): Manifest | undefined {
   const index = new Map(chain.map((m, i) => [m.id, i]));
+  const newest = branchGenerations(off, reached);
+  const chainFrom = (i: number): number => chain.slice(i).reduce((g, m) => Math.max(g, m.generation), 0);
   let best: Manifest | undefined;
+  let bestGen = 0;
   for (const m of off.values()) {
     if (reached.has(m.id)) continue;
     if (m.parent !== null && !index.has(m.parent)) continue;
-    const taken = chain[m.parent === null ? 0 : (index.get(m.parent) as number) + 1];
-    // A sibling of the same generation is a retried commit whose link names the other one.
-    if (taken !== undefined && m.generation <= taken.generation) continue;
-    if (!best || m.generation > best.generation || (m.generation === best.generation && m.id > best.id)) best = m;
+    const i = m.parent === null ? 0 : (index.get(m.parent) as number) + 1;
+    const g = newest.get(m.id) ?? m.generation;
+    if (chain[i] !== undefined && g <= chainFrom(i)) continue;
+    if (!best || g > bestGen || (g === bestGen && (m.generation > best.generation || (m.generation === best.generation && m.id > best.id)))) {
+      best = m;
+      bestGen = g;
+    }
   }
   return best;
+}
+
+/** The highest generation in each unreached manifest's branch (itself and what descends from it among the unreached). */
+function branchGenerations(off: ReadonlyMap<string, Manifest>, reached: ReadonlySet<string>): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const m of off.values()) {
+    if (reached.has(m.id)) continue;
+    // Carry m's generation up its unreached ancestors (bounded: a cycle cannot loop).
+    let step: Manifest | undefined = m;
+    for (let hops = 0; step && hops <= off.size; hops++) {
+      out.set(step.id, Math.max(out.get(step.id) ?? step.generation, m.generation));
+      step = step.parent === null || reached.has(step.parent) ? undefined : off.get(step.parent);
+    }
+  }
+  return out;
 }
 
 /**

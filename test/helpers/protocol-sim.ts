@@ -65,6 +65,7 @@ export async function simulate(seed: number, cfg: SimConfig): Promise<SimResult>
   let deleted = 0;
   const deleting = new Set<string>();
   let gcRuns = 0;
+  const violations: string[] = [];
 
   async function readContent(repo: Repository, m: Manifest): Promise<Content> {
     const out: Content = [];
@@ -84,11 +85,18 @@ export async function simulate(seed: number, cfg: SimConfig): Promise<SimResult>
       att = await acquireGeneration(repo, VOLUME, { force });
     } catch (err) {
       const code = (err as IslandError).code;
-      if (code === 'BUSY' || code === 'ATTACHED_ELSEWHERE') return; // refused: a correct outcome
+      if (code === 'BUSY' || code === 'ATTACHED_ELSEWHERE' || code === 'HEAD_UNCERTAIN') return; // refused: a correct outcome
       throw err;
+    }
+    // The base an attach restores is what the walk proves on a view without lag (the
+    // attach may have used the head record of a clean detach instead of the walk).
+    if (!force) {
+      const truth = await resolveHead(new Repository(mem, { host: 'checker', now: sched.now }), VOLUME, att.generation).catch(() => undefined);
+      if (truth && truth.live?.id !== att.base?.id) violations.push(`${host} attached generation ${att.generation} restoring ${att.base?.id ?? 'nothing'} (head ${att.head.head?.id}), but the newest live snapshot is ${truth.live?.id ?? 'none'} (head ${truth.head?.id}); base deleted: ${att.base ? deleting.has(att.base.id) : '-'}`);
     }
     const gen = att.generation;
     let parent = att.base;
+    let chainEnd = att.head.head;
     let content: Content = parent ? (oracle.get(parent.id)?.content ?? (await readContent(repo, parent))) : new Array<number | null>(CLUSTERS).fill(null);
     for (let i = 0; i < count; i++) {
       await sched.sleep(host, rng.int(cfg.graceMs * 2));
@@ -121,9 +129,10 @@ export async function simulate(seed: number, cfg: SimConfig): Promise<SimResult>
       }
       oracle.set(m.id, { content: next, manifest: m });
       parent = m;
+      chainEnd = m;
       content = next;
     }
-    await releaseGeneration(repo, VOLUME, att.generation);
+    await releaseGeneration(repo, VOLUME, att.generation, {}, chainEnd);
   }
 
   async function deleter(host: string): Promise<void> {
@@ -162,11 +171,13 @@ export async function simulate(seed: number, cfg: SimConfig): Promise<SimResult>
   actors.set('d:gc', gc('d'));
   // Host B takes the volume over later (after A detached, crashed, or while A still runs: a fork).
   actors.set('b:writer', sched.sleep('b', cfg.graceMs * n).then(() => writer('b', true, Math.ceil(n / 2))));
+  // Host E attaches without force later still: after a clean detach it restores what the
+  // head record names, proved without the walk.
+  actors.set('e:writer', sched.sleep('e', cfg.graceMs * n * 2).then(() => writer('e', false, 2)));
   const crashAt = rng.chance(0.5) ? rng.int(400) : -1;
   const results = await sched.run(actors, () => {
     if (sched.steps === crashAt) sched.crash(rng.pick(['a', 'c', 'd']));
   });
-  const violations: string[] = [];
   for (const [actor, r] of results) if (r !== 'ok') violations.push(`${actor} failed: ${(r as Error).message ?? String(r)}`);
 
   // Invariants, checked with a fresh view of the store (no scheduler, no lag).

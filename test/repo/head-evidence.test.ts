@@ -125,3 +125,23 @@ t.test('a snapshot whose ancestry cannot be followed is evidence', async (t) => 
   t.equal(codeOf(err), 'HEAD_UNCERTAIN', 'the walk finds nothing, but a listed manifest descends from a lost snapshot');
   t.match(err.message, s2.id);
 });
+
+t.test('a later generation built on a root whose link a same-generation retake overwrote wins', async (t) => {
+  const { repo } = await setup(t);
+  const g1 = (await acquireGeneration(repo, VOLUME)).generation;
+  const s1 = await commit(repo, g1, null, 1);
+  // Another host takes the volume over (generation 2) and builds on s1.
+  const g2 = (await acquireGeneration(repo, VOLUME, { force: true })).generation;
+  const b1 = await commit(repo, g2, s1, 2);
+  const b2 = await commit(repo, g2, b1, 3);
+  // The host of generation 1, past its fencing check before generation 2 existed, retakes
+  // its snapshot in full as a root (its parent looked deleted) and writes it now: the
+  // same root link name, overwritten.
+  const retake: Manifest = { ...s1, id: repo.ulid(), parent: null, generation: g1 };
+  await repo.putManifest(retake);
+  await repo.putLink(retake);
+  t.equal((await repo.getLink(VOLUME, null, g1))?.id, retake.id, 'the root link now names the retake');
+  const h = await resolveHead(repo, VOLUME, g2);
+  t.equal(h.head?.id, b2.id, 'generation 2\'s chain, not the lower generation\'s retake');
+  t.ok(h.forks.some((f) => f.parent === null && f.children.some((c) => c.id === retake.id)), 'the retake is a fork');
+});

@@ -6,7 +6,10 @@
  *    same store client, at the same number of uploads in flight island uses;
  *  - island: a snapshot of a volume with N MiB of incompressible changed data (engine,
  *    seal, worker-thread hashing and compression, packing, upload, tree, manifest);
- *  - proportionality: snapshot time with 1% and with 100% of a volume changed.
+ *  - proportionality: snapshot time with 1% and with 100% of a volume changed;
+ *  - CPU per MiB of both, of this process (every thread) and of Swift's processes (the
+ *    pids scripts/swift.sh wrote beside swift.json, and their children): on a machine
+ *    where Swift runs beside island, the sum bounds the throughput either can reach.
  *
  * Raw and island runs alternate (`--reps`, medians reported), so both see the same load.
  *
@@ -17,9 +20,9 @@
  * path alone (the FUSE data path has its own benchmark).
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { mkdir, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { availableParallelism, tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import type { Manifest } from '../src/format/records.js';
 import { acquireGeneration } from '../src/repo/attach.js';
@@ -79,10 +82,45 @@ interface StoreReport {
   snapshotVsRaw: number;
   snapshotMiB: number;
   packs: number;
+  /** CPU per MiB moved, of this process (all threads) and of the store's processes (Swift's, when its pid file is known). */
+  cpuMsPerMiB: { raw: { island: number; store: number }; snapshot: { island: number; store: number } };
   proportionality: { volumeMiB: number; changed1pctMiB: number; secs1pct: number; changed100pctMiB: number; secs100pct: number; timeRatio: number; bytesRatio: number; ratio1pctOf100pct: number };
 }
 
-async function benchStore(label: string, backend: ObjectStore, mib: number, work: string): Promise<StoreReport> {
+/** CPU time (ms) of the processes listed in a swift.sh pid file and all their descendants. */
+async function treeCpuMs(pidFile: string | undefined): Promise<number> {
+  if (!pidFile) return 0;
+  const roots = new Set((await readFile(pidFile, 'utf8').catch(() => '')).split(/\s+/).filter(Boolean).map(Number));
+  const stats = new Map<number, { ppid: number; ticks: number }>();
+  for (const name of await readdir('/proc').catch(() => [] as string[])) {
+    if (!/^\d+$/.test(name)) continue;
+    const text = await readFile(`/proc/${name}/stat`, 'utf8').catch(() => '');
+    const f = text.slice(text.lastIndexOf(')') + 2).split(' '); // fields from 3 (state) on
+    if (f.length < 13) continue;
+    stats.set(Number(name), { ppid: Number(f[1]), ticks: Number(f[11]) + Number(f[12]) }); // utime + stime
+  }
+  const inTree = (pid: number): boolean => {
+    for (let p = pid, hops = 0; p > 1 && hops < 64; hops++) {
+      if (roots.has(p)) return true;
+      p = stats.get(p)?.ppid ?? 0;
+    }
+    return false;
+  };
+  let ticks = 0;
+  for (const [pid, st] of stats) if (inTree(pid)) ticks += st.ticks;
+  return (ticks * 1000) / 100; // USER_HZ is 100 on Linux
+}
+
+/** CPU spent by this process (every thread) and by the store's processes while `fn` runs, per MiB. */
+async function cpuPerMiB(pidFile: string | undefined, mib: number, fn: () => Promise<void>): Promise<{ island: number; store: number }> {
+  const [c0, s0] = [process.cpuUsage(), await treeCpuMs(pidFile)];
+  await fn();
+  const c = process.cpuUsage(c0);
+  const s1 = await treeCpuMs(pidFile);
+  return { island: (c.user + c.system) / 1000 / mib, store: (s1 - s0) / mib };
+}
+
+async function benchStore(label: string, backend: ObjectStore, mib: number, work: string, pidFile?: string): Promise<StoreReport> {
   await mkdir(work, { recursive: true });
   const { store } = composeStore(backend, { concurrency: 16 });
   const repo = new Repository(store, { host: 'bench' });
@@ -94,12 +132,14 @@ async function benchStore(label: string, backend: ObjectStore, mib: number, work
     const n = Math.max(1, Math.round(mib / 16));
     const raw: number[] = [];
     const snap: number[] = [];
+    const rawCpu: { island: number; store: number }[] = [];
+    const snapCpu: { island: number; store: number }[] = [];
     let m: Manifest | undefined;
     for (let rep = 0; rep < reps; rep++) {
       // raw PUT of pack-sized objects, same concurrency as island's uploads
       const sem = new Semaphore(INFLIGHT);
       let t0 = performance.now();
-      await Promise.all(Array.from({ length: n }, (_, i) => sem.run(() => store.put(`raw/${rep}/${i}`, body))));
+      rawCpu.push(await cpuPerMiB(pidFile, n * 16, async () => void (await Promise.all(Array.from({ length: n }, (_, i) => sem.run(() => store.put(`raw/${rep}/${i}`, body)))))));
       raw.push((n * 16) / ((performance.now() - t0) / 1000));
 
       // island: a snapshot of `mib` MiB of incompressible changes
@@ -108,7 +148,8 @@ async function benchStore(label: string, backend: ObjectStore, mib: number, work
       const v = await Volume.create(join(work, name), { name, virtualSize: 4 * mib * MiB, generation: g, flushIntervalMs: 0 });
       await fill(v, 1, mib);
       t0 = performance.now();
-      m = await takeSnapshot(repo, pool, { volume: v, generation: g, parent: null, ...opt });
+      snapCpu.push(await cpuPerMiB(pidFile, mib, async () => void (m = await takeSnapshot(repo, pool, { volume: v, generation: g, parent: null, ...opt }))));
+      m = m as Manifest;
       snap.push(m.stats.uploadedBytes / MiB / ((performance.now() - t0) / 1000));
       await v.close();
     }
@@ -146,6 +187,10 @@ async function benchStore(label: string, backend: ObjectStore, mib: number, work
       snapshotMiBs: snapMiBs,
       snapshotVsRaw: snapMiBs / rawMiBs,
       snapshotMiB: (m as Manifest).stats.uploadedBytes / MiB,
+      cpuMsPerMiB: {
+        raw: { island: median(rawCpu.map((c) => c.island)), store: median(rawCpu.map((c) => c.store)) },
+        snapshot: { island: median(snapCpu.map((c) => c.island)), store: median(snapCpu.map((c) => c.store)) },
+      },
       packs: (m as Manifest).stats.packs,
       proportionality: {
         volumeMiB: sizeMiB,
@@ -168,6 +213,10 @@ function print(r: StoreReport, mib: number): void {
   console.log(`snapshot upload vs raw PUT, ${r.store}, ${r.uploadsInFlight} uploads in flight, ${mib} MiB incompressible, median of ${r.reps}`);
   console.log(`  raw PUT 16 MiB objects   ${r.rawPutMiBs.toFixed(1)} MiB/s`);
   console.log(`  island snapshot          ${r.snapshotMiBs.toFixed(1)} MiB/s  (${r.snapshotMiB.toFixed(0)} MiB in ${r.packs} packs)   ratio ${r.snapshotVsRaw.toFixed(2)}`);
+  const cpu = r.cpuMsPerMiB;
+  const cores = availableParallelism();
+  const bound = (c: { island: number; store: number }): string => (c.store > 0 ? `, at most ${((cores * 1000) / (c.island + c.store)).toFixed(0)} MiB/s on ${cores} cores` : '');
+  console.log(`  CPU per MiB: raw PUT ${cpu.raw.island.toFixed(1)} ms here + ${cpu.raw.store.toFixed(1)} ms store${bound(cpu.raw)}; snapshot ${cpu.snapshot.island.toFixed(1)} ms here + ${cpu.snapshot.store.toFixed(1)} ms store${bound(cpu.snapshot)}`);
   const p = r.proportionality;
   console.log(
     `  ${p.volumeMiB} MiB volume: 1% changed ${p.changed1pctMiB.toFixed(1)} MiB in ${p.secs1pct.toFixed(2)} s; 100% changed ${p.changed100pctMiB.toFixed(1)} MiB in ${p.secs100pct.toFixed(2)} s; 1% takes ${p.ratio1pctOf100pct.toFixed(3)} of 100% (bytes ratio ${p.bytesRatio.toFixed(1)})`,
@@ -175,11 +224,11 @@ function print(r: StoreReport, mib: number): void {
 }
 
 const mib = Number(values.mib);
-const run = async (swiftCfg: { endpoint: string; region: string; accessKeyId: string; secretAccessKey: string } | undefined): Promise<void> => {
+const run = async (swiftCfg: { endpoint: string; region: string; accessKeyId: string; secretAccessKey: string } | undefined, swiftPids?: string): Promise<void> => {
   const work = await mkdtemp(join(tmpdir(), 'island-bench-snap-'));
   try {
     const out: StoreReport[] = [];
-    if (swiftCfg) out.push(await benchStore(`Swift (${swiftCfg.endpoint})`, new S3Store({ ...swiftCfg, bucket: `bench-snap-${Date.now().toString(36)}` }), mib, join(work, 'swift')));
+    if (swiftCfg) out.push(await benchStore(`Swift (${swiftCfg.endpoint})`, new S3Store({ ...swiftCfg, bucket: `bench-snap-${Date.now().toString(36)}` }), mib, join(work, 'swift'), swiftPids));
     if (stores.has('fs')) out.push(await benchStore('embedded directory store', new FsStore(join(work, 'store')), mib, join(work, 'fs')));
     if (values.json) {
       // The Swift figures at the top level (bench-report reads them there), the embedded store's beside them.
@@ -190,5 +239,6 @@ const run = async (swiftCfg: { endpoint: string; region: string; accessKeyId: st
     await rm(work, { recursive: true, force: true });
   }
 };
-if (stores.has('swift')) await withSwift(values.swift, (cfg) => run(cfg));
+// scripts/swift.sh keeps the pids of the Swift it started beside its swift.json.
+if (stores.has('swift')) await withSwift(values.swift, (cfg, file) => run(cfg, join(dirname(file), 'pids')));
 else await run(undefined);

@@ -6,7 +6,7 @@
  */
 import { IslandError } from '../errors.js';
 import { encryptedFrames, PLAIN_FRAMES, type FrameCodec } from '../format/frame-codec.js';
-import { ForwardingStore, type ListOptions, type ListPage, type ObjectInfo, type ObjectStore, type OpOptions } from '../store/types.js';
+import { ForwardingStore, type ListOptions, type ListPage, type ObjectInfo, type ObjectStore, type OpOptions, type PutOptions } from '../store/types.js';
 import { loadKeyFile, readPassphrase, type KeyFileContents } from './key-file.js';
 import { openRepository, readEncryptionRecord, type OpenOptions } from './repository.js';
 import { SealedStore } from './sealed-store.js';
@@ -81,7 +81,7 @@ class GatedStore extends ForwardingStore {
     return this.#opened;
   }
 
-  override async put(key: string, body: Buffer, opts?: OpOptions): Promise<void> {
+  override async put(key: string, body: Buffer, opts?: PutOptions): Promise<void> {
     return (await this.target()).put(key, body, opts);
   }
   override async putIfAbsent(key: string, body: Buffer, opts?: OpOptions): Promise<boolean> {

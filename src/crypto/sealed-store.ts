@@ -14,7 +14,7 @@
 import { IslandError } from '../errors.js';
 import { BH_KEY_ID_OFF, BLOB_HEADER_LEN, KEY_ID_NONE, readBlobHeader } from '../format/blob.js';
 import { recordTypeOf } from '../format/records.js';
-import { ForwardingStore, type ObjectStore, type OpOptions } from '../store/types.js';
+import { ForwardingStore, type ObjectStore, type OpOptions, type PutOptions } from '../store/types.js';
 import type { RepositoryKeys } from './keys.js';
 
 /** Prefixes of objects that are never records: passed through untouched. */
@@ -57,8 +57,10 @@ export class SealedStore extends ForwardingStore {
     return this.keys.openRecord(body, key);
   }
 
-  override async put(key: string, body: Buffer, opts?: OpOptions): Promise<void> {
-    await this.inner.put(key, this.inbound(key, body), opts);
+  override async put(key: string, body: Buffer, opts?: PutOptions): Promise<void> {
+    const sealed = this.inbound(key, body);
+    // A sealed record is other bytes than the caller hashed (packs pass unchanged).
+    await this.inner.put(key, sealed, sealed === body ? opts : { signal: opts?.signal });
   }
 
   override putIfAbsent(key: string, body: Buffer, opts?: OpOptions): Promise<boolean> {

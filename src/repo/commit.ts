@@ -73,6 +73,8 @@ export interface CommitRequest {
   windowMs: number;
   signal?: AbortSignal;
   breakage?: ProtocolBreakage;
+  /** MD5 of a pack off this thread (PackSinkOptions.packMd5). */
+  packMd5?: (bytes: Buffer, signal?: AbortSignal) => Promise<Buffer>;
 }
 
 export function manifestTree(m: Manifest): Tree {
@@ -165,8 +167,8 @@ export async function commitSnapshot(repo: Repository, req: CommitRequest): Prom
         checkpointing.catch(() => undefined); // awaited before the commit point
       }
     };
-    const data = repo.packSink('data', { signal, onPack, onIssue });
-    const meta = repo.packSink('metadata', { signal, onPack, onIssue });
+    const data = repo.packSink('data', { signal, onPack, onIssue, packMd5: req.packMd5 });
+    const meta = repo.packSink('metadata', { signal, onPack, onIssue, packMd5: req.packMd5 });
     const nClusters = Math.ceil(req.imageLength / req.clusterSize);
     const shape = treeShape(nClusters, parent?.tree.fanout ?? req.fanout ?? DEFAULT_FANOUT);
     const parentTree = parent ? manifestTree(parent) : null;

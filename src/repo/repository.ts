@@ -319,7 +319,15 @@ export interface PackSinkOptions {
   onPack?: (id: Buffer, bytes: number) => void;
   /** Pack uploads in flight at most (default 4: 64 MiB of 16 MiB packs). */
   maxInflight?: number;
+  /**
+   * MD5 of a pack for its Content-MD5, computed elsewhere (a worker thread: EncodePool
+   * packMd5). Without it the store hashes the pack on the calling thread.
+   */
+  packMd5?: (bytes: Buffer, signal?: AbortSignal) => Promise<Buffer>;
 }
+
+/** Packs from this size on have their MD5 taken by PackSinkOptions.packMd5 (smaller ones cost less than the hand-off). */
+const OFFLOAD_MD5_MIN = 1 << 20;
 
 export class PackSink implements TreeNodeWriter {
   private builder: PackBuilder | undefined;
@@ -408,7 +416,9 @@ export class PackSink implements TreeNodeWriter {
     this.bytes += built.bytes.length;
     const key = keys.pack(this.kind, id);
     this.opts.onIssue?.();
-    const p: Promise<void> = this.repo.store.put(key, built.bytes, { signal: this.opts.signal }).then(
+    const signal = this.opts.signal;
+    const digest = this.opts.packMd5 && built.bytes.length >= OFFLOAD_MD5_MIN ? this.opts.packMd5(built.bytes, signal) : Promise.resolve(undefined);
+    const p: Promise<void> = digest.then((md5) => this.repo.store.put(key, built.bytes, { signal, md5 })).then(
       () => {
         this.inflight.delete(p);
         this.opts.onPack?.(id, built.bytes.length);

@@ -114,6 +114,7 @@ export async function takeSnapshot(repo: Repository, pool: EncodePool, o: Snapsh
       changes,
       windowMs: o.windowMs,
       signal: o.signal,
+      packMd5: (bytes, signal) => pool.packMd5(bytes, signal),
     });
     crashPoint('snapshot.committed');
     // One state record write: the sealed epoch is complete and `m` is the committed snapshot.

@@ -6,7 +6,7 @@ import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
 import { ID_LEN } from '../format/location.js';
-import type { EncodeResult, EncodeTask } from '../workers/encode.js';
+import type { EncodeResult, EncodeTask, PackMd5Task } from '../workers/encode.js';
 
 /** dist/ runs encode.js; tests running the sources load encode.ts through their loader. */
 function workerFile(): string {
@@ -65,6 +65,16 @@ export class EncodePool {
       end += len;
     }
     return result;
+  }
+
+  /**
+   * MD5 of a pack, on a worker thread (the bytes are copied there, a few ms for 16 MiB;
+   * hashing them here would take ~30 ms of the thread that packs and serves).
+   */
+  async packMd5(bytes: Buffer, signal?: AbortSignal): Promise<Buffer> {
+    const task: PackMd5Task = { bytes };
+    const md5 = (await this.pool.run(task as unknown as EncodeTask, { name: 'packMd5', signal })) as Uint8Array;
+    return Buffer.from(md5.buffer, md5.byteOffset, md5.byteLength);
   }
 
   async close(): Promise<void> {

@@ -7,7 +7,7 @@
  */
 import { IslandError } from '../errors.js';
 import { Rng } from '../util/random.js';
-import { ForwardingStore } from './types.js';
+import { ForwardingStore, type PutOptions } from './types.js';
 import type { ListOptions, ListPage, ObjectInfo, ObjectStore, OpOptions } from './types.js';
 
 export class ChaosStore extends ForwardingStore {
@@ -39,7 +39,7 @@ export class ChaosStore extends ForwardingStore {
     return v;
   }
 
-  override put(key: string, body: Buffer, opts?: OpOptions): Promise<void> {
+  override put(key: string, body: Buffer, opts?: PutOptions): Promise<void> {
     return this.around('put', key, () => this.inner.put(key, body, opts));
   }
   override get(key: string, opts?: OpOptions): Promise<Buffer> {

@@ -4,7 +4,7 @@
  * prefix, and fire on the Nth matching call (1-based) for `times` calls in a row.
  */
 import { IslandError, type ErrorCode } from '../errors.js';
-import { ForwardingStore } from './types.js';
+import { ForwardingStore, type PutOptions } from './types.js';
 import type { ListOptions, ListPage, ObjectInfo, ObjectStore, OpOptions } from './types.js';
 
 /** 'put' also matches putIfAbsent; 'put-if-absent' matches only it. */
@@ -96,9 +96,10 @@ export class FaultStore extends ForwardingStore {
     }
   }
 
-  override put(key: string, body: Buffer, opts: OpOptions = {}): Promise<void> {
+  override put(key: string, body: Buffer, opts: PutOptions = {}): Promise<void> {
     const action = this.match('put', key);
-    if (action?.kind === 'corrupt') return this.inner.put(key, flip(body, action.at), opts);
+    // Corruption the store cannot see (after any digest was taken): the caller's MD5 is dropped.
+    if (action?.kind === 'corrupt') return this.inner.put(key, flip(body, action.at), { signal: opts.signal });
     return this.exec(action, 'put', key, opts.signal, () => this.inner.put(key, body, opts));
   }
 

@@ -4,7 +4,7 @@
  * wrapper so a retry queues again instead of holding a slot while it sleeps.
  */
 import { IslandError } from '../errors.js';
-import { ForwardingStore } from './types.js';
+import { ForwardingStore, type PutOptions } from './types.js';
 import type { ListOptions, ListPage, ObjectInfo, ObjectStore, OpOptions } from './types.js';
 
 export class Semaphore {
@@ -69,7 +69,7 @@ export class LimitStore extends ForwardingStore {
     this.semaphore = new Semaphore(max);
   }
 
-  override put(key: string, body: Buffer, opts: OpOptions = {}): Promise<void> {
+  override put(key: string, body: Buffer, opts: PutOptions = {}): Promise<void> {
     return this.semaphore.run(() => this.inner.put(key, body, opts), opts.signal);
   }
   override putIfAbsent(key: string, body: Buffer, opts: OpOptions = {}): Promise<boolean> {

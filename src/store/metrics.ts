@@ -6,7 +6,7 @@
  * read directly and the daemon exports (by polling or through `onObserve`).
  */
 import { codeOf } from '../errors.js';
-import { ForwardingStore } from './types.js';
+import { ForwardingStore, type PutOptions } from './types.js';
 import type { ListOptions, ListPage, ObjectInfo, ObjectStore, OpOptions } from './types.js';
 
 export const STORE_OPS = ['put', 'put_if_absent', 'get', 'get_range', 'head', 'list', 'delete', 'delete_many'] as const;
@@ -96,7 +96,7 @@ export class MetricsStore extends ForwardingStore {
     this.onObserve?.(o);
   }
 
-  override put(key: string, body: Buffer, opts?: OpOptions): Promise<void> {
+  override put(key: string, body: Buffer, opts?: PutOptions): Promise<void> {
     return this.time('put', body.length, () => this.inner.put(key, body, opts), () => 0);
   }
   override putIfAbsent(key: string, body: Buffer, opts?: OpOptions): Promise<boolean> {

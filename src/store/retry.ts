@@ -15,7 +15,7 @@
  */
 import { IslandError, isTransient } from '../errors.js';
 import { throwIfAborted } from './keys.js';
-import { ForwardingStore } from './types.js';
+import { ForwardingStore, type PutOptions } from './types.js';
 import type { ListOptions, ListPage, ObjectInfo, ObjectStore, OpOptions } from './types.js';
 import { sleep } from '../util/sleep.js';
 
@@ -93,8 +93,8 @@ export class RetryStore extends ForwardingStore {
     return new IslandError(e.code, `${e.message} (gave up after ${attempts} attempts in ${Date.now() - started} ms)`, { cause: e.cause ?? e, details: { ...e.details, attempts } });
   }
 
-  override put(key: string, body: Buffer, opts: OpOptions = {}): Promise<void> {
-    return this.run('put', key, opts.signal, (signal) => this.inner.put(key, body, { signal }));
+  override put(key: string, body: Buffer, opts: PutOptions = {}): Promise<void> {
+    return this.run('put', key, opts.signal, (signal) => this.inner.put(key, body, { signal, md5: opts.md5 }));
   }
   override putIfAbsent(key: string, body: Buffer, opts: OpOptions = {}): Promise<boolean> {
     let earlierAttemptFailed = false;

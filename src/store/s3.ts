@@ -36,7 +36,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { IslandError, redactUrlCredentials } from '../errors.js';
 import { listLimit, throwIfAborted, validateKey, validatePrefix, validateRange } from './keys.js';
-import { conditionalPutUnsupported, type ListOptions, type ListPage, type ObjectInfo, type ObjectStore, type OpOptions } from './types.js';
+import { conditionalPutUnsupported, type ListOptions, type ListPage, type ObjectInfo, type ObjectStore, type OpOptions, type PutOptions } from './types.js';
 
 export interface S3StoreConfig {
   /** e.g. http://127.0.0.1:8080 for Swift; unset for AWS S3. */
@@ -200,13 +200,13 @@ export class S3Store implements ObjectStore {
     return this.ready;
   }
 
-  async put(key: string, body: Buffer, opts: OpOptions = {}): Promise<void> {
+  async put(key: string, body: Buffer, opts: PutOptions = {}): Promise<void> {
     const k = this.k(key);
     throwIfAborted(opts.signal);
     await this.init(opts.signal);
     try {
       await this.client.send(
-        new PutObjectCommand({ Bucket: this.bucket, Key: k, Body: body, ContentLength: body.length, ContentMD5: md5b64(body) }),
+        new PutObjectCommand({ Bucket: this.bucket, Key: k, Body: body, ContentLength: body.length, ContentMD5: opts.md5?.toString('base64') ?? md5b64(body) }),
         { abortSignal: opts.signal },
       );
     } catch (err) {

@@ -62,6 +62,15 @@ export interface OpOptions {
   signal?: AbortSignal | undefined;
 }
 
+export interface PutOptions extends OpOptions {
+  /**
+   * The MD5 of exactly these bytes, when the caller computed it (off the main thread): a
+   * store that sends Content-MD5 uses it instead of hashing the body again. A wrong one
+   * is refused by the store (STORE_INTEGRITY), never stored.
+   */
+  md5?: Buffer | undefined;
+}
+
 export interface ListOptions extends OpOptions {
   startAfter?: string | undefined;
   /** Page size, 1..1000 (default 1000). */
@@ -71,7 +80,7 @@ export interface ListOptions extends OpOptions {
 export interface ObjectStore {
   /** Human-readable identity for logs and metrics, e.g. "fs:/var/lib/island/store". */
   readonly description: string;
-  put(key: string, body: Buffer, opts?: OpOptions): Promise<void>;
+  put(key: string, body: Buffer, opts?: PutOptions): Promise<void>;
   /** Create-if-absent: true = created by this call, false = the key already existed. */
   putIfAbsent(key: string, body: Buffer, opts?: OpOptions): Promise<boolean>;
   /** Whether putIfAbsent is honoured by this store (probed once, then cached). */
@@ -105,7 +114,7 @@ export class ForwardingStore implements ObjectStore {
   get description(): string {
     return this.inner.description;
   }
-  put(key: string, body: Buffer, opts?: OpOptions): Promise<void> {
+  put(key: string, body: Buffer, opts?: PutOptions): Promise<void> {
     return this.inner.put(key, body, opts);
   }
   putIfAbsent(key: string, body: Buffer, opts?: OpOptions): Promise<boolean> {

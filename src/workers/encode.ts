@@ -17,6 +17,7 @@
  * part lies outside the sample): that costs bytes in the store, never correctness.
  */
 import { compressSync } from 'lz4-napi';
+import { createHash } from 'node:crypto';
 import { Piscina } from 'piscina';
 import { BLOB_HEADER_LEN, blobId, encodeBlob, encodeBlobHeader } from '../format/blob.js';
 import { CODEC_NONE } from '../format/codec.js';
@@ -101,4 +102,13 @@ export default function encode(task: EncodeTask): EncodeResult {
     end += frameLength;
   }
   return Piscina.move(new Uint8Array(out.buffer, 0, end)) as EncodeResult;
+}
+
+/** MD5 of a pack for its upload's Content-MD5: ~30 ms for 16 MiB that the main thread does not spend. */
+export function packMd5(task: PackMd5Task): Uint8Array {
+  return createHash('md5').update(task.bytes).digest();
+}
+
+export interface PackMd5Task {
+  bytes: Uint8Array;
 }

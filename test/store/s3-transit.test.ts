@@ -3,13 +3,15 @@
  * (no SHA-256 pass over them), so the Content-MD5 header must be sent, signed, and
  * checked by the store. A proxy between the client and a real Swift records the headers
  * and flips one byte of a body on request: the PUT is refused (STORE_INTEGRITY) and
- * nothing is stored.
+ * nothing is stored. An MD5 computed off the main thread (a snapshot's packs) is the one
+ * sent, and a wrong one is refused.
  */
 import { createServer, request, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import t from 'tap';
 import { codeOf } from '../../src/errors.js';
+import { EncodePool } from '../../src/snapshot/pool.js';
 import { S3Store } from '../../src/store/s3.js';
 import { uniqueBucket, useSwift } from '../helpers/swift.js';
 
@@ -60,5 +62,20 @@ if ('skip' in got) {
     corrupt = false;
     t.equal(codeOf(err), 'STORE_INTEGRITY');
     t.equal(codeOf(await store.get('flipped').catch((e: unknown) => e)), 'STORE_NOT_FOUND', 'nothing was stored');
+  });
+
+  t.test('an MD5 taken on a worker thread is sent as the Content-MD5; a wrong one is refused', async (t) => {
+    const pool = new EncodePool(1);
+    t.teardown(() => pool.close());
+    const body = randomBytes(2 << 20);
+    const md5 = await pool.packMd5(body);
+    t.same(md5, createHash('md5').update(body).digest(), 'the worker hashes the bytes it was given');
+    await store.put('hashed', body, { md5 });
+    t.equal(seen.at(-1)?.['content-md5'], md5.toString('base64'));
+    t.same(await store.get('hashed'), body);
+    const wrong = Buffer.from(md5);
+    wrong[0] ^= 1;
+    t.equal(codeOf(await store.put('wrong', body, { md5: wrong }).catch((e: unknown) => e)), 'STORE_INTEGRITY');
+    t.equal(codeOf(await store.get('wrong').catch((e: unknown) => e)), 'STORE_NOT_FOUND', 'nothing was stored');
   });
 }

@@ -8,7 +8,7 @@ import { parseSnapshotId, parseVolumeName } from '../format/names.js';
 import type { Manifest } from '../format/records.js';
 import { collectGarbage, type GcPhase, type GcReport } from '../repo/gc.js';
 import { keys } from '../repo/keys.js';
-import { readManifests } from '../repo/manifests.js';
+import { readSnapshots } from '../repo/manifests.js';
 import { pruneSnapshots, type PruneReport } from '../repo/prune.js';
 import { parseRetentionPolicy } from '../repo/retention.js';
 import { deleteSnapshot, findSnapshot } from '../repo/snapshots.js';
@@ -45,11 +45,15 @@ export class History {
 
   async list(volume?: string): Promise<SnapshotView[]> {
     const repo = this.ctx.repo;
-    const damaged = new Set<string>();
-    for await (const o of listAll(repo.store, keys.damagePrefix)) damaged.add(o.key.slice(keys.damagePrefix.length));
-    const ms = await readManifests(repo, volume === undefined ? undefined : parseVolumeName(volume), { onError: () => undefined });
-    const out: SnapshotView[] = [];
-    for (const m of ms) out.push(snapshotView(m, (await repo.getTombstone(m.id)) !== undefined, damaged.has(m.id)));
+    const name = volume === undefined ? undefined : parseVolumeName(volume);
+    const damageMarks = async (): Promise<Set<string>> => {
+      const ids = new Set<string>();
+      for await (const o of listAll(repo.store, keys.damagePrefix)) ids.add(o.key.slice(keys.damagePrefix.length));
+      return ids;
+    };
+    // The damage marks are listed beside the snapshots (manifest and tombstone read together).
+    const [damaged, listed] = await Promise.all([damageMarks(), readSnapshots(repo, name, { onError: () => undefined })]);
+    const out = listed.map((s) => snapshotView(s.manifest, s.deleted, damaged.has(s.manifest.id)));
     return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   }
 

@@ -5,11 +5,16 @@
  * interleaved, medians of --reps.
  *
  *   npx tsx scripts/bench-cli.ts [--reps 15] [--node NODE,...] [--main MAIN.js,...]
+ *       [--args 'status --json'] [--cache-off]
  *
  * --node: the Node binaries to time, each with its own `node -e 0` (default: the one
  * running this script; scripts/node-version.sh MAJOR prints one of another major).
  * --main: the CLIs to time (default: this tree's dist/cli/main.js), e.g. a build of an
  * earlier commit beside this one; the daemon is always this tree's.
+ * --args: the command timed instead of `status --json` (e.g. 'store selftest --dir /tmp/x',
+ * a command that imports the store code). --cache-off: each CLI also with
+ * NODE_DISABLE_COMPILE_CACHE=1 (Node 22.3+ keeps compiled code otherwise; the first
+ * round fills the cache).
  * The load average is printed before and after: the machine may be shared.
  *
  * Needs dist/ (npm run build) and root (the daemon mounts its FUSE file system).
@@ -23,11 +28,12 @@ import { parseArgs } from 'node:util';
 import { promisify } from 'node:util';
 
 const run = promisify(execFile);
-const { values } = parseArgs({ options: { reps: { type: 'string', default: '15' }, node: { type: 'string' }, main: { type: 'string' } } });
+const { values } = parseArgs({ options: { reps: { type: 'string', default: '15' }, node: { type: 'string' }, main: { type: 'string' }, args: { type: 'string', default: 'status --json' }, 'cache-off': { type: 'boolean', default: false } } });
 const reps = Number(values.reps);
 const MAIN = join(import.meta.dirname, '..', 'dist', 'cli', 'main.js');
 const nodes = values.node ? values.node.split(',') : [process.execPath];
 const mains = values.main ? values.main.split(',') : [MAIN];
+const args = values.args.split(' ').filter(Boolean);
 
 async function timed(node: string, args: string[], env: NodeJS.ProcessEnv): Promise<number> {
   const t0 = performance.now();
@@ -51,17 +57,20 @@ try {
   const versions = new Map<string, string>();
   for (const node of nodes) versions.set(node, (await run(node, ['--version'])).stdout.trim());
   // Every case of a round runs once before the next round: a change in load hits all alike.
-  const cases = nodes.flatMap((node) => [{ node, main: undefined as string | undefined }, ...mains.map((main) => ({ node, main }))]);
+  const caches = values['cache-off'] ? [true, false] : [true];
+  const cases = nodes.flatMap((node) => [{ node, main: undefined as string | undefined, cache: true }, ...mains.flatMap((main) => caches.map((cache) => ({ node, main, cache })))]);
   const times = cases.map(() => [] as number[]);
   for (let i = 0; i < reps; i++) {
-    for (const [j, c] of cases.entries()) times[j]?.push(await timed(c.node, c.main ? [c.main, 'status', '--json'] : ['-e', '0'], env));
+    for (const [j, c] of cases.entries()) times[j]?.push(await timed(c.node, c.main ? [c.main, ...args] : ['-e', '0'], c.cache ? env : { ...env, NODE_DISABLE_COMPILE_CACHE: '1' }));
   }
   for (const node of nodes) {
     const bare = median(times[cases.findIndex((c) => c.node === node && c.main === undefined)] ?? []);
     for (const main of mains) {
-      const s = median(times[cases.findIndex((c) => c.node === node && c.main === main)] ?? []);
-      const which = mains.length > 1 ? ` (${main})` : '';
-      console.log(`Node ${versions.get(node)}: island status${which}: ${s.toFixed(0)} ms (median of ${reps}); node -e 0: ${bare.toFixed(0)} ms; island's own part: ${(s - bare).toFixed(0)} ms; ratio to Node's start ${(s / bare).toFixed(2)}`);
+      for (const cache of caches) {
+        const s = median(times[cases.findIndex((c) => c.node === node && c.main === main && c.cache === cache)] ?? []);
+        const which = (mains.length > 1 ? ` (${main})` : '') + (cache ? '' : ' (NODE_DISABLE_COMPILE_CACHE=1)');
+        console.log(`Node ${versions.get(node)}: island ${args.join(' ')}${which}: ${s.toFixed(0)} ms (median of ${reps}); node -e 0: ${bare.toFixed(0)} ms; island's own part: ${(s - bare).toFixed(0)} ms; ratio to Node's start ${(s / bare).toFixed(2)}`);
+      }
     }
   }
   console.log(`load average after: ${load()}`);

@@ -48,21 +48,21 @@ export interface ListedSnapshot {
 }
 
 /**
- * The listed snapshots with whether each is deleted: a snapshot's manifest and tombstone are
- * read side by side in one of the MANIFEST_READS slots, so a listing costs the round trips
- * of its manifests alone (a tombstone GET beside each; a listing of tombstones would be a
- * hint, and a deleted snapshot taken for live would count where it must not: prune).
- * In key order. A tombstone that cannot be read fails the listing.
+ * The listed snapshots with whether each is deleted: in each of the MANIFEST_READS slots a
+ * snapshot's manifest, then its tombstone (none for a manifest gone since the listing), so
+ * MANIFEST_READS reads are in flight, as many as the daemon's store limit lets through (two
+ * per slot would only queue there). Each snapshot costs a tombstone read: a listing of
+ * tombstones would be a hint, and a deleted snapshot taken for live counts where it must
+ * not (prune would keep it in place of a live one). In key order. A tombstone that cannot
+ * be read fails the listing.
  */
 export async function readSnapshots(repo: Repository, volume?: string, opts: ReadManifestsOptions = {}): Promise<ListedSnapshot[]> {
   return readListed(
     repo,
     volume,
     async (k) => {
-      const tombstone = repo.getTombstone(k.id, opts);
-      tombstone.catch(() => undefined); // awaited below, unless the manifest is gone or skipped
       const manifest = await manifestOf(repo, k, opts);
-      return manifest && { manifest, deleted: (await tombstone) !== undefined };
+      return manifest && { manifest, deleted: (await repo.getTombstone(k.id, opts)) !== undefined };
     },
     opts,
   );

@@ -230,12 +230,17 @@ async function startDaemon(main: string, i: number, storeEnv: Record<string, str
   const port = await freePort();
   const env = { ...process.env, ISLAND_DATA_DIR: dir, ISLAND_MOUNT: join(dir, 'mnt'), ISLAND_SOCKET: join(dir, 'island.sock'), ISLAND_HOST_ID: `bench-list-${i}`, ISLAND_LOG_LEVEL: 'warn', ISLAND_METRICS_PORT: String(port), ...storeEnv };
   const child = spawn(process.execPath, [main, 'serve'], { env, stdio: ['ignore', openSync(join(dir, 'daemon.log'), 'a'), openSync(join(dir, 'daemon.log'), 'a')] });
+  const d = { main, env, port, child, dir };
   const deadline = Date.now() + 60_000;
   while (!existsSync(env.ISLAND_SOCKET)) {
-    if (Date.now() > deadline || child.exitCode !== null) throw new Error(`the daemon of ${main} did not start: ${await readFile(join(dir, 'daemon.log'), 'utf8').catch(() => '')}`);
+    if (Date.now() > deadline || child.exitCode !== null) {
+      const log = await readFile(join(dir, 'daemon.log'), 'utf8').catch(() => '');
+      await stopDaemon(d);
+      throw new Error(`the daemon of ${main} did not start: ${log}`);
+    }
     await new Promise((r) => setTimeout(r, 50));
   }
-  return { main, env, port, child, dir };
+  return d;
 }
 
 async function stopDaemon(d: ListDaemon): Promise<void> {

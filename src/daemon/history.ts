@@ -70,12 +70,17 @@ export class History {
     const repo = this.ctx.repo;
     if (!Array.isArray(req.ids) || req.ids.length === 0 || req.ids.length > 1000) throw new IslandError('INVALID_ARGUMENT', 'ids must be a list of 1 to 1000 snapshot ids');
     const ids = [...new Set(req.ids.map((i) => parseSnapshotId(i)))];
-    // Check every id before writing any tombstone, so a typo in a list deletes nothing.
+    // Check every id before writing any tombstone, so a typo in a list deletes nothing. One
+    // listing finds them all (by id alone: any volume's), their manifests and tombstones
+    // read as a snapshot list reads them; the checks then go in the order given.
+    const wanted = new Set(ids);
+    const listed = new Map((await readSnapshots(repo, undefined, { skip: (k) => !wanted.has(k.id) })).map((s) => [s.manifest.id, s]));
     const found: Manifest[] = [];
     for (const id of ids) {
-      const m = await findSnapshot(repo, id);
-      if (!m) throw new IslandError('NOT_FOUND', `no snapshot ${id}`, { details: { snapshot: id } });
-      if (await repo.getTombstone(id)) throw new IslandError('SNAPSHOT_DELETED', `snapshot ${id} is already deleted`, { details: { snapshot: id } });
+      const s = listed.get(id);
+      if (!s) throw new IslandError('NOT_FOUND', `no snapshot ${id}`, { details: { snapshot: id } });
+      const m = s.manifest;
+      if (s.deleted) throw new IslandError('SNAPSHOT_DELETED', `snapshot ${id} is already deleted`, { details: { snapshot: id } });
       if (this.ctx.attached.get(m.volume)?.job) throw new IslandError('BUSY', `a snapshot of ${m.volume} is in progress; delete after it commits`, { details: { snapshot: id } });
       found.push(m);
     }

@@ -51,7 +51,7 @@ export class History {
       for await (const o of listAll(repo.store, keys.damagePrefix)) ids.add(o.key.slice(keys.damagePrefix.length));
       return ids;
     };
-    // The damage marks are listed beside the snapshots (manifest and tombstone read together).
+    // The damage marks are listed beside the snapshots (each one's manifest and tombstone).
     const [damaged, listed] = await Promise.all([damageMarks(), readSnapshots(repo, name, { onError: () => undefined })]);
     const out = listed.map((s) => snapshotView(s.manifest, s.deleted, damaged.has(s.manifest.id)));
     return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));

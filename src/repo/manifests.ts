@@ -2,7 +2,8 @@
  * Listing a region's snapshots: the manifests under snapshots/ (or one volume's), read with
  * bounded parallelism while the listing pages on, with their tombstones when the caller
  * needs to know which are deleted. Every listing of manifests goes through here (the
- * daemon's snapshot list, prune, GC's roots, the head's unreached manifests). A listing
+ * daemon's snapshot list and delete, prune, GC's roots, the head's unreached manifests;
+ * findSnapshot, which looks for one id, stops at it). A listing
  * can lag (docs/protocols.md), so it is a hint: callers that must not miss the newest
  * snapshot resolve it through the chain links instead.
  */

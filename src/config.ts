@@ -58,7 +58,6 @@
  * where `snapshot copy` can copy to (and "default", the embedded store, when it is not the
  * daemon's own region).
  */
-import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { availableParallelism, hostname } from 'node:os';
@@ -272,7 +271,6 @@ const ID_MAX = 0xffff_fffe;
 const ACCOUNT_NAME = /^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$/;
 /** getent's exit code for "no such key". */
 const GETENT_NOT_FOUND = 2;
-const execFileP = promisify(execFile);
 
 /** A user or group given as a name or a numeric id, resolved to the id. */
 async function accountId(v: unknown, db: 'passwd' | 'group', what: string, fallback: number): Promise<number> {
@@ -286,7 +284,9 @@ async function accountId(v: unknown, db: 'passwd' | 'group', what: string, fallb
   if (typeof v !== 'string' || !ACCOUNT_NAME.test(v)) throw new IslandError('INVALID_CONFIG', `${what} must be a ${kind} name or a numeric id, got ${JSON.stringify(v).slice(0, 80)}`);
   let line: string;
   try {
-    line = (await execFileP('getent', [db, v], { timeout: 10_000 })).stdout.split('\n')[0] ?? '';
+    // Imported here: only a configured owner or group by name needs it, not every CLI command's start.
+    const { execFile } = await import('node:child_process');
+    line = (await promisify(execFile)('getent', [db, v], { timeout: 10_000 })).stdout.split('\n')[0] ?? '';
   } catch (err) {
     if ((err as { code?: unknown }).code === GETENT_NOT_FOUND) throw new IslandError('INVALID_CONFIG', `${what}: no ${kind} named ${JSON.stringify(v)} on this machine`);
     throw new IslandError('INVALID_CONFIG', `${what}: cannot look up the ${kind} ${JSON.stringify(v)} (getent ${db}): ${(err as Error).message}`, { cause: err });

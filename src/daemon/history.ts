@@ -8,7 +8,7 @@ import { parseSnapshotId, parseVolumeName } from '../format/names.js';
 import type { Manifest } from '../format/records.js';
 import { collectGarbage, type GcPhase, type GcReport } from '../repo/gc.js';
 import { keys } from '../repo/keys.js';
-import { readManifests } from '../repo/manifests.js';
+import { readSnapshots } from '../repo/manifests.js';
 import { pruneSnapshots, type PruneReport } from '../repo/prune.js';
 import { parseRetentionPolicy } from '../repo/retention.js';
 import { deleteSnapshot, findSnapshot } from '../repo/snapshots.js';
@@ -45,11 +45,15 @@ export class History {
 
   async list(volume?: string): Promise<SnapshotView[]> {
     const repo = this.ctx.repo;
-    const damaged = new Set<string>();
-    for await (const o of listAll(repo.store, keys.damagePrefix)) damaged.add(o.key.slice(keys.damagePrefix.length));
-    const ms = await readManifests(repo, volume === undefined ? undefined : parseVolumeName(volume), { onError: () => undefined });
-    const out: SnapshotView[] = [];
-    for (const m of ms) out.push(snapshotView(m, (await repo.getTombstone(m.id)) !== undefined, damaged.has(m.id)));
+    const name = volume === undefined ? undefined : parseVolumeName(volume);
+    const damageMarks = async (): Promise<Set<string>> => {
+      const ids = new Set<string>();
+      for await (const o of listAll(repo.store, keys.damagePrefix)) ids.add(o.key.slice(keys.damagePrefix.length));
+      return ids;
+    };
+    // The damage marks are listed beside the snapshots (each one's manifest and tombstone).
+    const [damaged, listed] = await Promise.all([damageMarks(), readSnapshots(repo, name, { onError: () => undefined })]);
+    const out = listed.map((s) => snapshotView(s.manifest, s.deleted, damaged.has(s.manifest.id)));
     return out.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   }
 
@@ -66,12 +70,17 @@ export class History {
     const repo = this.ctx.repo;
     if (!Array.isArray(req.ids) || req.ids.length === 0 || req.ids.length > 1000) throw new IslandError('INVALID_ARGUMENT', 'ids must be a list of 1 to 1000 snapshot ids');
     const ids = [...new Set(req.ids.map((i) => parseSnapshotId(i)))];
-    // Check every id before writing any tombstone, so a typo in a list deletes nothing.
+    // Check every id before writing any tombstone, so a typo in a list deletes nothing. One
+    // listing finds them all (by id alone: any volume's), their manifests and tombstones
+    // read as a snapshot list reads them; the checks then go in the order given.
+    const wanted = new Set(ids);
+    const listed = new Map((await readSnapshots(repo, undefined, { skip: (k) => !wanted.has(k.id) })).map((s) => [s.manifest.id, s]));
     const found: Manifest[] = [];
     for (const id of ids) {
-      const m = await findSnapshot(repo, id);
-      if (!m) throw new IslandError('NOT_FOUND', `no snapshot ${id}`, { details: { snapshot: id } });
-      if (await repo.getTombstone(id)) throw new IslandError('SNAPSHOT_DELETED', `snapshot ${id} is already deleted`, { details: { snapshot: id } });
+      const s = listed.get(id);
+      if (!s) throw new IslandError('NOT_FOUND', `no snapshot ${id}`, { details: { snapshot: id } });
+      const m = s.manifest;
+      if (s.deleted) throw new IslandError('SNAPSHOT_DELETED', `snapshot ${id} is already deleted`, { details: { snapshot: id } });
       if (this.ctx.attached.get(m.volume)?.job) throw new IslandError('BUSY', `a snapshot of ${m.volume} is in progress; delete after it commits`, { details: { snapshot: id } });
       found.push(m);
     }

@@ -16,7 +16,6 @@
  * generator strictly increase. Clock and random source are injectable so that a
  * deterministic simulation can drive them.
  */
-import { randomFillSync } from 'node:crypto';
 import { IslandError } from '../errors.js';
 
 /** Characters in the text form. */
@@ -45,14 +44,19 @@ const CANONICAL = /^[0-7][0-9A-HJKMNP-TV-Z]{25}$/;
 export interface UlidSource {
   /** Milliseconds since the Unix epoch (default Date.now). */
   now?: () => number;
-  /** Fill-and-return n random bytes (default crypto.randomFillSync). */
+  /** Fill-and-return n random bytes (default Web Crypto's getRandomValues). */
   random?: (n: number) => Uint8Array;
 }
 
 export type UlidGenerator = () => string;
 
+/**
+ * The global Web Crypto's CSPRNG (the same source as node:crypto's randomFillSync), reached
+ * at the first id drawn: an import of node:crypto at load would build all of it (webcrypto,
+ * keys, argon2...) into every process, also a CLI command that never draws an id.
+ */
 function defaultRandom(n: number): Uint8Array {
-  return randomFillSync(Buffer.alloc(n));
+  return globalThis.crypto.getRandomValues(Buffer.alloc(n));
 }
 
 /** Encode a time and 10 bytes of randomness as a canonical ULID. */

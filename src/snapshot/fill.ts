@@ -67,6 +67,8 @@ interface Run {
   scattered: number[] | null;
 }
 
+/** Fetches the fill has in flight while the guest is idle, unless FillOptions.concurrency says otherwise. */
+export const FILL_CONCURRENCY = 4;
 const GUEST_PAUSE_MS = 5;
 const RETRY_MAX_MS = 30_000;
 
@@ -156,7 +158,7 @@ export async function fillVolume(repo: Repository, base: Manifest, volume: Volum
   const report = (): void => opts.onProgress?.({ ...p });
   const runs = await missingRuns(repo, base, volume, p, signal);
   report();
-  const concurrency = Math.max(1, opts.concurrency ?? 4);
+  const concurrency = Math.max(1, opts.concurrency ?? FILL_CONCURRENCY);
   const rate = opts.rateBytesPerSec ?? 0;
   const started = performance.now();
   let guestReads = volume.stats().reads;

@@ -17,7 +17,7 @@ import type { PresentFetcher } from '../volume/engine.js';
 /** One ranged GET covers at most this much (a GET costs ~10 ms whatever its size). */
 export const MAX_RUN_BYTES = 512 * 1024;
 /** Ranged GETs one fetch has in flight at most (a read-ahead window spans several runs). */
-const RUNS_IN_FLIGHT = 4;
+export const RUNS_IN_FLIGHT = 4;
 
 export function treeFetcher(repo: Repository, base: Manifest, onFetch?: (bytes: number, gets: number) => void): PresentFetcher {
   const tree = manifestTree(base);

@@ -4,10 +4,12 @@
  *
  *  1. Scan the base snapshot's tree once (leaf nodes only, through the node cache) and
  *     note each blob cluster that is not present yet: cluster, pack, offset, length.
- *  2. Sort them in pack order (pack, offset) and cut runs of blobs that lie back to back in
- *     one pack, at most MAX_RUN_BYTES each: one ranged GET per run, each pack read front to
- *     back, whether or not its blobs are adjacent in the volume (a history of scattered
- *     rewrites leaves each snapshot's blobs together in its pack, apart in the volume).
+ *  2. Sort them in pack order (pack, offset) and cut runs of blobs that lie in order in one
+ *     pack, by the rule of repo/pack-reads.ts (gaps of at most COALESCE_MAX_GAP_BYTES read
+ *     and discarded, at most COALESCE_MAX_BYTES per run): one ranged GET per run, each pack
+ *     read front to back, whether or not its blobs are adjacent in the volume (a history of
+ *     scattered rewrites leaves each snapshot's blobs together in its pack, apart in the
+ *     volume, and the blobs it replaced as gaps in the older packs).
  *  3. Run them with bounded concurrency. A run of clusters adjacent in the volume goes
  *     through Volume.prefetch, the same single-flight path a guest read takes; any other
  *     run is read here, each blob verified against the id the tree gives its cluster, and
@@ -29,10 +31,10 @@ import type { Manifest } from '../format/records.js';
 import { iterate, lookup } from '../format/tree.js';
 import { keys } from '../repo/keys.js';
 import { manifestTree } from '../repo/commit.js';
+import { blobIn, joins } from '../repo/pack-reads.js';
 import type { Repository } from '../repo/repository.js';
 import type { Volume } from '../volume/engine.js';
 import { sleep } from '../util/sleep.js';
-import { MAX_RUN_BYTES } from './restore.js';
 
 export interface FillProgress {
   /** Clusters of the base snapshot that hold data (what the fill has to bring). */
@@ -60,9 +62,12 @@ export interface FillOptions {
 interface Run {
   first: number;
   count: number;
+  /** Bytes of the run's blobs (what the progress counts). */
   bytes: number;
   pack: string;
+  /** The run's GET: bytes [offset, end) of the pack, gaps included. */
   offset: number;
+  end: number;
   /** The cluster of each blob, in pack order, when they are not first, first + 1, ... */
   scattered: number[] | null;
 }
@@ -104,22 +109,21 @@ async function missingRuns(repo: Repository, base: Manifest, volume: Volume, p: 
   const order = Array.from(cluster.keys()).sort((a, b) => (pack[a] as number) - (pack[b] as number) || (offset[a] as number) - (offset[b] as number));
   const runs: Run[] = [];
   let cur: Run | undefined;
-  let lastEnd = -1;
   for (const i of order) {
     const c = cluster[i] as number;
     const name = packNames[pack[i] as number] as string;
     const off = offset[i] as number;
     const len = length[i] as number;
-    if (cur && cur.pack === name && off === lastEnd && cur.bytes + len <= MAX_RUN_BYTES) {
+    if (cur && cur.pack === name && joins(cur.offset, cur.end, off, len)) {
       if (cur.scattered === null && c !== cur.first + cur.count) cur.scattered = Array.from({ length: cur.count }, (_, k) => cur!.first + k);
       cur.scattered?.push(c);
       cur.count++;
       cur.bytes += len;
+      cur.end = Math.max(cur.end, off + len);
     } else {
-      cur = { first: c, count: 1, bytes: len, pack: name, offset: off, scattered: null };
+      cur = { first: c, count: 1, bytes: len, pack: name, offset: off, end: off + len, scattered: null };
       runs.push(cur);
     }
-    lastEnd = off + len;
   }
   return runs;
 }
@@ -131,7 +135,7 @@ async function missingRuns(repo: Repository, base: Manifest, volume: Volume, p: 
  */
 async function fillScattered(repo: Repository, base: Manifest, volume: Volume, run: Run, signal: AbortSignal, log: FillOptions['log']): Promise<number> {
   const key = keys.pack('data', Buffer.from(run.pack, 'hex'));
-  const bytes = await repo.store.getRange(key, run.offset, run.bytes, { signal });
+  const bytes = await repo.store.getRange(key, run.offset, run.end - run.offset, { signal });
   const tree = manifestTree(base);
   const reader = repo.nodeReader();
   let failed = 0;
@@ -139,9 +143,7 @@ async function fillScattered(repo: Repository, base: Manifest, volume: Volume, r
     const e = await lookup(tree, c, reader);
     try {
       if (e.kind !== 'blob' || hex(e.loc.pack) !== run.pack) throw new IslandError('INTERNAL', `cluster ${c} is not in pack ${run.pack} any more`);
-      const at = e.loc.offset - run.offset;
-      if (at < 0 || at + e.loc.length > bytes.length) throw new IslandError('FORMAT_CORRUPT', `${key}: the blob of cluster ${c} at ${e.loc.offset} lies outside the ${bytes.length} bytes read at ${run.offset}`);
-      await volume.supply(c, repo.frames.decode(bytes.subarray(at, at + e.loc.length), e.loc.id, { base: e.loc.offset, kind: 'data' }));
+      await volume.supply(c, blobIn(repo, 'data', run.offset, bytes, e.loc));
     } catch (err) {
       if (isTransient(err) || signal.aborted) throw err;
       failed++;

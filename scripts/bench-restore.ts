@@ -30,6 +30,7 @@ import { GetObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
+import { createServer, type AddressInfo } from 'node:net';
 import { loadavg, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs, promisify } from 'node:util';
@@ -41,11 +42,11 @@ import { Repository } from '../src/repo/repository.js';
 import { treePacks } from '../src/repo/tree-packs.js';
 import { FILL_CONCURRENCY } from '../src/snapshot/fill.js';
 import { EncodePool } from '../src/snapshot/pool.js';
-import { RUNS_IN_FLIGHT } from '../src/snapshot/restore.js';
 import { takeSnapshot } from '../src/snapshot/create.js';
 import { composeStore } from '../src/store/open.js';
 import { S3Store } from '../src/store/s3.js';
 import { Volume } from '../src/volume/engine.js';
+import { READ_AHEAD_FETCHES } from '../src/volume/lazy.js';
 import { withSwift, type SwiftCfg } from './bench-swift.js';
 
 const run = promisify(execFile);
@@ -66,8 +67,8 @@ const GiB = 1 << 30;
 const MAIN = resolve(import.meta.dirname, '../dist/cli/main.js');
 /** A miss fetches at most this much in one ranged GET (src/snapshot/restore.ts). */
 const RUN_BYTES = 512 * 1024;
-/** Ranged GETs island keeps in flight for one sequential reader of missing clusters. */
-const LAZY_INFLIGHT = RUNS_IN_FLIGHT;
+/** Fetches (one coalesced ranged GET each) island keeps in flight for one sequential reader. */
+const LAZY_INFLIGHT = READ_AHEAD_FETCHES;
 /** The raw SDK baseline's object size (the issue's yardstick: 1 MiB objects). */
 const SDK_OBJECT_BYTES = MiB;
 /** Data starts past the qcow2 header, L1 and refcount clusters island writes at create. */
@@ -227,12 +228,47 @@ class SdkGets {
   }
 }
 
+interface Work {
+  gets: number;
+  getSecs: number;
+  getBytes: number;
+  cpuSecs: number;
+}
+
+const workSince = (a: Work, b: Work): Work => ({ gets: b.gets - a.gets, getSecs: b.getSecs - a.getSecs, getBytes: b.getBytes - a.getBytes, cpuSecs: b.cpuSecs - a.cpuSecs });
+
+/** A free TCP port on the loopback interface (for the daemon's /metrics). */
+async function freePort(): Promise<number> {
+  const srv = createServer();
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  const port = (srv.address() as AddressInfo).port;
+  await new Promise((r) => srv.close(r));
+  return port;
+}
+
+/** Ranged GETs (count, summed seconds) and bytes received from the daemon's Prometheus text, and its CPU seconds from /proc. */
+async function scrapeWork(port: number, pid: number): Promise<Work> {
+  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  const value = (re: RegExp): number => Number(re.exec(text)?.[1] ?? 0);
+  const stat = (await readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1]?.split(' ') ?? [];
+  // Fields 14 and 15 of /proc/PID/stat (utime, stime) in clock ticks of 1/100 s; index 11, 12 after the name.
+  const cpuSecs = (Number(stat[11] ?? 0) + Number(stat[12] ?? 0)) / 100;
+  return {
+    gets: value(/^island_store_requests_total\{op="get_range"\} (\S+)$/m),
+    getSecs: value(/^island_store_request_seconds_sum\{op="get_range"\} (\S+)$/m),
+    getBytes: value(/^island_store_bytes_total\{direction="in"\} (\S+)$/m),
+    cpuSecs,
+  };
+}
+
 interface Daemon {
   child: ChildProcess;
   socket: string;
   mount: string;
   api(method: string, path: string, body?: unknown): Promise<unknown>;
   rssKiB(): Promise<number>;
+  /** What the daemon has done so far: data GETs, their summed latency, its CPU time. */
+  work(): Promise<Work>;
   stop(): Promise<void>;
 }
 
@@ -243,7 +279,8 @@ async function mounted(path: string): Promise<boolean> {
 async function startDaemon(dir: string, cfg: SwiftCfg, bucket: string): Promise<Daemon> {
   await mkdir(dir, { recursive: true });
   const configFile = join(dir, 'island.json');
-  await writeFile(configFile, JSON.stringify({ region: 'swift', regions: { swift: { type: 's3', ...cfg, bucket } } }));
+  const metricsPort = await freePort();
+  await writeFile(configFile, JSON.stringify({ region: 'swift', regions: { swift: { type: 's3', ...cfg, bucket } }, metricsPort }));
   const socket = join(dir, 'island.sock');
   const mount = join(dir, 'mnt');
   const log = await open(join(dir, 'daemon.log'), 'a');
@@ -277,6 +314,7 @@ async function startDaemon(dir: string, cfg: SwiftCfg, bucket: string): Promise<
     mount,
     api: (method, path, body) => call(socket, method, path, body),
     rssKiB: async () => Number(/VmRSS:\s+(\d+)/.exec(await readFile(`/proc/${child.pid}/status`, 'utf8'))?.[1] ?? 0),
+    work: () => scrapeWork(metricsPort, child.pid as number),
     stop,
   };
 }
@@ -342,8 +380,9 @@ async function readSequential(d: Daemon, name: string, from: number, bytes: numb
 }
 
 /** Attach, wait until the fill is done; seconds, bytes fetched and the daemon's RSS meanwhile. */
-async function fillTime(d: Daemon, name: string): Promise<{ secs: number; bytes: number; rssMaxKiB: number }> {
+async function fillTime(d: Daemon, name: string): Promise<{ secs: number; bytes: number; rssMaxKiB: number; work: Work }> {
   let rssMaxKiB = 0;
+  const w0 = await d.work();
   const t0 = performance.now();
   await d.api('POST', `/v1/volumes/${name}/attach`, {});
   let f: FillOut | null = null;
@@ -354,8 +393,9 @@ async function fillTime(d: Daemon, name: string): Promise<{ secs: number; bytes:
     return f?.state === 'done';
   }, DEADLINE_MS, 100);
   const secs = (performance.now() - t0) / 1000;
+  const work = workSince(w0, await d.work());
   await detach(d, name);
-  return { secs, bytes: (f as FillOut | null)?.bytesFetched ?? 0, rssMaxKiB };
+  return { secs, bytes: (f as FillOut | null)?.bytesFetched ?? 0, rssMaxKiB, work };
 }
 
 await withSwift(values.swift, async (cfg) => {
@@ -406,6 +446,22 @@ await withSwift(values.swift, async (cfg) => {
     const bySize = (k: 'totalMs' | 'attachMs' | 'readMs'): Record<string, number> => Object.fromEntries(SIZES_GIB.map((g) => [`${g}GiB`, fbMed(`fb-${g}g`, k)]));
     const [smallest, largest] = [`fb-${SIZES_GIB[0]}g`, `fb-${SIZES_GIB.at(-1)}g`];
 
+    // Where the time goes, per workload: the daemon's ranged GETs (count, mean latency, mean
+    // size, how many were in flight on average: summed latency over wall time) and its CPU.
+    const works: Record<string, { secs: number; w: Work }[]> = {};
+    const note = (what: string, secs: number, w: Work): void => void (works[what] ??= []).push({ secs, w });
+    const workOf = (what: string) => {
+      const xs = works[what] ?? [];
+      const med = (f: (x: { secs: number; w: Work }) => number): number => median(xs.map(f));
+      return {
+        gets: med((x) => x.w.gets),
+        getMs: med((x) => (x.w.getSecs / Math.max(1, x.w.gets)) * 1000),
+        MiBPerGet: med((x) => x.w.getBytes / MiB / Math.max(1, x.w.gets)),
+        getsInFlight: med((x) => x.w.getSecs / x.secs),
+        daemonCpu: med((x) => x.w.cpuSecs / x.secs),
+      };
+    };
+
     // lazy sequential read and fill, each against raw SDK GETs of 1 MiB objects at island's
     // GETs in flight for that workload, and against ranged GETs of the same packs (one at a
     // time for the reader, the fill's concurrency for the fill)
@@ -427,13 +483,18 @@ await withSwift(values.swift, async (cfg) => {
       const before1 = await raw(1);
       const beforeSdk = await sdk.read(LAZY_INFLIGHT);
       await daemon.api('POST', '/v1/volumes/lazy/attach', { fill: false });
-      lazyRead.push(mib / (await readSequential(daemon, 'lazy', DATA_AT, mib * MiB)));
+      const w0 = await daemon.work();
+      const secs = await readSequential(daemon, 'lazy', DATA_AT, mib * MiB);
+      lazyRead.push(mib / secs);
+      note('lazy', secs, workSince(w0, await daemon.work()));
       await detach(daemon, 'lazy');
       sdkLazy.push((beforeSdk + (await sdk.read(LAZY_INFLIGHT))) / 2);
       raw1.push((before1 + (await raw(1))) / 2);
       const before4 = await raw(FILL_CONCURRENCY);
       const beforeSdkFill = await sdk.read(FILL_CONCURRENCY);
-      fill.push(await fillTime(daemon, 'lazy'));
+      const f = await fillTime(daemon, 'lazy');
+      fill.push(f);
+      note('fill', f.secs, f.work);
       sdkFill.push((beforeSdkFill + (await sdk.read(FILL_CONCURRENCY))) / 2);
       raw4.push((before4 + (await raw(FILL_CONCURRENCY))) / 2);
     }
@@ -448,7 +509,9 @@ await withSwift(values.swift, async (cfg) => {
           const m = histories[kind][p - 1] as Manifest;
           const name = `r-${kind}-${posLabel(p)}-${r}`;
           await daemon.api('POST', '/v1/volumes', { name, from: m.id });
-          restore[`${kind}-${posLabel(p)}`]?.push((await fillTime(daemon, name)).secs);
+          const f = await fillTime(daemon, name);
+          restore[`${kind}-${posLabel(p)}`]?.push(f.secs);
+          note(`${kind}-${posLabel(p)}`, f.secs, f.work);
         }
       }
     }
@@ -498,6 +561,7 @@ await withSwift(values.swift, async (cfg) => {
       },
       history: { snapshots: HISTORY, scattered: await hist('scattered'), contiguous: await hist('contiguous') },
       rss: { idleMiB: rssIdleKiB / 1024, fillMaxMiB: Math.max(...fill.map((f) => f.rssMaxKiB)) / 1024 },
+      work: Object.fromEntries(Object.keys(works).map((k) => [k, workOf(k)])),
       samples: { firstByteMs: fb, lazyReadMiBs: lazyRead, raw1MiBs: raw1, sdkLazyMiBs: sdkLazy, fillMiBs, raw4MiBs: raw4, sdkFillMiBs: sdkFill, restoreSecs: restore },
     };
     if (values.json) console.log(JSON.stringify(report));
@@ -520,6 +584,8 @@ await withSwift(values.swift, async (cfg) => {
         console.log(`  restore 1st vs ${HISTORY}th (${kind.padEnd(10)})  ${f(h.firstSecs, 2)} s   ${f(h.lastSecs, 2)} s   ratio ${f(h.ratio, 2)}   (target 0.9-1.1; data packs read ${h.dataPacksFirst} vs ${h.dataPacksLast})`);
         if (POSITIONS.length > 2) console.log(`    by position            ${h.byPosition.map((x) => `#${x.position} ${f(x.secs, 2)} s`).join('   ')}`);
       }
+      console.log('  where the time goes (daemon: ranged GETs, mean latency and size, GETs in flight on average, CPU of one core)');
+      for (const [k, w] of Object.entries(report.work)) console.log(`    ${k.padEnd(22)} ${String(w.gets).padStart(5)} GETs   ${f(w.getMs)} ms   ${f(w.MiBPerGet, 2)} MiB   ${f(w.getsInFlight, 2)} in flight   CPU ${f(w.daemonCpu * 100, 0)}%`);
       console.log(`  daemon RSS                idle ${f(report.rss.idleMiB)} MiB   max during fill ${f(report.rss.fillMaxMiB)} MiB`);
     }
   } finally {

@@ -19,11 +19,13 @@ import { keys } from './keys.js';
 import type { Repository } from './repository.js';
 
 /**
- * Largest ranged GET a plan makes: a few MiB keeps the per-request cost under a tenth of the
+ * Largest ranged GET a plan makes: a few MiB keeps the per-request cost small beside the
  * transfer on the stores measured, while a reader waiting on one blob of it waits for at most
- * this much (about 40 ms at 100 MiB/s).
+ * this much (about 50 ms at 100 MiB/s). 5 MiB: a read-ahead piece of 4 MiB of clusters
+ * (volume/lazy.ts) with its frame headers, at most 96 bytes a frame (768 KiB at the smallest,
+ * 512-byte clusters), is one GET, not a 4 MiB one and a small one for the last frame.
  */
-export const COALESCE_MAX_BYTES = 4 * 1024 * 1024;
+export const COALESCE_MAX_BYTES = 5 * 1024 * 1024;
 /**
  * Largest gap between two wanted blobs of one pack that is read and discarded: four 64 KiB
  * clusters, about what a GET's fixed cost transfers on the stores measured.

@@ -17,8 +17,8 @@ export const READ_AHEAD_MIN_BYTES = 512 * 1024;
 export const READ_AHEAD_MAX_BYTES = 16 * 1024 * 1024;
 /**
  * One fetch of the window at most: clusters stored together in a pack come in one ranged GET
- * of this size (the fetcher coalesces up to COALESCE_MAX_BYTES, repo/pack-reads.ts, the same
- * 4 MiB), and each fetch is installed, and wakes its readers, as soon as it lands.
+ * (the fetcher coalesces up to COALESCE_MAX_BYTES, repo/pack-reads.ts, room for this and the
+ * frame headers), and each fetch is installed, and wakes its readers, as soon as it lands.
  */
 export const READ_AHEAD_FETCH_BYTES = 4 * 1024 * 1024;
 /**

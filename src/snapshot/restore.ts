@@ -1,6 +1,7 @@
 /**
  * Lazy restore: the engine asks for clusters of its base snapshot on first touch; this
- * fetcher finds them through the snapshot's tree (nodes cached, only the paths touched),
+ * fetcher finds them through the snapshot's tree (nodes cached, only the paths touched, one
+ * walk per fetch),
  * reads their blobs with as few ranged GETs as repo/pack-reads.ts plans (blobs of one pack
  * in order, small gaps read and discarded, a few MiB per GET, any number of packs), then
  * verifies every blob before handing the bytes to the engine. Unallocated and zero clusters
@@ -9,7 +10,7 @@
 import { IslandError } from '../errors.js';
 import { hex } from '../format/location.js';
 import type { Manifest } from '../format/records.js';
-import { lookup } from '../format/tree.js';
+import { iterate } from '../format/tree.js';
 import { manifestTree } from '../repo/commit.js';
 import { blobIn, fetchPackRead, planPackReads, type BlobWant, type PackRead } from '../repo/pack-reads.js';
 import type { Repository } from '../repo/repository.js';
@@ -29,10 +30,9 @@ export function treeFetcher(repo: Repository, base: Manifest, onFetch?: (bytes: 
       const end = Math.min(base.imageLength, (first + count) * C);
       const out = Buffer.alloc(Math.max(0, end - first * C));
       const wants: BlobWant<number>[] = [];
-      for (let c = first; c < first + count && c * C < end; c++) {
-        const e = await lookup(tree, c, reader);
-        if (e.kind === 'blob') wants.push({ loc: e.loc, tag: c });
-      }
+      // One walk over the range (each node decoded once), not a lookup per cluster.
+      const to = Math.min(Math.ceil(end / C), tree.shape.nClusters);
+      if (first < to) for await (const run of iterate(tree, reader, first, to)) if (run.entry.kind === 'blob') wants.push({ loc: run.entry.loc, tag: run.first });
       const readOne = async (r: PackRead<number>): Promise<void> => {
         const bytes = await fetchPackRead(repo, 'data', r, { signal });
         onFetch?.(bytes.length, 1);

@@ -171,7 +171,8 @@ export class LazyRestore {
  * A read counts as sequential when it starts near the end of the stream so far or near the
  * end of what was asked for ahead: a reader served by the native FUSE server shows only its
  * misses, and after a window it already holds, its next miss is at the window's end. Parallel
- * requests of one stream arrive slightly out of order: the slack allows that. Anything else
+ * requests of one stream arrive slightly out of order: the slack allows that, and a request
+ * that ends before the stream's end (overtaken, or read again) changes nothing. Anything else
  * resets the window. The read never waits for the read-ahead. Shared by the TypeScript engine
  * (LazyRestore) and the native one (native-volume.ts).
  */
@@ -192,7 +193,10 @@ export class ReadAhead {
   /** A read of bytes [start, end) whose last cluster is c1. */
   note(start: number, end: number, c1: number): void {
     const C = this.clusterSize;
-    const sequential = this.end >= 0 && start >= this.end - READ_AHEAD_SLACK_BYTES && start <= Math.max(this.end, this.next * C) + READ_AHEAD_SLACK_BYTES;
+    const near = this.end >= 0 && start >= this.end - READ_AHEAD_SLACK_BYTES;
+    // A read again of what the stream read last, or a request of it overtaken by a later one.
+    if (near && end <= this.end) return;
+    const sequential = near && start <= Math.max(this.end, this.next * C) + READ_AHEAD_SLACK_BYTES;
     if (!sequential) {
       this.end = end;
       this.window = 0;

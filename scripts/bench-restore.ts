@@ -11,7 +11,7 @@
  *    bytes, written by this run, at the number of GETs island keeps in flight for one
  *    sequential reader; and ranged GETs of 512 KiB of the same packs, one at a time;
  *  - background fill (to done) against the same two baselines at the fill's concurrency,
- *    with the daemon's RSS sampled every 100 ms meanwhile;
+ *    with the daemon's RSS sampled every 25 ms meanwhile;
  *  - restore (attach to fill done) of the 1st and the 30th snapshot of one history, each
  *    through a volume created from it; every snapshot after the first rewrites 1/30 of the
  *    clusters, in one contiguous stretch or scattered (every 30th cluster), so the 30th
@@ -379,6 +379,9 @@ async function readSequential(d: Daemon, name: string, from: number, bytes: numb
   return (performance.now() - t0) / 1000;
 }
 
+/** How often the fill's state (and the daemon's RSS) is read: restores of 64 MiB take 0.5-2 s here. */
+const FILL_POLL_MS = 25;
+
 /** Attach, wait until the fill is done; seconds, bytes fetched and the daemon's RSS meanwhile. */
 async function fillTime(d: Daemon, name: string): Promise<{ secs: number; bytes: number; rssMaxKiB: number; work: Work }> {
   let rssMaxKiB = 0;
@@ -391,7 +394,7 @@ async function fillTime(d: Daemon, name: string): Promise<{ secs: number; bytes:
     f = await fillOf(d, name);
     if (f && f.state !== 'filling' && f.state !== 'done') throw new Error(`fill of ${name} ended ${f.state}`);
     return f?.state === 'done';
-  }, DEADLINE_MS, 100);
+  }, DEADLINE_MS, FILL_POLL_MS);
   const secs = (performance.now() - t0) / 1000;
   const work = workSince(w0, await d.work());
   await detach(d, name);

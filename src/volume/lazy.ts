@@ -164,8 +164,8 @@ export class LazyRestore {
  * sequential read up to READ_AHEAD_MAX_BYTES; it is fetched in pieces of at most
  * READ_AHEAD_FETCH_BYTES, READ_AHEAD_FETCHES at a time, each its own single-flight fetch, so
  * the store always has that many large GETs to answer while the reader is behind, and a reader
- * waits only for the piece it needs. A piece smaller than the largest is asked for only when
- * nothing is in flight. Once the stream is sequential, the read's own missing clusters open
+ * waits only for the piece it needs. A piece smaller than the largest is asked for only by a
+ * read while nothing is in flight. Once the stream is sequential, the read's own missing clusters open
  * the next piece (one GET for them and what follows, not one for the read and one after it).
  *
  * A read counts as sequential when it starts near the end of the stream so far or near the
@@ -208,13 +208,18 @@ export class ReadAhead {
     this.window = Math.min(READ_AHEAD_MAX_BYTES, Math.max(READ_AHEAD_MIN_BYTES, this.window * 2));
     this.next = Math.max(this.next, Math.floor(start / C));
     this.wanted = Math.max(this.wanted, Math.min(c1 + Math.max(1, Math.floor(this.window / C)), this.baseClusters() - 1));
-    this.pump();
+    this.pump(true);
   }
 
-  /** Ask for the next pieces of the window while fewer than READ_AHEAD_FETCHES are in flight. */
-  private pump(): void {
+  /**
+   * Ask for the next pieces of the window while fewer than READ_AHEAD_FETCHES are in flight:
+   * whole pieces, and at a read with nothing in flight what is left (the reader is waiting).
+   * A piece that lands asks only for whole ones: the reader may not need the rest yet, and
+   * its next read (a miss, at the latest where the window ends) asks for a whole piece.
+   */
+  private pump(reading = false): void {
     const piece = Math.max(1, Math.floor(READ_AHEAD_FETCH_BYTES / this.clusterSize));
-    while (this.inflight < READ_AHEAD_FETCHES && this.next <= this.wanted && (this.inflight === 0 || this.wanted - this.next + 1 >= piece)) {
+    while (this.inflight < READ_AHEAD_FETCHES && this.next <= this.wanted && ((reading && this.inflight === 0) || this.wanted - this.next + 1 >= piece)) {
       const from = this.next;
       const to = Math.min(this.wanted, from + piece - 1);
       this.next = to + 1;

@@ -1,11 +1,10 @@
 /**
  * Lazy restore: the engine asks for clusters of its base snapshot on first touch; this
  * fetcher finds them through the snapshot's tree (nodes cached, only the paths touched, one
- * walk per fetch),
- * reads their blobs with as few ranged GETs as repo/pack-reads.ts plans (blobs of one pack
- * in order, small gaps read and discarded, a few MiB per GET, any number of packs), then
- * verifies every blob before handing the bytes to the engine. Unallocated and zero clusters
- * never touch the network.
+ * walk per fetch), reads their blobs with as few ranged GETs as repo/pack-reads.ts plans
+ * (blobs of one pack in order, small gaps read and discarded, a few MiB per GET, any number
+ * of packs), then verifies every blob before handing the bytes to the engine. Unallocated
+ * and zero clusters never touch the network.
  */
 import { IslandError } from '../errors.js';
 import { hex } from '../format/location.js';
@@ -17,7 +16,6 @@ import type { Repository } from '../repo/repository.js';
 import { Semaphore } from '../store/limit.js';
 import type { PresentFetcher } from '../volume/engine.js';
 
-export { COALESCE_MAX_BYTES as MAX_RUN_BYTES } from '../repo/pack-reads.js';
 /** Ranged GETs one fetch has in flight at most (a fetch of blobs from many packs). */
 export const RUNS_IN_FLIGHT = 4;
 

@@ -26,7 +26,10 @@ export const READ_AHEAD_FETCH_BYTES = 4 * 1024 * 1024;
  * made the Swift it was measured on slower, not faster (docs/benchmarks/store-path.md).
  */
 export const READ_AHEAD_FETCHES = READ_AHEAD_MAX_BYTES / READ_AHEAD_FETCH_BYTES;
-/** How far before the stream's end, or past what the read-ahead asked for, a read may start and still count as sequential. */
+/**
+ * How far before the stream's end, or past what the read-ahead asked for, a read may start
+ * and still count as sequential.
+ */
 const READ_AHEAD_SLACK_BYTES = 1024 * 1024;
 
 /** What lazy restore needs from the engine. */
@@ -165,8 +168,9 @@ export class LazyRestore {
  * READ_AHEAD_FETCH_BYTES, READ_AHEAD_FETCHES at a time, each its own single-flight fetch, so
  * the store always has that many large GETs to answer while the reader is behind, and a reader
  * waits only for the piece it needs. A piece smaller than the largest is asked for only by a
- * read while nothing is in flight. Once the stream is sequential, the read's own missing clusters open
- * the next piece (one GET for them and what follows, not one for the read and one after it).
+ * read while nothing is in flight. Once the stream is sequential, the read's own missing
+ * clusters open the next piece (one GET for them and what follows, not one for the read and
+ * one after it).
  *
  * A read counts as sequential when it starts near the end of the stream so far or near the
  * end of what was asked for ahead: a reader served by the native FUSE server shows only its

@@ -18,7 +18,9 @@
  *  4. Zero and unallocated clusters cost no network: they are marked present last.
  *
  * The fill yields to the guest: while guest reads are arriving it runs one fetch at a
- * time with a short pause between them. An optional rate limit caps its bytes per second.
+ * time with a short pause between them. An optional rate limit caps its bytes per second:
+ * a run starts only once the bytes of the runs started before it are due at that rate, and
+ * a run holds at most a second of it (a run of a few MiB would otherwise be a burst).
  * A transient store failure makes it wait and retry the same run (it never gives up on
  * its own: it stops when aborted); a permanent one (a corrupt or missing blob) is logged
  * with volume, cluster, pack and offset and counted, and the fill goes on with the rest.
@@ -31,7 +33,7 @@ import type { Manifest } from '../format/records.js';
 import { iterate, lookup } from '../format/tree.js';
 import { keys } from '../repo/keys.js';
 import { manifestTree } from '../repo/commit.js';
-import { blobIn, joins } from '../repo/pack-reads.js';
+import { blobIn, COALESCE_MAX_BYTES, joins } from '../repo/pack-reads.js';
 import type { Repository } from '../repo/repository.js';
 import type { Volume } from '../volume/engine.js';
 import { sleep } from '../util/sleep.js';
@@ -74,11 +76,13 @@ interface Run {
 
 /** Fetches the fill has in flight while the guest is idle, unless FillOptions.concurrency says otherwise. */
 export const FILL_CONCURRENCY = 4;
+/** The smallest run of a rate-limited fill (runs hold a second of the rate, and at least this). */
+const MIN_RATED_RUN_BYTES = 64 * 1024;
 const GUEST_PAUSE_MS = 5;
 const RETRY_MAX_MS = 30_000;
 
-/** The missing blob clusters of `base`, cut into runs in pack order. */
-async function missingRuns(repo: Repository, base: Manifest, volume: Volume, p: FillProgress, signal: AbortSignal): Promise<Run[]> {
+/** The missing blob clusters of `base`, cut into runs in pack order, each GET at most `maxBytes`. */
+async function missingRuns(repo: Repository, base: Manifest, volume: Volume, p: FillProgress, signal: AbortSignal, maxBytes: number): Promise<Run[]> {
   const packs = new Map<string, number>();
   const packNames: string[] = [];
   const cluster: number[] = [];
@@ -114,7 +118,7 @@ async function missingRuns(repo: Repository, base: Manifest, volume: Volume, p: 
     const name = packNames[pack[i] as number] as string;
     const off = offset[i] as number;
     const len = length[i] as number;
-    if (cur && cur.pack === name && joins(cur.offset, cur.end, off, len)) {
+    if (cur && cur.pack === name && joins(cur.offset, cur.end, off, len, maxBytes)) {
       if (cur.scattered === null && c !== cur.first + cur.count) cur.scattered = Array.from({ length: cur.count }, (_, k) => cur!.first + k);
       cur.scattered?.push(c);
       cur.count++;
@@ -158,11 +162,13 @@ export async function fillVolume(repo: Repository, base: Manifest, volume: Volum
   const { signal } = opts;
   const p: FillProgress = { totalClusters: 0, doneClusters: 0, bytesFetched: 0, failedClusters: 0, waiting: false };
   const report = (): void => opts.onProgress?.({ ...p });
-  const runs = await missingRuns(repo, base, volume, p, signal);
+  const rate = opts.rateBytesPerSec ?? 0;
+  const runs = await missingRuns(repo, base, volume, p, signal, rate > 0 ? Math.max(MIN_RATED_RUN_BYTES, Math.min(COALESCE_MAX_BYTES, rate)) : COALESCE_MAX_BYTES);
   report();
   const concurrency = Math.max(1, opts.concurrency ?? FILL_CONCURRENCY);
-  const rate = opts.rateBytesPerSec ?? 0;
   const started = performance.now();
+  /** Bytes of the runs started so far (fetched or in flight): what the rate limit charges. */
+  let charged = 0;
   let guestReads = volume.stats().reads;
   let next = 0;
 
@@ -207,11 +213,15 @@ export async function fillVolume(repo: Repository, base: Manifest, volume: Volum
         await sleep(GUEST_PAUSE_MS, signal);
       }
       if (rate > 0) {
-        const ahead = (p.bytesFetched / rate) * 1000 - (performance.now() - started);
-        if (ahead > 0) await sleep(Math.min(ahead, 1000), signal);
+        const ahead = (charged / rate) * 1000 - (performance.now() - started);
+        if (ahead > 0) {
+          await sleep(Math.min(ahead, 1000), signal);
+          continue;
+        }
       }
       const run = runs[next++];
       if (run === undefined) break;
+      charged += run.bytes;
       await one(run);
       report();
     }

@@ -34,6 +34,8 @@ const nativeSkip = nativeWritePathAvailable() ? false : 'the native addon is not
 /** Counts data GETs; while `held` is set, they wait for it (each GET that started is counted first). */
 class CountingStore extends ForwardingStore {
   dataGets = 0;
+  /** The length of every data GET. */
+  lengths: number[] = [];
   held: Promise<void> | null = null;
   constructor(inner: ObjectStore) {
     super(inner);
@@ -41,6 +43,7 @@ class CountingStore extends ForwardingStore {
   override async getRange(key: string, offset: number, length: number, opts?: OpOptions): Promise<Buffer> {
     if (key.startsWith('data/')) {
       this.dataGets++;
+      this.lengths.push(length);
       if (this.held !== null) await this.held;
     }
     return super.getRange(key, offset, length, opts);
@@ -210,3 +213,17 @@ for (const path of ['typescript', 'native'] as const) {
     t.ok((await readAll(v, base.imageLength, MiB)).equals(expect), 'cluster 9 is the write; every other cluster the snapshot');
   });
 }
+
+t.test('a rate-limited fill reads at most a second of its rate per GET, not a burst of coalesced runs', async (t) => {
+  const clusters = 16;
+  const rate = 256 * 1024;
+  const h = await history(clusters, 1, (_, image) => scribble(image, Array.from({ length: clusters }, (_, c) => c), new Rng(15)));
+  const base = h.manifests[0] as Manifest;
+  const counting = new CountingStore(h.mem);
+  const repo = new Repository(counting, { host: 'r' });
+  const v = await restored(t, 'typescript', repo, base);
+  const p = await fillVolume(repo, base, v, { signal: new AbortController().signal, rateBytesPerSec: rate });
+  t.equal(p.doneClusters, clusters);
+  t.ok(counting.lengths.length > 1 && counting.lengths.every((n) => n <= rate), `data GETs of ${counting.lengths.join(', ')} bytes`);
+  t.ok((await readAll(v, base.imageLength, MiB)).equals(h.images[0] as Buffer), 'the filled volume is the snapshot');
+});

@@ -26,11 +26,9 @@
  * host that then detaches, so the daemon attaches them as any other host would. Needs root
  * (FUSE), a built island (dist/). The daemon is stopped by pid, its mount lazily unmounted.
  */
-import { GetObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer, type AddressInfo } from 'node:net';
 import { loadavg, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs, promisify } from 'node:util';
@@ -47,6 +45,7 @@ import { composeStore } from '../src/store/open.js';
 import { S3Store } from '../src/store/s3.js';
 import { Volume } from '../src/volume/engine.js';
 import { READ_AHEAD_FETCHES } from '../src/volume/lazy.js';
+import { freePort, scrapeWork, SdkGets, SDK_OBJECT_BYTES, workSince, type Work } from './bench-restore-measure.js';
 import { withSwift, type SwiftCfg } from './bench-swift.js';
 
 const run = promisify(execFile);
@@ -69,8 +68,6 @@ const MAIN = resolve(import.meta.dirname, '../dist/cli/main.js');
 const RUN_BYTES = 512 * 1024;
 /** Fetches (one coalesced ranged GET each) island keeps in flight for one sequential reader. */
 const LAZY_INFLIGHT = READ_AHEAD_FETCHES;
-/** The raw SDK baseline's object size (the issue's yardstick: 1 MiB objects). */
-const SDK_OBJECT_BYTES = MiB;
 /** Data starts past the qcow2 header, L1 and refcount clusters island writes at create. */
 const DATA_AT = MiB;
 const HISTORY = 30;
@@ -170,95 +167,6 @@ async function rawRangedGets(repo: Repository, m: Manifest, inflight: number): P
     }),
   );
   return { bytes, secs: (performance.now() - t0) / 1000 };
-}
-
-/**
- * The yardstick without island: a bare `@aws-sdk/client-s3` client configured as S3Store
- * configures it (path-style, checksums only when required, keep-alive sockets), whole-object
- * GETs of `count` objects of SDK_OBJECT_BYTES, `inflight` at once, each body read to the end.
- */
-class SdkGets {
-  private readonly client: S3Client;
-  private readonly keys: string[] = [];
-
-  constructor(
-    cfg: SwiftCfg,
-    private readonly bucket: string,
-  ) {
-    this.client = new S3Client({
-      endpoint: cfg.endpoint,
-      region: cfg.region,
-      forcePathStyle: true,
-      credentials: { accessKeyId: cfg.accessKeyId, secretAccessKey: cfg.secretAccessKey },
-      requestChecksumCalculation: 'WHEN_REQUIRED',
-      responseChecksumValidation: 'WHEN_REQUIRED',
-      requestHandler: { httpAgent: { keepAlive: true, maxSockets: 64 } },
-    });
-  }
-
-  /** Write `count` objects of incompressible bytes with the SDK (the bucket exists). */
-  async write(count: number): Promise<void> {
-    const body = randomBytes(SDK_OBJECT_BYTES);
-    for (let i = 0; i < count; i++) {
-      const key = `sdk-baseline/${String(i).padStart(6, '0')}`;
-      body.writeUInt32BE(i, 0);
-      await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentLength: body.length, ContentMD5: createHash('md5').update(body).digest('base64') }));
-      this.keys.push(key);
-    }
-  }
-
-  /** MiB/s of GETs of every object, `inflight` at once. */
-  async read(inflight: number): Promise<number> {
-    let next = 0;
-    let bytes = 0;
-    const t0 = performance.now();
-    await Promise.all(
-      Array.from({ length: inflight }, async () => {
-        while (next < this.keys.length) {
-          const res = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: this.keys[next++] as string }));
-          bytes += (await res.Body!.transformToByteArray()).length;
-        }
-      }),
-    );
-    return bytes / MiB / ((performance.now() - t0) / 1000);
-  }
-
-  close(): void {
-    this.client.destroy();
-  }
-}
-
-interface Work {
-  gets: number;
-  getSecs: number;
-  getBytes: number;
-  cpuSecs: number;
-}
-
-const workSince = (a: Work, b: Work): Work => ({ gets: b.gets - a.gets, getSecs: b.getSecs - a.getSecs, getBytes: b.getBytes - a.getBytes, cpuSecs: b.cpuSecs - a.cpuSecs });
-
-/** A free TCP port on the loopback interface (for the daemon's /metrics). */
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const port = (srv.address() as AddressInfo).port;
-  await new Promise((r) => srv.close(r));
-  return port;
-}
-
-/** Ranged GETs (count, summed seconds) and bytes received from the daemon's Prometheus text, and its CPU seconds from /proc. */
-async function scrapeWork(port: number, pid: number): Promise<Work> {
-  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-  const value = (re: RegExp): number => Number(re.exec(text)?.[1] ?? 0);
-  const stat = (await readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1]?.split(' ') ?? [];
-  // Fields 14 and 15 of /proc/PID/stat (utime, stime) in clock ticks of 1/100 s; index 11, 12 after the name.
-  const cpuSecs = (Number(stat[11] ?? 0) + Number(stat[12] ?? 0)) / 100;
-  return {
-    gets: value(/^island_store_requests_total\{op="get_range"\} (\S+)$/m),
-    getSecs: value(/^island_store_request_seconds_sum\{op="get_range"\} (\S+)$/m),
-    getBytes: value(/^island_store_bytes_total\{direction="in"\} (\S+)$/m),
-    cpuSecs,
-  };
 }
 
 interface Daemon {

@@ -6,10 +6,12 @@
  *    restored file through the mount, for a 1 GiB and a 64 GiB sparse volume holding the
  *    same data (image length = virtual size: the 64 GiB tree covers 64x the clusters), or
  *    for the sizes --sizes names;
- *  - lazy sequential read (fill off) through the mount, 1 MiB reads, against ranged GETs of
- *    512 KiB (a miss's largest fetch) of the same packs, one at a time (one reader);
- *  - background fill (to done) against the same ranged GETs, 4 in flight (the fill's
- *    concurrency), with the daemon's RSS sampled every 100 ms meanwhile;
+ *  - lazy sequential read (fill off) through the mount, 1 MiB reads, against two baselines:
+ *    raw SDK GETs (`@aws-sdk/client-s3`, no island code) of 1 MiB objects holding as many
+ *    bytes, written by this run, at the number of GETs island keeps in flight for one
+ *    sequential reader; and ranged GETs of 512 KiB of the same packs, one at a time;
+ *  - background fill (to done) against the same two baselines at the fill's concurrency,
+ *    with the daemon's RSS sampled every 25 ms meanwhile;
  *  - restore (attach to fill done) of the 1st and the 30th snapshot of one history, each
  *    through a volume created from it; every snapshot after the first rewrites 1/30 of the
  *    clusters, in one contiguous stretch or scattered (every 30th cluster), so the 30th
@@ -36,11 +38,14 @@ import { acquireGeneration, releaseGeneration } from '../src/repo/attach.js';
 import { keys } from '../src/repo/keys.js';
 import { Repository } from '../src/repo/repository.js';
 import { treePacks } from '../src/repo/tree-packs.js';
+import { FILL_CONCURRENCY } from '../src/snapshot/fill.js';
 import { EncodePool } from '../src/snapshot/pool.js';
 import { takeSnapshot } from '../src/snapshot/create.js';
 import { composeStore } from '../src/store/open.js';
 import { S3Store } from '../src/store/s3.js';
 import { Volume } from '../src/volume/engine.js';
+import { READ_AHEAD_FETCHES } from '../src/volume/lazy.js';
+import { freePort, scrapeWork, SdkGets, SDK_OBJECT_BYTES, workSince, type Work } from './bench-restore-measure.js';
 import { withSwift, type SwiftCfg } from './bench-swift.js';
 
 const run = promisify(execFile);
@@ -61,8 +66,8 @@ const GiB = 1 << 30;
 const MAIN = resolve(import.meta.dirname, '../dist/cli/main.js');
 /** A miss fetches at most this much in one ranged GET (src/snapshot/restore.ts). */
 const RUN_BYTES = 512 * 1024;
-/** The background fill's fetches in flight (src/snapshot/fill.ts). */
-const FILL_CONCURRENCY = 4;
+/** Fetches (one coalesced ranged GET each) island keeps in flight for one sequential reader. */
+const LAZY_INFLIGHT = READ_AHEAD_FETCHES;
 /** Data starts past the qcow2 header, L1 and refcount clusters island writes at create. */
 const DATA_AT = MiB;
 const HISTORY = 30;
@@ -170,6 +175,8 @@ interface Daemon {
   mount: string;
   api(method: string, path: string, body?: unknown): Promise<unknown>;
   rssKiB(): Promise<number>;
+  /** What the daemon has done so far: data GETs, their summed latency, its CPU time. */
+  work(): Promise<Work>;
   stop(): Promise<void>;
 }
 
@@ -180,7 +187,8 @@ async function mounted(path: string): Promise<boolean> {
 async function startDaemon(dir: string, cfg: SwiftCfg, bucket: string): Promise<Daemon> {
   await mkdir(dir, { recursive: true });
   const configFile = join(dir, 'island.json');
-  await writeFile(configFile, JSON.stringify({ region: 'swift', regions: { swift: { type: 's3', ...cfg, bucket } } }));
+  const metricsPort = await freePort();
+  await writeFile(configFile, JSON.stringify({ region: 'swift', regions: { swift: { type: 's3', ...cfg, bucket } }, metricsPort }));
   const socket = join(dir, 'island.sock');
   const mount = join(dir, 'mnt');
   const log = await open(join(dir, 'daemon.log'), 'a');
@@ -214,6 +222,7 @@ async function startDaemon(dir: string, cfg: SwiftCfg, bucket: string): Promise<
     mount,
     api: (method, path, body) => call(socket, method, path, body),
     rssKiB: async () => Number(/VmRSS:\s+(\d+)/.exec(await readFile(`/proc/${child.pid}/status`, 'utf8'))?.[1] ?? 0),
+    work: () => scrapeWork(metricsPort, child.pid as number),
     stop,
   };
 }
@@ -278,9 +287,13 @@ async function readSequential(d: Daemon, name: string, from: number, bytes: numb
   return (performance.now() - t0) / 1000;
 }
 
+/** How often the fill's state (and the daemon's RSS) is read: restores of 64 MiB take 0.5-2 s here. */
+const FILL_POLL_MS = 25;
+
 /** Attach, wait until the fill is done; seconds, bytes fetched and the daemon's RSS meanwhile. */
-async function fillTime(d: Daemon, name: string): Promise<{ secs: number; bytes: number; rssMaxKiB: number }> {
+async function fillTime(d: Daemon, name: string): Promise<{ secs: number; bytes: number; rssMaxKiB: number; work: Work }> {
   let rssMaxKiB = 0;
+  const w0 = await d.work();
   const t0 = performance.now();
   await d.api('POST', `/v1/volumes/${name}/attach`, {});
   let f: FillOut | null = null;
@@ -289,10 +302,11 @@ async function fillTime(d: Daemon, name: string): Promise<{ secs: number; bytes:
     f = await fillOf(d, name);
     if (f && f.state !== 'filling' && f.state !== 'done') throw new Error(`fill of ${name} ended ${f.state}`);
     return f?.state === 'done';
-  }, DEADLINE_MS, 100);
+  }, DEADLINE_MS, FILL_POLL_MS);
   const secs = (performance.now() - t0) / 1000;
+  const work = workSince(w0, await d.work());
   await detach(d, name);
-  return { secs, bytes: (f as FillOut | null)?.bytesFetched ?? 0, rssMaxKiB };
+  return { secs, bytes: (f as FillOut | null)?.bytesFetched ?? 0, rssMaxKiB, work };
 }
 
 await withSwift(values.swift, async (cfg) => {
@@ -303,6 +317,7 @@ await withSwift(values.swift, async (cfg) => {
   const { store } = composeStore(new S3Store({ ...cfg, bucket }), { concurrency: 16 });
   const repo = new Repository(store, { host: 'seed', region: 'swift' });
   const pool = new EncodePool();
+  const sdk = new SdkGets(cfg, bucket);
   let d: Daemon | undefined;
   try {
     await store.put('warmup', Buffer.alloc(4096));
@@ -314,6 +329,7 @@ await withSwift(values.swift, async (cfg) => {
     };
     for (const g of SIZES_GIB) await seed.volume(`fb-${g}g`, g * GiB, sparse(g * GiB));
     const [lazy] = await seed.volume('lazy', 2 * GiB, async (v) => writeRandom(v, DATA_AT, mib * MiB));
+    await sdk.write(Math.ceil((mib * MiB) / SDK_OBJECT_BYTES));
     // Two histories of a 64 MiB volume: each snapshot after the first rewrites 1/30 of it,
     // scattered (every 30th cluster: the 30th snapshot's neighbouring clusters lie in
     // different packs) or contiguous (one 2 MiB stretch: its runs stay whole).
@@ -341,13 +357,33 @@ await withSwift(values.swift, async (cfg) => {
     const bySize = (k: 'totalMs' | 'attachMs' | 'readMs'): Record<string, number> => Object.fromEntries(SIZES_GIB.map((g) => [`${g}GiB`, fbMed(`fb-${g}g`, k)]));
     const [smallest, largest] = [`fb-${SIZES_GIB[0]}g`, `fb-${SIZES_GIB.at(-1)}g`];
 
-    // lazy sequential read vs raw ranged GETs one at a time; fill vs raw at the fill's concurrency
+    // Where the time goes, per workload: the daemon's ranged GETs (count, mean latency, mean
+    // size, how many were in flight on average: summed latency over wall time) and its CPU.
+    const works: Record<string, { secs: number; w: Work }[]> = {};
+    const note = (what: string, secs: number, w: Work): void => void (works[what] ??= []).push({ secs, w });
+    const workOf = (what: string) => {
+      const xs = works[what] ?? [];
+      const med = (f: (x: { secs: number; w: Work }) => number): number => median(xs.map(f));
+      return {
+        gets: med((x) => x.w.gets),
+        getMs: med((x) => (x.w.getSecs / Math.max(1, x.w.gets)) * 1000),
+        MiBPerGet: med((x) => x.w.getBytes / MiB / Math.max(1, x.w.gets)),
+        getsInFlight: med((x) => x.w.getSecs / x.secs),
+        daemonCpu: med((x) => x.w.cpuSecs / x.secs),
+      };
+    };
+
+    // lazy sequential read and fill, each against raw SDK GETs of 1 MiB objects at island's
+    // GETs in flight for that workload, and against ranged GETs of the same packs (one at a
+    // time for the reader, the fill's concurrency for the fill)
     const lazyRead: number[] = [];
     const raw1: number[] = [];
+    const sdkLazy: number[] = [];
     const fill: { secs: number; bytes: number; rssMaxKiB: number }[] = [];
     const raw4: number[] = [];
+    const sdkFill: number[] = [];
     let rawBytes = 0;
-    // The raw figure of each rep is the mean of one run just before and one just after the
+    // Each raw figure of a rep is the mean of one run just before and one just after the
     // island run: on a shared machine the load moves in minutes.
     const raw = async (inflight: number): Promise<number> => {
       const g = await rawRangedGets(repo, lazy as Manifest, inflight);
@@ -356,12 +392,21 @@ await withSwift(values.swift, async (cfg) => {
     };
     for (let r = 0; r < reps; r++) {
       const before1 = await raw(1);
+      const beforeSdk = await sdk.read(LAZY_INFLIGHT);
       await daemon.api('POST', '/v1/volumes/lazy/attach', { fill: false });
-      lazyRead.push(mib / (await readSequential(daemon, 'lazy', DATA_AT, mib * MiB)));
+      const w0 = await daemon.work();
+      const secs = await readSequential(daemon, 'lazy', DATA_AT, mib * MiB);
+      lazyRead.push(mib / secs);
+      note('lazy', secs, workSince(w0, await daemon.work()));
       await detach(daemon, 'lazy');
+      sdkLazy.push((beforeSdk + (await sdk.read(LAZY_INFLIGHT))) / 2);
       raw1.push((before1 + (await raw(1))) / 2);
       const before4 = await raw(FILL_CONCURRENCY);
-      fill.push(await fillTime(daemon, 'lazy'));
+      const beforeSdkFill = await sdk.read(FILL_CONCURRENCY);
+      const f = await fillTime(daemon, 'lazy');
+      fill.push(f);
+      note('fill', f.secs, f.work);
+      sdkFill.push((beforeSdkFill + (await sdk.read(FILL_CONCURRENCY))) / 2);
       raw4.push((before4 + (await raw(FILL_CONCURRENCY))) / 2);
     }
 
@@ -375,7 +420,9 @@ await withSwift(values.swift, async (cfg) => {
           const m = histories[kind][p - 1] as Manifest;
           const name = `r-${kind}-${posLabel(p)}-${r}`;
           await daemon.api('POST', '/v1/volumes', { name, from: m.id });
-          restore[`${kind}-${posLabel(p)}`]?.push((await fillTime(daemon, name)).secs);
+          const f = await fillTime(daemon, name);
+          restore[`${kind}-${posLabel(p)}`]?.push(f.secs);
+          note(`${kind}-${posLabel(p)}`, f.secs, f.work);
         }
       }
     }
@@ -403,11 +450,30 @@ await withSwift(values.swift, async (cfg) => {
         attach: bySize('attachMs'),
         firstRead: bySize('readMs'),
       },
-      lazyRead: { MiBs: median(lazyRead), rawMiBs: median(raw1), ratio: median(lazyRead) / median(raw1), rawInflight: 1 },
-      fill: { MiBs: median(fillMiBs), rawMiBs: median(raw4), ratio: median(fillMiBs) / median(raw4), rawInflight: FILL_CONCURRENCY, bytesFetchedMiB: (fill[0]?.bytes ?? 0) / MiB, rawBytesMiB: rawBytes / MiB },
+      lazyRead: {
+        MiBs: median(lazyRead),
+        rawMiBs: median(raw1),
+        ratio: median(lazyRead) / median(raw1),
+        rawInflight: 1,
+        sdkMiBs: median(sdkLazy),
+        sdkRatio: median(lazyRead) / median(sdkLazy),
+        sdkInflight: LAZY_INFLIGHT,
+      },
+      fill: {
+        MiBs: median(fillMiBs),
+        rawMiBs: median(raw4),
+        ratio: median(fillMiBs) / median(raw4),
+        rawInflight: FILL_CONCURRENCY,
+        sdkMiBs: median(sdkFill),
+        sdkRatio: median(fillMiBs) / median(sdkFill),
+        sdkInflight: FILL_CONCURRENCY,
+        bytesFetchedMiB: (fill[0]?.bytes ?? 0) / MiB,
+        rawBytesMiB: rawBytes / MiB,
+      },
       history: { snapshots: HISTORY, scattered: await hist('scattered'), contiguous: await hist('contiguous') },
       rss: { idleMiB: rssIdleKiB / 1024, fillMaxMiB: Math.max(...fill.map((f) => f.rssMaxKiB)) / 1024 },
-      samples: { firstByteMs: fb, lazyReadMiBs: lazyRead, raw1MiBs: raw1, fillMiBs, raw4MiBs: raw4, restoreSecs: restore },
+      work: Object.fromEntries(Object.keys(works).map((k) => [k, workOf(k)])),
+      samples: { firstByteMs: fb, lazyReadMiBs: lazyRead, raw1MiBs: raw1, sdkLazyMiBs: sdkLazy, fillMiBs, raw4MiBs: raw4, sdkFillMiBs: sdkFill, restoreSecs: restore },
     };
     if (values.json) console.log(JSON.stringify(report));
     else {
@@ -418,18 +484,25 @@ await withSwift(values.swift, async (cfg) => {
       const each = (o: Record<string, number>): string => SIZES_GIB.map((g) => `${g} GiB ${f(o[`${g}GiB`] ?? NaN)} ms`).join('   ');
       console.log(`  attach to first byte      ${each(bySize('totalMs'))}   ratio ${f(fbr.ratioLargestToSmallest, 2)}   (target: equal, < 100 ms)`);
       console.log(`    of which attach call    ${each(fbr.attach)};  first read  ${SIZES_GIB.map((g) => `${f(fbr.firstRead[`${g}GiB`] ?? NaN)} ms`).join('   ')}`);
-      console.log(`  lazy sequential read      ${f(report.lazyRead.MiBs)} MiB/s   raw ranged GET x1 ${f(report.lazyRead.rawMiBs)} MiB/s   ratio ${f(report.lazyRead.ratio, 2)}   (target 0.7)`);
-      console.log(`  background fill           ${f(report.fill.MiBs)} MiB/s   raw ranged GET x${FILL_CONCURRENCY} ${f(report.fill.rawMiBs)} MiB/s   ratio ${f(report.fill.ratio, 2)}   (target 0.8)`);
+      const L = report.lazyRead;
+      const F = report.fill;
+      console.log(`  lazy sequential read      ${f(L.MiBs)} MiB/s   raw SDK GET 1 MiB x${L.sdkInflight} ${f(L.sdkMiBs)} MiB/s   ratio ${f(L.sdkRatio, 2)}   (target 1.0)`);
+      console.log(`                            raw ranged GET 512 KiB x1 ${f(L.rawMiBs)} MiB/s   ratio ${f(L.ratio, 2)}`);
+      console.log(`  background fill           ${f(F.MiBs)} MiB/s   raw SDK GET 1 MiB x${F.sdkInflight} ${f(F.sdkMiBs)} MiB/s   ratio ${f(F.sdkRatio, 2)}   (target 1.0)`);
+      console.log(`                            raw ranged GET 512 KiB x${F.rawInflight} ${f(F.rawMiBs)} MiB/s   ratio ${f(F.ratio, 2)}`);
       for (const kind of ['contiguous', 'scattered'] as const) {
         const h = report.history[kind];
         console.log(`  restore 1st vs ${HISTORY}th (${kind.padEnd(10)})  ${f(h.firstSecs, 2)} s   ${f(h.lastSecs, 2)} s   ratio ${f(h.ratio, 2)}   (target 0.9-1.1; data packs read ${h.dataPacksFirst} vs ${h.dataPacksLast})`);
         if (POSITIONS.length > 2) console.log(`    by position            ${h.byPosition.map((x) => `#${x.position} ${f(x.secs, 2)} s`).join('   ')}`);
       }
+      console.log('  where the time goes (daemon: ranged GETs, mean latency and size, GETs in flight on average, CPU of one core)');
+      for (const [k, w] of Object.entries(report.work)) console.log(`    ${k.padEnd(22)} ${String(w.gets).padStart(5)} GETs   ${f(w.getMs)} ms   ${f(w.MiBPerGet, 2)} MiB   ${f(w.getsInFlight, 2)} in flight   CPU ${f(w.daemonCpu * 100, 0)}%`);
       console.log(`  daemon RSS                idle ${f(report.rss.idleMiB)} MiB   max during fill ${f(report.rss.fillMaxMiB)} MiB`);
     }
   } finally {
     await d?.stop();
     await pool.close();
+    sdk.close();
     await store.close();
     await rm(work, { recursive: true, force: true });
   }

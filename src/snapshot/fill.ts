@@ -4,10 +4,12 @@
  *
  *  1. Scan the base snapshot's tree once (leaf nodes only, through the node cache) and
  *     note each blob cluster that is not present yet: cluster, pack, offset, length.
- *  2. Sort them in pack order (pack, offset) and cut runs of blobs that lie back to back in
- *     one pack, at most MAX_RUN_BYTES each: one ranged GET per run, each pack read front to
- *     back, whether or not its blobs are adjacent in the volume (a history of scattered
- *     rewrites leaves each snapshot's blobs together in its pack, apart in the volume).
+ *  2. Sort them in pack order (pack, offset) and cut runs of blobs that lie in order in one
+ *     pack, by the rule of repo/pack-reads.ts (gaps of at most COALESCE_MAX_GAP_BYTES read
+ *     and discarded, at most COALESCE_MAX_BYTES per run): one ranged GET per run, each pack
+ *     read front to back, whether or not its blobs are adjacent in the volume (a history of
+ *     scattered rewrites leaves each snapshot's blobs together in its pack, apart in the
+ *     volume, and the blobs it replaced as gaps in the older packs).
  *  3. Run them with bounded concurrency. A run of clusters adjacent in the volume goes
  *     through Volume.prefetch, the same single-flight path a guest read takes; any other
  *     run is read here, each blob verified against the id the tree gives its cluster, and
@@ -16,7 +18,9 @@
  *  4. Zero and unallocated clusters cost no network: they are marked present last.
  *
  * The fill yields to the guest: while guest reads are arriving it runs one fetch at a
- * time with a short pause between them. An optional rate limit caps its bytes per second.
+ * time with a short pause between them. An optional rate limit caps its bytes per second:
+ * a run starts only once the bytes of the runs started before it are due at that rate, and
+ * a run holds at most a second of it (a run of a few MiB would otherwise be a burst).
  * A transient store failure makes it wait and retry the same run (it never gives up on
  * its own: it stops when aborted); a permanent one (a corrupt or missing blob) is logged
  * with volume, cluster, pack and offset and counted, and the fill goes on with the rest.
@@ -29,10 +33,10 @@ import type { Manifest } from '../format/records.js';
 import { iterate, lookup } from '../format/tree.js';
 import { keys } from '../repo/keys.js';
 import { manifestTree } from '../repo/commit.js';
+import { blobIn, COALESCE_MAX_BYTES, joins } from '../repo/pack-reads.js';
 import type { Repository } from '../repo/repository.js';
 import type { Volume } from '../volume/engine.js';
 import { sleep } from '../util/sleep.js';
-import { MAX_RUN_BYTES } from './restore.js';
 
 export interface FillProgress {
   /** Clusters of the base snapshot that hold data (what the fill has to bring). */
@@ -60,18 +64,25 @@ export interface FillOptions {
 interface Run {
   first: number;
   count: number;
+  /** Bytes of the run's blobs (what the progress counts). */
   bytes: number;
   pack: string;
+  /** The run's GET: bytes [offset, end) of the pack, gaps included. */
   offset: number;
+  end: number;
   /** The cluster of each blob, in pack order, when they are not first, first + 1, ... */
   scattered: number[] | null;
 }
 
+/** Fetches the fill has in flight while the guest is idle, unless FillOptions.concurrency says otherwise. */
+export const FILL_CONCURRENCY = 4;
+/** The smallest run of a rate-limited fill (runs hold a second of the rate, and at least this). */
+const MIN_RATED_RUN_BYTES = 64 * 1024;
 const GUEST_PAUSE_MS = 5;
 const RETRY_MAX_MS = 30_000;
 
-/** The missing blob clusters of `base`, cut into runs in pack order. */
-async function missingRuns(repo: Repository, base: Manifest, volume: Volume, p: FillProgress, signal: AbortSignal): Promise<Run[]> {
+/** The missing blob clusters of `base`, cut into runs in pack order, each GET at most `maxBytes`. */
+async function missingRuns(repo: Repository, base: Manifest, volume: Volume, p: FillProgress, signal: AbortSignal, maxBytes: number): Promise<Run[]> {
   const packs = new Map<string, number>();
   const packNames: string[] = [];
   const cluster: number[] = [];
@@ -102,22 +113,21 @@ async function missingRuns(repo: Repository, base: Manifest, volume: Volume, p: 
   const order = Array.from(cluster.keys()).sort((a, b) => (pack[a] as number) - (pack[b] as number) || (offset[a] as number) - (offset[b] as number));
   const runs: Run[] = [];
   let cur: Run | undefined;
-  let lastEnd = -1;
   for (const i of order) {
     const c = cluster[i] as number;
     const name = packNames[pack[i] as number] as string;
     const off = offset[i] as number;
     const len = length[i] as number;
-    if (cur && cur.pack === name && off === lastEnd && cur.bytes + len <= MAX_RUN_BYTES) {
+    if (cur && cur.pack === name && joins(cur.offset, cur.end, off, len, maxBytes)) {
       if (cur.scattered === null && c !== cur.first + cur.count) cur.scattered = Array.from({ length: cur.count }, (_, k) => cur!.first + k);
       cur.scattered?.push(c);
       cur.count++;
       cur.bytes += len;
+      cur.end = Math.max(cur.end, off + len);
     } else {
-      cur = { first: c, count: 1, bytes: len, pack: name, offset: off, scattered: null };
+      cur = { first: c, count: 1, bytes: len, pack: name, offset: off, end: off + len, scattered: null };
       runs.push(cur);
     }
-    lastEnd = off + len;
   }
   return runs;
 }
@@ -129,7 +139,7 @@ async function missingRuns(repo: Repository, base: Manifest, volume: Volume, p: 
  */
 async function fillScattered(repo: Repository, base: Manifest, volume: Volume, run: Run, signal: AbortSignal, log: FillOptions['log']): Promise<number> {
   const key = keys.pack('data', Buffer.from(run.pack, 'hex'));
-  const bytes = await repo.store.getRange(key, run.offset, run.bytes, { signal });
+  const bytes = await repo.store.getRange(key, run.offset, run.end - run.offset, { signal });
   const tree = manifestTree(base);
   const reader = repo.nodeReader();
   let failed = 0;
@@ -137,9 +147,7 @@ async function fillScattered(repo: Repository, base: Manifest, volume: Volume, r
     const e = await lookup(tree, c, reader);
     try {
       if (e.kind !== 'blob' || hex(e.loc.pack) !== run.pack) throw new IslandError('INTERNAL', `cluster ${c} is not in pack ${run.pack} any more`);
-      const at = e.loc.offset - run.offset;
-      if (at < 0 || at + e.loc.length > bytes.length) throw new IslandError('FORMAT_CORRUPT', `${key}: the blob of cluster ${c} at ${e.loc.offset} lies outside the ${bytes.length} bytes read at ${run.offset}`);
-      await volume.supply(c, repo.frames.decode(bytes.subarray(at, at + e.loc.length), e.loc.id, { base: e.loc.offset, kind: 'data' }));
+      await volume.supply(c, blobIn(repo, 'data', run.offset, bytes, e.loc));
     } catch (err) {
       if (isTransient(err) || signal.aborted) throw err;
       failed++;
@@ -154,11 +162,13 @@ export async function fillVolume(repo: Repository, base: Manifest, volume: Volum
   const { signal } = opts;
   const p: FillProgress = { totalClusters: 0, doneClusters: 0, bytesFetched: 0, failedClusters: 0, waiting: false };
   const report = (): void => opts.onProgress?.({ ...p });
-  const runs = await missingRuns(repo, base, volume, p, signal);
-  report();
-  const concurrency = Math.max(1, opts.concurrency ?? 4);
   const rate = opts.rateBytesPerSec ?? 0;
+  const runs = await missingRuns(repo, base, volume, p, signal, rate > 0 ? Math.max(MIN_RATED_RUN_BYTES, Math.min(COALESCE_MAX_BYTES, rate)) : COALESCE_MAX_BYTES);
+  report();
+  const concurrency = Math.max(1, opts.concurrency ?? FILL_CONCURRENCY);
   const started = performance.now();
+  /** Bytes of the runs started so far (fetched or in flight): what the rate limit charges. */
+  let charged = 0;
   let guestReads = volume.stats().reads;
   let next = 0;
 
@@ -203,11 +213,15 @@ export async function fillVolume(repo: Repository, base: Manifest, volume: Volum
         await sleep(GUEST_PAUSE_MS, signal);
       }
       if (rate > 0) {
-        const ahead = (p.bytesFetched / rate) * 1000 - (performance.now() - started);
-        if (ahead > 0) await sleep(Math.min(ahead, 1000), signal);
+        const ahead = (charged / rate) * 1000 - (performance.now() - started);
+        if (ahead > 0) {
+          await sleep(Math.min(ahead, 1000), signal);
+          continue;
+        }
       }
       const run = runs[next++];
       if (run === undefined) break;
+      charged += run.bytes;
       await one(run);
       report();
     }

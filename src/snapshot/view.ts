@@ -11,10 +11,12 @@ import { LRUCache } from 'lru-cache';
 import { IslandError } from '../errors.js';
 import type { Manifest } from '../format/records.js';
 import type { Repository } from '../repo/repository.js';
-import { MAX_RUN_BYTES, treeFetcher } from './restore.js';
+import { treeFetcher } from './restore.js';
 
 /** Bytes of fetched clusters a view keeps in memory. */
 export const VIEW_CACHE_BYTES = 64 * 1024 * 1024;
+/** A view fetches and caches clusters in runs of this much (its readers jump about: small runs). */
+const VIEW_RUN_BYTES = 512 * 1024;
 /** A read waits this long for the store at most, then fails (EIO), as a lazy restore does. */
 const FETCH_TIMEOUT_MS = 60_000;
 
@@ -29,7 +31,7 @@ export class SnapshotImage {
   ) {
     this.length = manifest.imageLength;
     const C = manifest.clusterSize;
-    this.runClusters = Math.max(1, Math.floor(MAX_RUN_BYTES / C));
+    this.runClusters = Math.max(1, Math.floor(VIEW_RUN_BYTES / C));
     const fetcher = treeFetcher(repo, manifest);
     this.cache = new LRUCache<number, Buffer>({
       maxSize: VIEW_CACHE_BYTES,

@@ -273,7 +273,9 @@ export class S3Store implements ObjectStore {
     await this.init(opts.signal);
     try {
       const res = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: k, Range: range }), { abortSignal: opts.signal });
-      const bytes = res.Body ? Buffer.from(await res.Body.transformToByteArray()) : Buffer.alloc(0);
+      // A Buffer over the SDK's own array (a copy would cost a memcpy and garbage per GET).
+      const u8 = res.Body ? await res.Body.transformToByteArray() : new Uint8Array(0);
+      const bytes = Buffer.from(u8.buffer, u8.byteOffset, u8.byteLength);
       if (res.ContentLength !== undefined && res.ContentLength !== bytes.length) {
         throw new IslandError('STORE_INTEGRITY', `get ${key}: received ${bytes.length} bytes, announced ${res.ContentLength}`, { details: { key } });
       }

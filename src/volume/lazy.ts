@@ -14,8 +14,22 @@ import type { PresentFetcher } from './setup.js';
 
 /** Read-ahead of a sequential reader of missing clusters: first window, largest window. */
 export const READ_AHEAD_MIN_BYTES = 512 * 1024;
-export const READ_AHEAD_MAX_BYTES = 4 * 1024 * 1024;
-/** How far from the last read's end a read may start and still count as sequential. */
+export const READ_AHEAD_MAX_BYTES = 16 * 1024 * 1024;
+/**
+ * One fetch of the window at most: clusters stored together in a pack come in one ranged GET
+ * (the fetcher coalesces up to COALESCE_MAX_BYTES, repo/pack-reads.ts, room for this and the
+ * frame headers), and each fetch is installed, and wakes its readers, as soon as it lands.
+ */
+export const READ_AHEAD_FETCH_BYTES = 4 * 1024 * 1024;
+/**
+ * Fetches the read-ahead keeps in flight: the window divided into fetches. More than this
+ * made the Swift it was measured on slower, not faster (docs/benchmarks/store-path.md).
+ */
+export const READ_AHEAD_FETCHES = READ_AHEAD_MAX_BYTES / READ_AHEAD_FETCH_BYTES;
+/**
+ * How far before the stream's end, or past what the read-ahead asked for, a read may start
+ * and still count as sequential.
+ */
 const READ_AHEAD_SLACK_BYTES = 1024 * 1024;
 
 /** What lazy restore needs from the engine. */
@@ -150,14 +164,29 @@ export class LazyRestore {
 /**
  * Read-ahead of a reader going through missing clusters in order: the clusters after its read
  * are fetched before it asks. The window starts at READ_AHEAD_MIN_BYTES and doubles per
- * sequential read up to READ_AHEAD_MAX_BYTES; a new window is requested once the reader is
- * half way into the last one, so the fetches stay large (the fetcher reads adjacent blobs with
- * one ranged GET). Reads out of order reset it. The read never waits for it. Shared by the
- * TypeScript engine (LazyRestore) and the native one (native-volume.ts).
+ * sequential read up to READ_AHEAD_MAX_BYTES; it is fetched in pieces of at most
+ * READ_AHEAD_FETCH_BYTES, READ_AHEAD_FETCHES at a time, each its own single-flight fetch, so
+ * the store always has that many large GETs to answer while the reader is behind, and a reader
+ * waits only for the piece it needs. A piece smaller than the largest is asked for only by a
+ * read while nothing is in flight. Once the stream is sequential, the read's own missing
+ * clusters open the next piece (one GET for them and what follows, not one for the read and
+ * one after it).
+ *
+ * A read counts as sequential when it starts near the end of the stream so far or near the
+ * end of what was asked for ahead: a reader served by the native FUSE server shows only its
+ * misses, and after a window it already holds, its next miss is at the window's end. Parallel
+ * requests of one stream arrive slightly out of order: the slack allows that, and a request
+ * that ends before the stream's end (overtaken, or read again) changes nothing. Anything else
+ * resets the window. The read never waits for the read-ahead. Shared by the TypeScript engine
+ * (LazyRestore) and the native one (native-volume.ts).
  */
 export class ReadAhead {
-  /** Where the last read started and ended, and how far ahead is requested. */
-  private readonly seq = { start: -1, end: -Infinity, aheadTo: -1, window: 0 };
+  /** The stream: where its reads end at most, the window, the next cluster to ask for, the last one wanted. */
+  private end = -1;
+  private window = 0;
+  private next = 0;
+  private wanted = -1;
+  private inflight = 0;
 
   constructor(
     private readonly clusterSize: number,
@@ -167,25 +196,45 @@ export class ReadAhead {
 
   /** A read of bytes [start, end) whose last cluster is c1. */
   note(start: number, end: number, c1: number): void {
-    const s = this.seq;
     const C = this.clusterSize;
-    // Parallel requests of one sequential stream arrive slightly out of order: allow a slack.
-    const sequential = start > s.start && Math.abs(start - s.end) <= READ_AHEAD_SLACK_BYTES;
-    s.start = start;
-    s.end = Math.max(end, sequential ? s.end : 0);
+    const near = this.end >= 0 && start >= this.end - READ_AHEAD_SLACK_BYTES;
+    // A read again of what the stream read last, or a request of it overtaken by a later one.
+    if (near && end <= this.end) return;
+    const sequential = near && start <= Math.max(this.end, this.next * C) + READ_AHEAD_SLACK_BYTES;
     if (!sequential) {
-      s.window = 0;
-      s.aheadTo = c1;
+      this.end = end;
+      this.window = 0;
+      this.next = c1 + 1;
+      this.wanted = c1;
       return;
     }
-    s.window = Math.min(READ_AHEAD_MAX_BYTES, Math.max(READ_AHEAD_MIN_BYTES, s.window * 2));
-    const clusters = Math.max(1, Math.floor(s.window / C));
-    if (s.aheadTo - c1 > clusters / 2) return;
-    const from = Math.max(c1, s.aheadTo) + 1;
-    const to = Math.min(c1 + clusters, this.baseClusters() - 1);
-    if (from > to) return;
-    s.aheadTo = to;
-    // A failed read-ahead costs nothing: the read that needs the cluster fetches it again.
-    this.fetch(from, to).catch(() => undefined);
+    this.end = Math.max(this.end, end);
+    this.window = Math.min(READ_AHEAD_MAX_BYTES, Math.max(READ_AHEAD_MIN_BYTES, this.window * 2));
+    this.next = Math.max(this.next, Math.floor(start / C));
+    this.wanted = Math.max(this.wanted, Math.min(c1 + Math.max(1, Math.floor(this.window / C)), this.baseClusters() - 1));
+    this.pump(true);
+  }
+
+  /**
+   * Ask for the next pieces of the window while fewer than READ_AHEAD_FETCHES are in flight:
+   * whole pieces, and at a read with nothing in flight what is left (the reader is waiting).
+   * A piece that lands asks only for whole ones: the reader may not need the rest yet, and
+   * its next read (a miss, at the latest where the window ends) asks for a whole piece.
+   */
+  private pump(reading = false): void {
+    const piece = Math.max(1, Math.floor(READ_AHEAD_FETCH_BYTES / this.clusterSize));
+    while (this.inflight < READ_AHEAD_FETCHES && this.next <= this.wanted && ((reading && this.inflight === 0) || this.wanted - this.next + 1 >= piece)) {
+      const from = this.next;
+      const to = Math.min(this.wanted, from + piece - 1);
+      this.next = to + 1;
+      this.inflight++;
+      // A failed read-ahead costs nothing: the read that needs the cluster fetches it again.
+      this.fetch(from, to)
+        .catch(() => undefined)
+        .finally(() => {
+          this.inflight--;
+          this.pump();
+        });
+    }
   }
 }

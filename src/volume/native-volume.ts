@@ -279,10 +279,10 @@ export class NativeVolume extends EventEmitter {
         this.fetches++;
         const data = supplied ?? (await this.fetcher!.fetch(first, count, this.abort.signal));
         if (data.length > count * C) throw new IslandError('INTERNAL', `fetcher returned ${data.length} bytes for ${count} clusters`);
-        for (let i = 0; i < count; i++) {
-          const part = data.subarray(Math.min(i * C, data.length), Math.min((i + 1) * C, data.length));
-          await this.a.volumeInstall(this.handle, first + i, part);
-        }
+        // All at once on the libuv pool, each only where still missing; a failure is thrown after all settle.
+        const part = (i: number): Buffer => data.subarray(Math.min(i * C, data.length), Math.min((i + 1) * C, data.length));
+        const failed = (await Promise.allSettled(Array.from({ length: count }, (_, i) => this.a.volumeInstall(this.handle, first + i, part(i))))).find((r) => r.status === 'rejected');
+        if (failed !== undefined) throw failed.reason;
       } catch (err) {
         // The requests waiting on these clusters fail with EIO; the next one fetches again.
         if (!this.closed) this.a.volumeFetchFailed(this.handle, first, first + count - 1, E.EIO);

@@ -70,6 +70,8 @@ const RUN_BYTES = 512 * 1024;
 const LAZY_INFLIGHT = READ_AHEAD_FETCHES;
 /** Data starts past the qcow2 header, L1 and refcount clusters island writes at create. */
 const DATA_AT = MiB;
+/** Where the first write goes, past the data start: another cluster of the 16 MiB written there. */
+const WRITE_AT = 8 * MiB;
 const HISTORY = 30;
 /** The first-byte volumes write 16 MiB at the start and 1 MiB at the end. */
 const MAX_SIZE_GIB = 1024;
@@ -258,20 +260,40 @@ async function detach(d: Daemon, name: string): Promise<void> {
   }, RELEASE_DEADLINE_MS);
 }
 
-/** Attach, then read the first 4 KiB of the restored image's data through the mount. */
-async function firstByte(d: Daemon, name: string): Promise<{ totalMs: number; attachMs: number; readMs: number }> {
+/**
+ * Attach, then at once read 4 KiB of the restored image's data and write 4 KiB into
+ * another cluster of it (pwrite, then fdatasync: acknowledged once durable), through the
+ * mount; each timed from the start of the attach call. The write lands in a cluster that
+ * is not local yet, so it waits for that cluster's fetch (a partial write is merged into
+ * the cluster's old content).
+ */
+async function firstByte(d: Daemon, name: string): Promise<{ totalMs: number; attachMs: number; readMs: number; writeMs: number }> {
   const t0 = performance.now();
   await d.api('POST', `/v1/volumes/${name}/attach`, {});
   const t1 = performance.now();
-  const fh = await open(join(d.mount, `${name}.qcow2`), 'r');
-  try {
-    await fh.read(Buffer.alloc(4096), 0, 4096, DATA_AT);
-  } finally {
-    await fh.close();
-  }
-  const t2 = performance.now();
+  const file = join(d.mount, `${name}.qcow2`);
+  const read = (async (): Promise<number> => {
+    const fh = await open(file, 'r');
+    try {
+      await fh.read(Buffer.alloc(4096), 0, 4096, DATA_AT);
+    } finally {
+      await fh.close();
+    }
+    return performance.now();
+  })();
+  const write = (async (): Promise<number> => {
+    const fh = await open(file, 'r+');
+    try {
+      await fh.write(Buffer.alloc(4096, 0x5a), 0, 4096, DATA_AT + WRITE_AT);
+      await fh.datasync();
+    } finally {
+      await fh.close();
+    }
+    return performance.now();
+  })();
+  const [t2, t3] = await Promise.all([read, write]);
   await detach(d, name);
-  return { totalMs: t2 - t0, attachMs: t1 - t0, readMs: t2 - t1 };
+  return { totalMs: t2 - t0, attachMs: t1 - t0, readMs: t2 - t1, writeMs: t3 - t0 };
 }
 
 /** Sequential 1 MiB reads of [from, from + bytes) of an attached volume's file. */
@@ -351,10 +373,10 @@ await withSwift(values.swift, async (cfg) => {
 
     // attach to first byte, interleaved
     const fbNames = SIZES_GIB.map((g) => `fb-${g}g`);
-    const fb: Record<string, { totalMs: number; attachMs: number; readMs: number }[]> = Object.fromEntries(fbNames.map((n) => [n, []]));
+    const fb: Record<string, { totalMs: number; attachMs: number; readMs: number; writeMs: number }[]> = Object.fromEntries(fbNames.map((n) => [n, []]));
     for (let r = 0; r < reps; r++) for (const n of r % 2 ? [...fbNames].reverse() : fbNames) fb[n]?.push(await firstByte(daemon, n));
-    const fbMed = (n: string, k: 'totalMs' | 'attachMs' | 'readMs'): number => median((fb[n] ?? []).map((x) => x[k]));
-    const bySize = (k: 'totalMs' | 'attachMs' | 'readMs'): Record<string, number> => Object.fromEntries(SIZES_GIB.map((g) => [`${g}GiB`, fbMed(`fb-${g}g`, k)]));
+    const fbMed = (n: string, k: 'totalMs' | 'attachMs' | 'readMs' | 'writeMs'): number => median((fb[n] ?? []).map((x) => x[k]));
+    const bySize = (k: 'totalMs' | 'attachMs' | 'readMs' | 'writeMs'): Record<string, number> => Object.fromEntries(SIZES_GIB.map((g) => [`${g}GiB`, fbMed(`fb-${g}g`, k)]));
     const [smallest, largest] = [`fb-${SIZES_GIB[0]}g`, `fb-${SIZES_GIB.at(-1)}g`];
 
     // Where the time goes, per workload: the daemon's ranged GETs (count, mean latency, mean
@@ -449,6 +471,8 @@ await withSwift(values.swift, async (cfg) => {
         ratioLargestToSmallest: fbMed(largest, 'totalMs') / fbMed(smallest, 'totalMs'),
         attach: bySize('attachMs'),
         firstRead: bySize('readMs'),
+        /** From the attach call to the first 4 KiB write acknowledged (fdatasync returned). */
+        firstWrite: bySize('writeMs'),
       },
       lazyRead: {
         MiBs: median(lazyRead),
@@ -484,6 +508,7 @@ await withSwift(values.swift, async (cfg) => {
       const each = (o: Record<string, number>): string => SIZES_GIB.map((g) => `${g} GiB ${f(o[`${g}GiB`] ?? NaN)} ms`).join('   ');
       console.log(`  attach to first byte      ${each(bySize('totalMs'))}   ratio ${f(fbr.ratioLargestToSmallest, 2)}   (target: equal, < 100 ms)`);
       console.log(`    of which attach call    ${each(fbr.attach)};  first read  ${SIZES_GIB.map((g) => `${f(fbr.firstRead[`${g}GiB`] ?? NaN)} ms`).join('   ')}`);
+      console.log(`  attach to first write     ${each(fbr.firstWrite)}   (4 KiB into a cluster not local yet, fdatasync returned)`);
       const L = report.lazyRead;
       const F = report.fill;
       console.log(`  lazy sequential read      ${f(L.MiBs)} MiB/s   raw SDK GET 1 MiB x${L.sdkInflight} ${f(L.sdkMiBs)} MiB/s   ratio ${f(L.sdkRatio, 2)}   (target 1.0)`);

@@ -27,7 +27,7 @@ import { MAX_CLAIM_ROUNDS } from './keys.js';
 import type { Repository } from './repository.js';
 import { lookup } from '../format/tree.js';
 import { manifestTree } from './commit.js';
-import { highestGeneration, namedHead, resolveHead, type Head, type HeadOptions } from './snapshots.js';
+import { highestGeneration, resolveHead, resolveHeadNamed, type Head, type HeadOptions } from './snapshots.js';
 
 /** A generation record never expires by time: it is ended by a detach record. */
 const FOREVER_MS = 100 * 365 * 24 * 3600 * 1000;
@@ -119,7 +119,9 @@ export async function acquireGeneration(repo: Repository, volume: string, opts: 
   } catch (err) {
     // Nothing was written under g + 1: hand it back, so the volume is not left held by a
     // host that could not attach it (another host, or this one after fsck --repair, may).
-    await releaseGeneration(repo, volume, g + 1, opts).catch(() => undefined);
+    // The chain's end is what generation g left: its head record goes forward, so the next
+    // attach meets the same evidence instead of a walk that no longer sees it.
+    await releaseGeneration(repo, volume, g + 1, opts, detached !== undefined ? named : undefined).catch(() => undefined);
     throw err;
   }
   // The restore base's tree root and the path to cluster 0 (the image header, the first
@@ -134,8 +136,7 @@ export async function acquireGeneration(repo: Repository, volume: string, opts: 
 
 /** The head after generation g detached: the one its head record names once proved, else the walk's. */
 async function headAfterDetach(repo: Repository, volume: string, g: number, named: Manifest | undefined, opts: AttachOptions): Promise<Head> {
-  const proved = named ? await namedHead(repo, volume, named, g + 1, opts) : undefined;
-  return proved ?? resolveHead(repo, volume, g + 1, opts);
+  return named ? resolveHeadNamed(repo, volume, named, g + 1, opts) : resolveHead(repo, volume, g + 1, opts);
 }
 
 type Settled<T> = { ok: true; value: T } | { ok: false; err: unknown };

@@ -222,24 +222,59 @@ export async function resolveHead(repo: Repository, volume: string, maxGeneratio
  * the walk, which decides it as before. One round trip, whatever the history's length.
  */
 export async function namedHead(repo: Repository, volume: string, named: Manifest, maxGeneration: number, opts: OpOptions = {}): Promise<Head | undefined> {
+  return (await proveNamed(repo, volume, named, maxGeneration, opts)).head;
+}
+
+/** namedHead's answer, and whether the named snapshot's manifest is missing while no tombstone names it. */
+async function proveNamed(repo: Repository, volume: string, named: Manifest, maxGeneration: number, opts: OpOptions): Promise<{ head?: Head; lost: boolean }> {
   const gens: number[] = [];
   for (let g = named.generation; g <= maxGeneration; g++) gens.push(g);
-  if (gens.length > MAX_NAMED_HEAD_LINKS) return undefined; // many generations without a commit: walk
   const orDamaged = <T>(p: Promise<T>): Promise<T | 'damaged'> =>
     p.catch((err: unknown) => {
       if (DAMAGED.has(codeOf(err))) return 'damaged' as const;
       throw err;
     });
+  if (gens.length > MAX_NAMED_HEAD_LINKS) {
+    // Many generations without a commit: the walk decides (it reads those links anyway).
+    const [manifest, tombstone] = await Promise.all([orDamaged(repo.getManifest(volume, named.id, opts)), orDamaged(repo.getTombstone(named.id, opts))]);
+    return { lost: manifest === undefined && tombstone === undefined };
+  }
   const [manifest, tombstone, later, ...links] = await Promise.all([
     orDamaged(repo.getManifest(volume, named.id, opts)),
     orDamaged(repo.getTombstone(named.id, opts)),
     repo.store.list(keys.manifestsPrefix(volume), { startAfter: keys.manifest(volume, named.id), limit: 1, signal: opts.signal }),
     ...gens.map((g) => orDamaged(repo.getLink(volume, named.id, g, opts))),
   ]);
-  if (manifest === undefined || manifest === 'damaged' || tombstone !== undefined) return undefined;
-  if (manifest.generation !== named.generation || manifest.parent !== named.parent) return undefined;
-  if (later.items.length > 0 || links.some((l) => l !== undefined)) return undefined;
-  return { head: manifest, live: manifest, forks: [], unlinked: [], uncertain: [] };
+  if (manifest === undefined || manifest === 'damaged' || tombstone !== undefined) return { lost: manifest === undefined && tombstone === undefined };
+  if (manifest.generation !== named.generation || manifest.parent !== named.parent) return { lost: false };
+  if (later.items.length > 0 || links.some((l) => l !== undefined)) return { lost: false };
+  return { head: { head: manifest, live: manifest, forks: [], unlinked: [], uncertain: [] }, lost: false };
+}
+
+/**
+ * The head after generation g (the highest) detached with a head record: the named head
+ * when namedHead proves it, else the walk's answer. A head record is evidence too: when it
+ * names a snapshot whose manifest is gone with no tombstone naming it, newer than the
+ * walk's head, and every pack it wrote remains, the newest snapshot was lost, not collected
+ * (GC deletes a released snapshot's packs before its manifest, and a snapshot is released
+ * only by a tombstone): HEAD_UNCERTAIN, as for the walk's own evidence, unless
+ * allowRollback.
+ */
+export async function resolveHeadNamed(repo: Repository, volume: string, named: Manifest, maxGeneration: number, opts: HeadOptions = {}): Promise<Head> {
+  const proved = await proveNamed(repo, volume, named, maxGeneration, opts);
+  if (proved.head) return proved.head;
+  const walked = await resolveHead(repo, volume, maxGeneration, opts);
+  if (!proved.lost || walked.head?.id === named.id || named.packs.length === 0) return walked;
+  // Older than the walk's head (a lower generation, or the same and an earlier id): history.
+  const tip = walked.head;
+  const newer = tip === null || named.generation > tip.generation || (named.generation === tip.generation && named.id > tip.id);
+  if (!newer || !(await allPacksExist(repo, named, opts))) return walked;
+  const line = `the head record ${keys.head(volume, named.generation)} names snapshot ${named.id} (generation ${named.generation}), whose manifest is lost while all ${named.packs.length} packs it wrote remain`;
+  if (opts.allowRollback) return { ...walked, uncertain: [...walked.uncertain, line] };
+  const older = walked.live ? `snapshot ${walked.live.id}` : 'an empty volume';
+  throw new IslandError('HEAD_UNCERTAIN', `cannot prove that ${walked.head ? `snapshot ${walked.head.id}` : "the chain's end"} is the newest of volume ${volume}: ${line}. Run island fsck --repair, or allow the rollback to ${older} explicitly`, {
+    details: { volume, head: walked.head?.id ?? null, live: walked.live?.id ?? null, evidence: [line] },
+  });
 }
 
 /** Every pack a snapshot wrote still exists (in either kind's place: the manifest does not say which). */

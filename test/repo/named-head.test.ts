@@ -9,6 +9,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
+import { codeOf } from '../../src/errors.js';
 import type { Manifest } from '../../src/format/records.js';
 import { Findings } from '../../src/fsck/findings.js';
 import { readRecords } from '../../src/fsck/records.js';
@@ -122,4 +123,32 @@ t.test('without a detach record the head record is not used', async (t) => {
   const other = new Repository(store, { host: 'host-b' });
   const forced = await acquireGeneration(other, VOLUME, { force: true });
   t.equal(forced.base?.id, newer.id);
+});
+
+t.test('a named head whose manifest and link are both lost, its packs still there, is refused, not rolled back', async (t) => {
+  const { store, repo } = await setup(t);
+  const last = await history(repo, 2, 3);
+  // Store damage: the final snapshot's manifest and chain link are gone; no tombstone names it.
+  await store.delete(keys.manifest(VOLUME, last.id));
+  await store.delete(keys.link(VOLUME, last.parent, last.generation));
+  const other = new Repository(store, { host: 'host-b' });
+  const err = await acquireGeneration(other, VOLUME).catch((e: unknown) => e);
+  t.equal(codeOf(err), 'HEAD_UNCERTAIN', 'the walk alone would restore the snapshot before it');
+  t.match((err as Error).message, keys.head(VOLUME, 2));
+  t.ok(await other.getDetached(VOLUME, 3), 'generation 3 is released');
+  const rolled = await acquireGeneration(other, VOLUME, { allowRollback: true });
+  t.equal(rolled.base?.id, last.parent, 'allowRollback restores what can be proved');
+  t.equal(rolled.head.uncertain.length, 1, 'and says what it overrode');
+});
+
+t.test('a named head deleted and collected (no manifest, no tombstone, packs gone) is no evidence', async (t) => {
+  const { store, repo } = await setup(t);
+  const last = await history(repo, 2, 3);
+  // What GC leaves of a deleted snapshot once its packs went: no manifest, tombstone removed.
+  for (const p of last.packs) {
+    await store.delete(keys.pack('data', p)).catch(() => undefined);
+    await store.delete(keys.pack('metadata', p)).catch(() => undefined);
+  }
+  await store.delete(keys.manifest(VOLUME, last.id));
+  t.equal((await attachElsewhere(store)).base, last.parent);
 });

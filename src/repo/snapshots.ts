@@ -196,13 +196,7 @@ export async function resolveHead(repo: Repository, volume: string, maxGeneratio
     // else: collected by GC (its packs went first), or its data is gone anyway.
   }
   evidence.push(...(await unplaced(repo, volume, head, off, reached, opts)));
-  if (evidence.length > 0 && !opts.allowRollback) {
-    const quoted = evidence.slice(0, QUOTED_EVIDENCE).join('; ') + (evidence.length > QUOTED_EVIDENCE ? `; and ${evidence.length - QUOTED_EVIDENCE} more` : '');
-    const older = live ? `snapshot ${live.id}` : 'an empty volume';
-    throw new IslandError('HEAD_UNCERTAIN', `cannot prove that ${head ? `snapshot ${head.id}` : 'the chain\'s end'} is the newest of volume ${volume}: ${quoted}. Run island fsck --repair, or allow the rollback to ${older} explicitly`, {
-      details: { volume, head: head?.id ?? null, live: live?.id ?? null, evidence },
-    });
-  }
+  if (evidence.length > 0 && !opts.allowRollback) throw headUncertain(volume, head, live, evidence);
   return { head, live, forks, unlinked, uncertain: evidence };
 }
 
@@ -271,9 +265,15 @@ export async function resolveHeadNamed(repo: Repository, volume: string, named: 
   if (!newer || !(await allPacksExist(repo, named, opts))) return walked;
   const line = `the head record ${keys.head(volume, named.generation)} names snapshot ${named.id} (generation ${named.generation}), whose manifest is lost while all ${named.packs.length} packs it wrote remain`;
   if (opts.allowRollback) return { ...walked, uncertain: [...walked.uncertain, line] };
-  const older = walked.live ? `snapshot ${walked.live.id}` : 'an empty volume';
-  throw new IslandError('HEAD_UNCERTAIN', `cannot prove that ${walked.head ? `snapshot ${walked.head.id}` : "the chain's end"} is the newest of volume ${volume}: ${line}. Run island fsck --repair, or allow the rollback to ${older} explicitly`, {
-    details: { volume, head: walked.head?.id ?? null, live: walked.live?.id ?? null, evidence: [line] },
+  throw headUncertain(volume, walked.head, walked.live, [line]);
+}
+
+/** The refusal of a head that cannot be proved the newest, naming the evidence and the two ways out. */
+function headUncertain(volume: string, head: Manifest | null, live: Manifest | null, evidence: string[]): IslandError {
+  const quoted = evidence.slice(0, QUOTED_EVIDENCE).join('; ') + (evidence.length > QUOTED_EVIDENCE ? `; and ${evidence.length - QUOTED_EVIDENCE} more` : '');
+  const older = live ? `snapshot ${live.id}` : 'an empty volume';
+  return new IslandError('HEAD_UNCERTAIN', `cannot prove that ${head ? `snapshot ${head.id}` : "the chain's end"} is the newest of volume ${volume}: ${quoted}. Run island fsck --repair, or allow the rollback to ${older} explicitly`, {
+    details: { volume, head: head?.id ?? null, live: live?.id ?? null, evidence },
   });
 }
 

@@ -160,6 +160,18 @@ if ('skip' in got) {
       await run('qemu-io', ['-t', 'none', ...cmds, image(h, 'hist')]);
       history.push(await snapshot(h, 'hist', i));
     }
+    // Swift's listings lag its writes under load: a GC whose listing lacks the newest
+    // packs foretells less than the next one frees. Wait until every pack the snapshots
+    // wrote is listed, so the dry run and the real run below see the same packs.
+    const written = new Set<string>();
+    for (const snap of history) {
+      const m = (await s.repo.getManifest('hist', snap.id)) as Manifest;
+      for (const p of m.packs) written.add(hex(p));
+    }
+    await waitFor('the listing to show every pack written', async () => {
+      const listed = new Set([...(await packListing(s.store)).keys()].map((k) => k.slice(k.lastIndexOf('/') + 1)));
+      return [...written].every((p) => listed.has(p));
+    }, 30_000);
     const order = rng.shuffle([...history]);
     const remaining = [...history];
     let partlyDeadSeen = 0;

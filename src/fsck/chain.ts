@@ -59,7 +59,18 @@ export function checkChains(rec: RecordSet, packsListed: ReadonlyMap<string, Obj
   }
   const lost: Manifest[] = [];
   const exists = (id: Buffer): boolean => packsListed.has(keys.pack('data', id)) || packsListed.has(keys.pack('metadata', id));
-  for (const [key, l] of rec.linkAt) {
+  // A head record is a copy too: the one left when the final snapshot's link was lost with
+  // its manifest (attach refuses with HEAD_UNCERTAIN then, naming the record).
+  const copies = new Map(rec.linkAt);
+  const linked = new Set([...rec.linkAt.values()].map((l) => l.id));
+  for (const [key, h] of rec.headAt) {
+    // One that wrote no packs cannot be told from one deleted and collected (as at attach).
+    if (linked.has(h.id) || h.packs.length === 0) continue;
+    linked.add(h.id);
+    copies.set(key, h);
+    for (const p of h.packs) linkPacks.add(p.toString('hex'));
+  }
+  for (const [key, l] of copies) {
     if (!wanted(l) || rec.manifests.has(l.id) || rec.badManifests.has(l.id) || rec.tombstones.has(l.id) || succeeded.has(l.id)) continue;
     if (!l.packs.every(exists)) continue; // collected by GC (its packs went first)
     lost.push(l);
@@ -67,8 +78,8 @@ export function checkChains(rec: RecordSet, packsListed: ReadonlyMap<string, Obj
     const f = findings.add(
       'missing-object',
       keys.manifest(l.volume, l.id),
-      `the manifest of snapshot ${l.id} (${l.volume}, generation ${l.generation}${newest}) is lost, but its chain link ${key} holds a copy and all ${l.packs.length} packs it wrote exist: they are the only copy of its data and are never pruned as orphans; attach refuses (HEAD_UNCERTAIN) rather than roll ${l.volume} back`,
-      'rewrite it from its chain link',
+      `the manifest of snapshot ${l.id} (${l.volume}, generation ${l.generation}${newest}) is lost, but ${rec.headAt.has(key) ? 'the head record' : 'its chain link'} ${key} holds a copy and all ${l.packs.length} packs it wrote exist: they are the only copy of its data and are never pruned as orphans; attach refuses (HEAD_UNCERTAIN) rather than roll ${l.volume} back`,
+      rec.headAt.has(key) ? 'rewrite it from the head record (its chain link follows at the next fsck --repair)' : 'rewrite it from its chain link',
     );
     findings.affect(f, l.id);
   }

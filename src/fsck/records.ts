@@ -38,6 +38,8 @@ export interface RecordSet {
   readonly links: Map<string, Manifest[]>;
   /** The same chain links by key (a link whose record does not match its key is left out). */
   readonly linkAt: Map<string, Manifest>;
+  /** Head records that decode and match their key, by key: copies of manifests too. */
+  readonly headAt: Map<string, Manifest>;
   /** Records read. */
   count: number;
 }
@@ -96,7 +98,7 @@ function repairOf(prefix: string): string {
 }
 
 export async function readRecords(repo: Repository, findings: Findings, opts: OpOptions = {}): Promise<RecordSet> {
-  const out: RecordSet = { volumes: new Map(), manifests: new Map(), badManifests: new Map(), tombstones: new Map(), pins: [], damage: new Map(), checkpointPacks: new Set(), links: new Map(), linkAt: new Map(), count: 0 };
+  const out: RecordSet = { volumes: new Map(), manifests: new Map(), badManifests: new Map(), tombstones: new Map(), pins: [], damage: new Map(), checkpointPacks: new Set(), links: new Map(), linkAt: new Map(), headAt: new Map(), count: 0 };
   for await (const { key, value } of decoded(repo, keys.volumesPrefix, decodeVolumeRecord, findings, 'catalog record', out, opts)) {
     if (key !== keys.volume(value.name)) findings.add('undecodable', key, `catalog record ${key} names volume ${value.name}`, repairOf(keys.volumesPrefix));
     else out.volumes.set(value.name, value);
@@ -149,7 +151,7 @@ export async function readRecords(repo: Repository, findings: Findings, opts: Op
     const k = parseHeadKey(key);
     if (!k || k.volume !== value.volume || value.generation > k.generation) {
       findings.add('undecodable', key, `head record ${key} holds ${value.volume}/${value.id} (generation ${value.generation})`, repairOf(keys.headsPrefix));
-    }
+    } else out.headAt.set(key, value);
   }
   for await (const { value } of decoded(repo, keys.checkpointsPrefix, decodeManifest, findings, 'upload checkpoint', out, opts)) {
     for (const p of value.packs) out.checkpointPacks.add(p.toString('hex'));

@@ -4,7 +4,8 @@
  *  1. Stale pins are deleted (their holders are gone; GC may then free what they held).
  *  2. A manifest that does not decode, or is lost while its packs remain, is rewritten
  *     from its copy in the chain link (next/<volume>/<parent>/<generation> holds the same
- *     record), when that copy is sound. A chain link that is lost, does not decode or names
+ *     record), or in the head record (heads/<volume>/<g>) when the link was lost with it,
+ *     when that copy is sound. A chain link that is lost, does not decode or names
  *     another place is rewritten from the manifest of that volume, parent and generation.
  *  3. A pack with findings (missing, trailer or footer lost, truncated, bad frames) is
  *     rebuilt at the same key when every location a tree points into it can be filled:
@@ -55,16 +56,19 @@ export async function repair(repo: Repository, findings: Findings, checker: Tree
   // 2. manifests from their chain links (damaged ones, and lost ones whose packs remain)
   for (const f of all.filter((x) => (x.type === 'undecodable' || x.type === 'checksum-mismatch' || x.type === 'missing-object') && parseManifestKey(x.key))) {
     const k = parseManifestKey(f.key)!;
-    const copy = rec.links.get(k.volume)?.find((m) => m.id === k.id);
+    const linked = rec.links.get(k.volume)?.find((m) => m.id === k.id);
+    const headKey = [...rec.headAt].find(([, m]) => m.id === k.id)?.[0];
+    const copy = linked ?? (headKey === undefined ? undefined : rec.headAt.get(headKey));
     if (!copy) {
-      f.repair = 'no sound copy in a chain link: the snapshot is marked damaged';
+      f.repair = 'no sound copy in a chain link or head record: the snapshot is marked damaged';
       f.repaired = false;
       continue;
     }
     await repo.store.put(f.key, encodeManifest(copy), opts);
     const back = await repo.getManifest(k.volume, k.id, opts).catch(() => undefined);
     f.repaired = back !== undefined;
-    f.repair = f.repaired ? `rewritten from ${keys.link(k.volume, copy.parent, copy.generation)} (run fsck again to check its tree)` : 'the rewrite did not read back: the snapshot is marked damaged';
+    const from = linked ? keys.link(k.volume, copy.parent, copy.generation) : (headKey as string);
+    f.repair = f.repaired ? `rewritten from ${from} (run fsck again to check its tree${linked ? '' : ' and rewrite its chain link'})` : 'the rewrite did not read back: the snapshot is marked damaged';
   }
   // 2b. chain links from their manifests (lost, damaged, or holding another place in the chain)
   for (const f of all.filter((x) => (x.type === 'undecodable' || x.type === 'checksum-mismatch' || x.type === 'missing-object') && parseLinkKey(x.key))) {

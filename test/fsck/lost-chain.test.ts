@@ -6,6 +6,7 @@
  * damaged link, and the link is named) or refuses naming the object; fsck reports an error
  * (not a clean store) and never offers the newest snapshot's packs to --prune-orphans; and
  * fsck --repair restores the object, so attach finds the newest snapshot through the chain.
+ * A manifest lost with its link is found through the head record the detach left.
  *
  * Runs on the embedded directory store, and also on Swift when ISLAND_TEST_SWIFT names one.
  */
@@ -73,7 +74,8 @@ async function threeSnapshots(t: Test, make: StoreFactory): Promise<Fixture> {
     parent = await commitSnapshot(repo, { volume: VOLUME, generation: g, parent, imageLength: CLUSTERS * C, clusterSize: C, consistency: 'crash', changes, windowMs: 3_600_000 });
     snaps.push(parent);
   }
-  await releaseGeneration(repo, VOLUME, g);
+  // A clean detach, naming its final snapshot (the head record).
+  await releaseGeneration(repo, VOLUME, g, {}, parent);
   return { store, repo, snaps };
 }
 
@@ -161,6 +163,35 @@ for (const [name, make] of factories) {
     t.equal(again.base?.id, s3.id, 'attach finds the newest snapshot again');
   });
 
+  t.test(`${name}: a manifest lost with its link is refused through the head record, and rewritten from it`, async (t) => {
+    const f = await threeSnapshots(t, make);
+    const [, s2, s3] = f.snaps as [Manifest, Manifest, Manifest];
+    const manifestKey = keys.manifest(VOLUME, s3.id);
+    const own = await existingPacks(f.store, s3);
+    await f.store.delete(manifestKey);
+    await f.store.delete(keys.link(VOLUME, s2.id, s3.generation));
+    t.equal((await resolveHead(f.repo, VOLUME, s3.generation)).live?.id, s2.id, 'the walk alone would roll back to the snapshot before');
+
+    const att = await refusal(acquireGeneration(f.repo, VOLUME));
+    t.equal(codeOf(att), 'HEAD_UNCERTAIN', `attach refuses: ${att.message}`);
+    t.match(att.message, keys.head(VOLUME, s3.generation), 'naming the head record');
+
+    const r = await fsck(f);
+    t.equal(r.exitCode, 4, 'fsck reports an error');
+    const found = r.findings.find((x) => x.key === manifestKey);
+    t.match(found?.message, 'head record', `the lost manifest is a finding: ${JSON.stringify(r.findings)}`);
+    t.same(r.findings.filter((x) => x.type === 'orphan' && packKeys(s3).includes(x.key)), [], 'its packs are not orphans');
+
+    const fixed = await fsck(f, { pruneOrphans: true });
+    t.equal(await existingPacks(f.store, s3), own, 'every pack of the newest snapshot kept');
+    t.equal(fixed.findings.find((x) => x.key === manifestKey)?.repaired, true, `rewritten from the head record: ${JSON.stringify(fixed.findings)}`);
+    const linkFix = await fsck(f, {});
+    t.equal(linkFix.findings.find((x) => x.key === keys.link(VOLUME, s2.id, s3.generation))?.repaired, true, 'the next repair rewrites its link');
+    t.equal((await fsck(f)).exitCode, 0, 'clean again');
+    const again = await acquireGeneration(f.repo, VOLUME);
+    t.equal(again.base?.id, s3.id, 'attach finds the newest snapshot');
+  });
+
   t.test(`${name}: a corrupt chain link does not block attach, is named, and is rebuilt by fsck --repair`, async (t) => {
     const f = await threeSnapshots(t, make);
     const [, s2, s3] = f.snaps as [Manifest, Manifest, Manifest];
@@ -169,10 +200,13 @@ for (const [name, make] of factories) {
     bytes.writeUInt8(bytes.readUInt8(bytes.length - 40) ^ 0x5a, bytes.length - 40);
     await f.store.put(linkKey, bytes);
 
+    const walked = await resolveHead(f.repo, VOLUME, s3.generation);
+    t.equal(walked.head?.id, s3.id, 'the walk is not blocked: the manifest at that place stands in for the link');
+    t.same(walked.unlinked, [{ key: linkKey, snapshot: s3.id, why: 'damaged' }], 'and the damaged link is named');
+    // After a clean detach the attach proves the named head without walking the links below it.
     const att = await acquireGeneration(f.repo, VOLUME);
-    t.equal(att.base?.id, s3.id, 'attach is not blocked: the manifest at that place stands in for the link');
-    t.same(att.head.unlinked, [{ key: linkKey, snapshot: s3.id, why: 'damaged' }], 'and the damaged link is named');
-    await releaseGeneration(f.repo, VOLUME, att.generation);
+    t.equal(att.base?.id, s3.id, 'attach is not blocked');
+    await releaseGeneration(f.repo, VOLUME, att.generation, {}, att.head.head);
 
     const r = await fsck(f);
     t.equal(r.exitCode, 4);

@@ -4,8 +4,9 @@
  *
  * Attach: find the highest generation g (probing gens/<volume>/g+1 forward from the
  * catalog's hint), refuse if g is held by another host that did not detach (unless
- * forced: the old host must be fenced first), then win generation g+1, resolve the head
- * through the chain links, and update the catalog record (a hint only). Nothing is
+ * forced: the old host must be fenced first), then win generation g+1, find the head (the
+ * one a clean detach named in its head record, proved in one round trip, else by walking
+ * the chain links), and update the catalog record (a hint only). Nothing is
  * written for the volume before the attach has won: the daemon serves the volume only
  * once acquireGeneration has returned.
  *
@@ -17,7 +18,8 @@
  * may win (claimByRounds). Never "write, wait, read back": a read back proves nothing
  * under last-writer-wins overwrites and stale reads.
  *
- * Detach writes detached/<volume>/<g> once the final snapshot is committed.
+ * Detach writes detached/<volume>/<g> once the final snapshot is committed, and beside it
+ * the head record heads/<volume>/<g> naming that snapshot.
  */
 import { codeOf, IslandError } from '../errors.js';
 import type { Lease, Manifest, VolumeRecord } from '../format/records.js';

@@ -28,14 +28,15 @@
  */
 import { EventEmitter } from 'node:events';
 import { IslandError } from '../errors.js';
-import { Coalescer, Gate, Mutex } from './concurrency.js';
+import { Coalescer, Gate } from './concurrency.js';
 import type { LocalFile, LocalFs } from './files.js';
 import type { PresentMap } from './present.js';
 import { Seal, SealKeeper, type SealOps, type SealState } from './seal.js';
 import { createParts, openParts, syncedPagesOf, DEFAULT_FLUSH_INTERVAL_MS, DEFAULT_SIDE_LOG_BUDGET, type RecoveryInfo, type VolumeCreateOptions, type VolumeLogger, type VolumeOptions, type VolumeParts } from './setup.js';
-import { checkIoRange, writeState, type VolumeState } from './state.js';
-import { LazyRestore, type LazyHost } from './lazy.js';
-import { volumeStats, type Counters, type VolumeStats } from './stats.js';
+import { checkIoRange } from './state.js';
+import { StateKeeper } from './state-keeper.js';
+import { LazyRestore } from './lazy.js';
+import { volumeStats, zeroCounters, type Counters, type VolumeStats } from './stats.js';
 import { parseSnapshotId } from '../format/names.js';
 import type { ChangeTracker } from './tracking.js';
 
@@ -66,8 +67,6 @@ export class Volume extends EventEmitter {
   readonly regionSize: number;
   readonly baseSnapshot: string | null;
   readonly generation: number;
-  private committed: string | null;
-  private isFilled: boolean;
   /** What open() found and did. */
   readonly recovery: RecoveryInfo;
 
@@ -81,8 +80,7 @@ export class Volume extends EventEmitter {
   /** A lower bound of the image file's size (writes that completed, truncations). */
   private physLen: number;
   private readonly gate = new Gate();
-  private readonly stateMutex = new Mutex();
-  private stateSequence: number;
+  private readonly state: StateKeeper;
   private readonly seals: SealKeeper;
   private readonly lazy: LazyRestore | null;
   private readonly abort = new AbortController();
@@ -92,21 +90,7 @@ export class Volume extends EventEmitter {
   private closed = false;
   private closing: Promise<void> | null = null;
   private readonly sealOps: SealOps;
-  private readonly c: Counters = {
-    reads: 0,
-    writes: 0,
-    bytesRead: 0,
-    bytesWritten: 0,
-    zeroClusters: 0,
-    fsyncs: 0,
-    imageSyncs: 0,
-    stateWrites: 0,
-    seals: 0,
-    sealsCompleted: 0,
-    sealsAbandoned: 0,
-    fetches: 0,
-    fetchedClusters: 0,
-  };
+  private readonly c: Counters = zeroCounters();
 
   private constructor(p: VolumeParts) {
     super();
@@ -118,9 +102,23 @@ export class Volume extends EventEmitter {
     this.regionSize = p.state.regionSize;
     this.baseSnapshot = p.state.baseSnapshot;
     this.generation = p.state.generation;
-    this.committed = p.state.committedSnapshot;
-    this.isFilled = p.state.filled;
-    this.stateSequence = p.state.sequence;
+    this.state = new StateKeeper({
+      fs: p.fs,
+      dir: p.dir,
+      initial: p.state,
+      now: () => ({
+        imageLength: this.len,
+        epoch: this.tracker.epoch,
+        completedEpoch: this.tracker.completedEpoch,
+        intentEpoch: this.tracker.recordableIntentEpoch,
+        baseLength: this.present?.baseLength ?? 0,
+        syncedPages: syncedPagesOf(this.tracker, this.present),
+      }),
+      written: (st) => {
+        this.c.stateWrites++;
+        this.tracker.intentEpochRecorded(st.intentEpoch);
+      },
+    });
     this.recovery = p.recovery;
     this.image = p.image;
     this.tracker = p.tracker;
@@ -129,7 +127,9 @@ export class Volume extends EventEmitter {
     this.len = p.imageLength;
     this.physLen = p.imageLength;
     this.zeroCluster = Buffer.alloc(this.clusterSize);
-    this.lazy = p.present === null ? null : new LazyRestore(p.present, p.options.fetcher, this.abort.signal, this.lazyHost());
+    this.lazy = p.present === null ? null : new LazyRestore(p.present, p.options.fetcher, this.abort.signal, {
+      name: this.name, clusterSize: this.clusterSize, gate: this.gate, image: this.image, zeroCluster: this.zeroCluster, counters: this.c, length: () => this.len, checkOpen: () => this.checkOpen(),
+    });
     this.seals = new SealKeeper(p.sideLog, this.clusterSize, p.options.sideLogBudget ?? DEFAULT_SIDE_LOG_BUDGET, {
       readImageInGate: (buf, len, pos) => this.image.read(buf, 0, len, pos),
       readImage: (buf, len, pos) => this.gated(() => this.image.read(buf, 0, len, pos)),
@@ -154,19 +154,6 @@ export class Volume extends EventEmitter {
       }, every);
       this.timer.unref();
     }
-  }
-
-  private lazyHost(): LazyHost {
-    return {
-      name: this.name,
-      clusterSize: this.clusterSize,
-      gate: this.gate,
-      image: this.image,
-      zeroCluster: this.zeroCluster,
-      counters: this.c,
-      length: () => this.len,
-      checkOpen: () => this.checkOpen(),
-    };
   }
 
   /** Create a new volume's local state in `dir` and open it. */
@@ -216,24 +203,13 @@ export class Volume extends EventEmitter {
     checkIoRange(offset, len);
     if (len === 0) return 0;
     const end = offset + len;
-    const C = this.clusterSize;
-    const c0 = Math.floor(offset / C);
-    const c1 = Math.floor((end - 1) / C);
-    await this.enterForWrite(offset, end, c0, c1);
-    try {
-      this.checkOpen();
-      await this.tracker.ensureIntent(offset, end);
-      if (this.seals.sealed !== null) await this.seals.protect(c0, c1);
-      this.tracker.markDirty(c0, c1);
+    await this.change(offset, end, async () => {
       if (end > this.len) this.len = end;
       await this.writeData(buf, offset, end);
       if (end > this.physLen) this.physLen = end;
-      if (this.present !== null) for (let c = c0; c <= c1; c++) this.present.written(c);
-      this.c.writes++;
-      this.c.bytesWritten += len;
-    } finally {
-      this.gate.leave();
-    }
+    });
+    this.c.writes++;
+    this.c.bytesWritten += len;
     return len;
   }
 
@@ -248,17 +224,27 @@ export class Volume extends EventEmitter {
     checkIoRange(offset, len);
     const end = Math.min(offset + len, this.len);
     if (len === 0 || offset >= end) return;
-    const C = this.clusterSize;
-    const c0 = Math.floor(offset / C);
-    const c1 = Math.floor((end - 1) / C);
+    await this.change(offset, end, async () => {
+      await this.tracker.persist();
+      if (!(await this.image.punchHole(offset, end - offset))) await this.image.write(Buffer.alloc(end - offset), 0, end - offset, offset);
+    });
+  }
+
+  /**
+   * The steps of every change to [offset, end), inside the gate: the write-intent bits,
+   * the side-log copy of sealed clusters, the dirty bits; then `apply` (the data), then
+   * the present bits of the clusters it covered.
+   */
+  private async change(offset: number, end: number, apply: () => Promise<void>): Promise<void> {
+    const c0 = Math.floor(offset / this.clusterSize);
+    const c1 = Math.floor((end - 1) / this.clusterSize);
     await this.enterForWrite(offset, end, c0, c1);
     try {
       this.checkOpen();
       await this.tracker.ensureIntent(offset, end);
       if (this.seals.sealed !== null) await this.seals.protect(c0, c1);
       this.tracker.markDirty(c0, c1);
-      await this.tracker.persist();
-      if (!(await this.image.punchHole(offset, end - offset))) await this.image.write(Buffer.alloc(end - offset), 0, end - offset, offset);
+      await apply();
       if (this.present !== null) for (let c = c0; c <= c1; c++) this.present.written(c);
     } finally {
       this.gate.leave();
@@ -302,7 +288,7 @@ export class Volume extends EventEmitter {
         this.present.baseLength = Math.ceil(newLength / C) * C;
         await this.image.datasync();
         this.c.imageSyncs++;
-        await this.saveState();
+        await this.state.save();
       }
     });
   }
@@ -450,9 +436,8 @@ export class Volume extends EventEmitter {
     s.checkOpen();
     if (!this.seals.end(s, 'completed')) return;
     this.tracker.completeSealed();
-    this.committed = committed;
     this.c.sealsCompleted++;
-    await this.saveState();
+    await this.state.commit(committed);
   }
 
   private abandonSeal(s: SealState, reason: string): void {
@@ -487,38 +472,11 @@ export class Volume extends EventEmitter {
     });
     await this.tracker.persist();
     this.tracker.intentPersisted(epoch);
-    await this.saveState();
+    await this.state.save();
   }
 
   private persistInBackground(): void {
     this.tracker.persist().catch((err: unknown) => this.warn(err, 'persisting dirty bits failed'));
-  }
-
-  private saveState(clean = false): Promise<void> {
-    return this.stateMutex.run(async () => {
-      const intentEpoch = this.tracker.recordableIntentEpoch;
-      const s: VolumeState = {
-        name: this.name,
-        virtualSize: this.virtualSize,
-        clusterSize: this.clusterSize,
-        regionSize: this.regionSize,
-        imageLength: this.len,
-        generation: this.generation,
-        epoch: this.tracker.epoch,
-        completedEpoch: this.tracker.completedEpoch,
-        intentEpoch,
-        baseLength: this.present?.baseLength ?? 0,
-        baseSnapshot: this.baseSnapshot,
-        committedSnapshot: this.committed,
-        filled: this.isFilled,
-        clean,
-        sequence: ++this.stateSequence,
-        syncedPages: syncedPagesOf(this.tracker, this.present),
-      };
-      await writeState(this.fs, this.dir, s);
-      this.c.stateWrites++;
-      this.tracker.intentEpochRecorded(intentEpoch);
-    });
   }
 
   // ---------- lifecycle and introspection ----------
@@ -552,7 +510,7 @@ export class Volume extends EventEmitter {
     }
     await this.tracker.close();
     try {
-      if (clean) await this.saveState(true);
+      if (clean) await this.state.save(true);
     } finally {
       await Promise.allSettled([this.image.close(), this.seals.close(), this.present?.close()]);
     }
@@ -566,26 +524,19 @@ export class Volume extends EventEmitter {
    * and every cluster counts as changed (the next snapshot must upload everything).
    */
   get committedSnapshot(): string | null {
-    return this.committed;
+    return this.state.committedSnapshot;
   }
 
   /** Every cluster of the base snapshot is local (markFilled was called); false without a base. */
   get filled(): boolean {
-    return this.isFilled;
+    return this.state.filled;
   }
 
   /** Record durably, in the state record, that every cluster of the base snapshot is local. */
   async markFilled(): Promise<void> {
     this.checkOpen();
     if (this.present === null) throw invalid(`volume ${this.name} was not restored from a snapshot: nothing to fill`, { volume: this.name });
-    if (this.isFilled) return;
-    this.isFilled = true;
-    try {
-      await this.saveState();
-    } catch (err) {
-      this.isFilled = false;
-      throw err;
-    }
+    await this.state.markFilled();
   }
 
   /**
@@ -602,8 +553,7 @@ export class Volume extends EventEmitter {
       this.tracker.current.setRange(0, n);
     }
     await this.tracker.persist();
-    this.committed = null;
-    await this.saveState();
+    await this.state.commit(null);
   }
 
   /** Clusters dirty in the current epoch, ascending. */

@@ -20,13 +20,14 @@ import { parseSnapshotId } from '../format/names.js';
 import { BITMAP_PAYLOAD_BYTES } from './bitmap-page.js';
 import { PagedBitmap } from './bitmap.js';
 import type { BitmapFile } from './bitmap-file.js';
-import { Coalescer, Mutex } from './concurrency.js';
+import { Coalescer } from './concurrency.js';
 import { nodeFs } from './files.js';
 import { ReadAhead } from './lazy.js';
 import { E, errnoOf, EVENT_SEAL_ABANDONED, EVENT_STATE, FALLOC_KEEP_SIZE, FALLOC_PUNCH_HOLE, NATIVE_FILES, NATIVE_OPS, volumeAddon, type BitmapPages, type Handle, type NativeOp, type VolumeAddon } from './native-volume-addon.js';
 import { Seal, SealState, type SealOps } from './seal.js';
 import { createParts, openParts, DEFAULT_FLUSH_INTERVAL_MS, DEFAULT_SIDE_LOG_BUDGET, type RecoveryInfo, type VolumeCreateOptions, type VolumeOptions, type VolumeParts, type VolumeLogger, type PresentFetcher } from './setup.js';
-import { checkIoRange, encodeState, writeState, type VolumeState } from './state.js';
+import { checkIoRange, encodeState } from './state.js';
+import { StateKeeper } from './state-keeper.js';
 import type { VolumeStats } from './stats.js';
 
 export { FALLOC_KEEP_SIZE, FALLOC_PUNCH_HOLE, FALLOC_ZERO_RANGE, nativeWritePathAvailable, type NativeOp } from './native-volume-addon.js';
@@ -51,14 +52,11 @@ export class NativeVolume extends EventEmitter {
   readonly baseSnapshot: string | null;
   readonly generation: number;
   readonly recovery: RecoveryInfo;
-  private committed: string | null;
-  private isFilled: boolean;
-  private stateSequence: number;
   private readonly restored: boolean;
   private readonly a: VolumeAddon;
   private readonly logger: VolumeLogger | undefined;
   private readonly fetcher: PresentFetcher | undefined;
-  private readonly stateMutex = new Mutex();
+  private readonly state: StateKeeper;
   private readonly flusher = new Coalescer(() => this.flushNow());
   private readonly fetching = new Map<number, Promise<void>>();
   private readonly abort = new AbortController();
@@ -66,7 +64,6 @@ export class NativeVolume extends EventEmitter {
   private timer: NodeJS.Timeout | null = null;
   private closed = false;
   private closing: Promise<void> | null = null;
-  private stateWrites = 0;
   /** Read-ahead of sequential reads of missing clusters, fed by the reads' misses (lazy.ts). */
   private readonly ahead: ReadAhead | null;
   private fetches = 0;
@@ -86,9 +83,23 @@ export class NativeVolume extends EventEmitter {
     this.regionSize = p.state.regionSize;
     this.baseSnapshot = p.state.baseSnapshot;
     this.generation = p.state.generation;
-    this.committed = p.state.committedSnapshot;
-    this.isFilled = p.state.filled;
-    this.stateSequence = p.state.sequence;
+    this.state = new StateKeeper({
+      fs: nodeFs,
+      dir: p.dir,
+      initial: p.state,
+      now: () => {
+        const info = this.a.volumeRecordInfo(this.handle);
+        const [dirty0, dirty1, intent, present] = info.syncedPages;
+        return { imageLength: info.imageLength, epoch: info.epoch, completedEpoch: info.completedEpoch, intentEpoch: info.recordableIntentEpoch, baseLength: info.baseLength, syncedPages: { dirty0, dirty1, intent, present } };
+      },
+      written: (st) => {
+        if (this.logData && !this.released) {
+          this.leftOps.push(...this.opsNow());
+          this.leftOps.push({ file: 'state', op: 'record', a: 0, b: 0, data: encodeState(st) });
+        }
+        if (!this.released) this.a.volumeIntentRecorded(this.handle, st.intentEpoch);
+      },
+    });
     this.recovery = p.recovery;
     this.restored = p.present !== null;
     this.logger = p.options.logger;
@@ -228,7 +239,7 @@ export class NativeVolume extends EventEmitter {
         if (errnoOf(err) !== E.EAGAIN) throw this.ioError('truncate', err, { newLength });
       }
     }
-    if (this.a.volumeRecordInfo(this.handle).baseLength !== before) await this.saveState();
+    if (this.a.volumeRecordInfo(this.handle).baseLength !== before) await this.state.save();
   }
 
   private async io<T>(op: string, f: () => Promise<T>, details: Record<string, unknown>): Promise<T> {
@@ -370,8 +381,7 @@ export class NativeVolume extends EventEmitter {
         throw this.ioError('complete', err, {});
       }
       this.endSeal(s, 'completed', null);
-      this.committed = committed;
-      await this.saveState();
+      await this.state.commit(committed);
     },
     abandon: async (s, reason) => {
       s.checkOpen();
@@ -426,7 +436,7 @@ export class NativeVolume extends EventEmitter {
       if (s !== null && s.epoch === a) this.endSeal(s, 'abandoned', msg);
       this.persistInBackground();
     } else if (kind === EVENT_STATE && !this.closed) {
-      this.saveState().catch((err: unknown) => this.warn(err, 'writing the state record failed'));
+      this.state.save().catch((err: unknown) => this.warn(err, 'writing the state record failed'));
     }
   }
 
@@ -441,7 +451,7 @@ export class NativeVolume extends EventEmitter {
     if (this.closed) return;
     await this.a.volumeSyncPresent(this.handle);
     const epoch = await this.a.volumeNewIntentEpoch(this.handle);
-    if (epoch > 0) await this.saveState();
+    if (epoch > 0) await this.state.save();
   }
 
   /** Persist the unsaved dirty pages now (protocol B; the timer, a seal and close do it too). */
@@ -452,37 +462,6 @@ export class NativeVolume extends EventEmitter {
 
   private persistInBackground(): void {
     this.a.volumePersist(this.handle).catch((err: unknown) => this.warn(err, 'persisting dirty bits failed'));
-  }
-
-  private saveState(clean = false): Promise<void> {
-    return this.stateMutex.run(async () => {
-      const info = this.a.volumeRecordInfo(this.handle);
-      const s: VolumeState = {
-        name: this.name,
-        virtualSize: this.virtualSize,
-        clusterSize: this.clusterSize,
-        regionSize: this.regionSize,
-        imageLength: info.imageLength,
-        generation: this.generation,
-        epoch: info.epoch,
-        completedEpoch: info.completedEpoch,
-        intentEpoch: info.recordableIntentEpoch,
-        baseLength: info.baseLength,
-        baseSnapshot: this.baseSnapshot,
-        committedSnapshot: this.committed,
-        filled: this.isFilled,
-        clean,
-        sequence: ++this.stateSequence,
-        syncedPages: { dirty0: info.syncedPages[0], dirty1: info.syncedPages[1], intent: info.syncedPages[2], present: info.syncedPages[3] },
-      };
-      await writeState(nodeFs, this.dir, s);
-      this.stateWrites++;
-      if (this.logData && !this.released) {
-        this.leftOps.push(...this.opsNow());
-        this.leftOps.push({ file: 'state', op: 'record', a: 0, b: 0, data: encodeState(s) });
-      }
-      if (!this.released) this.a.volumeIntentRecorded(this.handle, info.recordableIntentEpoch);
-    });
   }
 
   private released = false;
@@ -507,7 +486,7 @@ export class NativeVolume extends EventEmitter {
     await Promise.allSettled([...this.fetching.values()]);
     if (this.sealState !== null) this.endSeal(this.sealState, 'abandoned', 'the volume was closed');
     try {
-      if (clean) await this.saveState(true);
+      if (clean) await this.state.save(true);
     } finally {
       this.leftOps = this.opsNow();
       this.lastStats = this.stats();
@@ -519,31 +498,23 @@ export class NativeVolume extends EventEmitter {
   // ---------- what the state record keeps ----------
 
   get committedSnapshot(): string | null {
-    return this.committed;
+    return this.state.committedSnapshot;
   }
 
   get filled(): boolean {
-    return this.isFilled;
+    return this.state.filled;
   }
 
   async markFilled(): Promise<void> {
     this.checkOpen();
     if (!this.restored) throw new IslandError('INVALID_ARGUMENT', `volume ${this.name} was not restored from a snapshot: nothing to fill`, { details: { volume: this.name } });
-    if (this.isFilled) return;
-    this.isFilled = true;
-    try {
-      await this.saveState();
-    } catch (err) {
-      this.isFilled = false;
-      throw err;
-    }
+    await this.state.markFilled();
   }
 
   async markAllDirty(): Promise<void> {
     this.checkOpen();
     await this.io('markAllDirty', () => this.a.volumeMarkAllDirty(this.handle), {});
-    this.committed = null;
-    await this.saveState();
+    await this.state.commit(null);
   }
 
   *dirtyClusters(): Generator<number> {
@@ -562,7 +533,7 @@ export class NativeVolume extends EventEmitter {
 
   stats(): VolumeStats {
     if (this.lastStats !== null) return this.lastStats;
-    return nativeVolumeStats(this.a.volumeStats(this.handle) as Record<string, number>, this.stateWrites, this.fetches);
+    return nativeVolumeStats(this.a.volumeStats(this.handle) as Record<string, number>, this.state.writes, this.fetches);
   }
 
   /** The file operations logged since the last call (opened with opLog). */

@@ -39,6 +39,11 @@ export type Counters = Omit<VolumeStats, 'fdatasyncs' | 'pageWrites' | 'intentEp
   imageSyncs: number;
 };
 
+/** Counters at zero, as a volume opens. */
+export function zeroCounters(): Counters {
+  return { reads: 0, writes: 0, bytesRead: 0, bytesWritten: 0, zeroClusters: 0, fsyncs: 0, imageSyncs: 0, stateWrites: 0, seals: 0, sealsCompleted: 0, sealsAbandoned: 0, fetches: 0, fetchedClusters: 0 };
+}
+
 export function volumeStats(c: Counters, tracker: ChangeTracker, present: PresentMap | null, seals: SealKeeper): VolumeStats {
   const t = tracker.counters;
   const pages = tracker.pageWrites();
